@@ -1,0 +1,548 @@
+//! Configuration: parsed once, checked once, then immutable.
+//!
+//! [`file`] holds the serde structs the operator writes; [`Config::load`]
+//! turns them into the typed values the data path uses, collecting every
+//! problem it can find as `file:line: what is wrong` instead of stopping at
+//! the first.
+
+pub mod file;
+pub mod units;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::SocketAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use toml::Spanned;
+
+use crate::tls;
+use file::{ConfigFile, PolicyFile, RouteSection, UpstreamSection};
+
+/// The checked configuration the gateway runs with.
+#[derive(Debug)]
+pub struct Config {
+    /// Limits that apply before a route is chosen.
+    pub server: ServerSettings,
+    /// Sockets to accept on.
+    pub listeners: Vec<ListenerConfig>,
+    /// Routes in the order written; matching picks the most specific.
+    pub routes: Vec<RouteConfig>,
+    /// Upstream groups by name.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+/// See [`file::ServerSection`].
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub request_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+/// One socket to accept on.
+#[derive(Debug)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    /// Present for `wss` listeners.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A route after checking: every name resolved, the rewrite normalised.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Lower-cased host, or `*.suffix`.
+    pub host: Option<String>,
+    pub path: String,
+    /// What replaces the matched prefix (`""` for `strip_prefix`), if anything.
+    pub rewrite: Option<String>,
+    pub upstream: String,
+    pub policy: Arc<Policy>,
+    pub preserve_host: bool,
+}
+
+/// Per-direction limits on what one leg may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    pub max_frame: u64,
+    pub max_message: u64,
+}
+
+/// A policy file after checking; see [`file::PolicyFile`].
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    /// Limits on frames read from the client.
+    pub client: FrameLimits,
+    /// Limits on frames read from the upstream.
+    pub upstream: FrameLimits,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub close_timeout: Duration,
+}
+
+/// Where an upstream's connections go.
+#[derive(Debug, Clone)]
+pub enum UpstreamConfig {
+    /// Real servers, tried round-robin.
+    Servers(Vec<ServerSpec>),
+    /// The gateway's own echo server.
+    BuiltinEcho,
+}
+
+/// One backend server.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// As written, for logs: `ws://10.0.0.5:8080`.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// Present for `wss://` servers.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// One problem found in a config or policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+    }
+}
+
+/// Everything wrong with a config, one problem per line.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A file being checked: its name and text, so spans become line numbers.
+struct Source {
+    path: PathBuf,
+    text: String,
+}
+
+impl Source {
+    fn read(path: &Path) -> Result<Source, ConfigError> {
+        std::fs::read_to_string(path)
+            .map(|text| Source {
+                path: path.to_owned(),
+                text,
+            })
+            .map_err(|e| ConfigError {
+                file: path.to_owned(),
+                line: 0,
+                message: format!("cannot read: {e}"),
+            })
+    }
+
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let line = self.text[..span.start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1;
+        ConfigError {
+            file: self.path.clone(),
+            line,
+            message: message.into(),
+        }
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::from_str(&self.text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            self.error(span, e.message().trim().to_owned())
+        })
+    }
+}
+
+impl Config {
+    /// Reads and checks `path` and the policy files its routes name.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let source = Source::read(path).map_err(|e| ConfigErrors(vec![e]))?;
+        let file: ConfigFile = source.parse().map_err(|e| ConfigErrors(vec![e]))?;
+        Checker::new(&source).check(file)
+    }
+}
+
+/// Collects problems while turning a [`ConfigFile`] into a [`Config`].
+struct Checker<'a> {
+    source: &'a Source,
+    base: PathBuf,
+    errors: Vec<ConfigError>,
+    policies: HashMap<String, Option<Arc<Policy>>>,
+}
+
+impl<'a> Checker<'a> {
+    fn new(source: &'a Source) -> Self {
+        let base = source.path.parent().map(Path::to_owned).unwrap_or_default();
+        Checker {
+            source,
+            base,
+            errors: Vec::new(),
+            policies: HashMap::new(),
+        }
+    }
+
+    fn err<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) {
+        self.errors.push(self.source.error(at.span(), message));
+    }
+
+    /// A path written in the config, relative to the config file.
+    fn path(&self, p: &str) -> PathBuf {
+        self.base.join(p)
+    }
+
+    fn check(mut self, file: ConfigFile) -> Result<Config, ConfigErrors> {
+        let server = self.server(&file.server);
+        if file.listeners.is_empty() {
+            self.errors.push(
+                self.source
+                    .error(0..0, "no [[listener]]: add one with addr = \"IP:port\""),
+            );
+        }
+        let listeners = file
+            .listeners
+            .iter()
+            .filter_map(|l| self.listener(l))
+            .collect();
+        let upstreams: BTreeMap<_, _> = file
+            .upstreams
+            .iter()
+            .filter_map(|(name, u)| Some((name.clone(), self.upstream(name, u)?)))
+            .collect();
+        if file.routes.is_empty() {
+            self.errors.push(
+                self.source
+                    .error(0..0, "no [[route]]: nothing would be served"),
+            );
+        }
+        let policy_dir = self.path(file.policy_dir.get_ref());
+        let mut seen = HashMap::new();
+        let mut routes = Vec::new();
+        for r in &file.routes {
+            let key = (
+                r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
+                r.path.get_ref().clone(),
+            );
+            if seen.insert(key, ()).is_some() {
+                self.err(&r.path, "another route already has this host and path");
+            }
+            if !file.upstreams.contains_key(r.upstream.get_ref()) {
+                let known: Vec<_> = file.upstreams.keys().map(String::as_str).collect();
+                self.err(
+                    &r.upstream,
+                    format!(
+                        "route to undefined upstream `{}` (defined: {})",
+                        r.upstream.get_ref(),
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+            if let Some(route) = self.route(r, &policy_dir) {
+                routes.push(route);
+            }
+        }
+        if self.errors.is_empty() {
+            Ok(Config {
+                server,
+                listeners,
+                routes,
+                upstreams,
+            })
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
+    }
+
+    fn server(&mut self, s: &file::ServerSection) -> ServerSettings {
+        let header_bytes = s.max_header_bytes.get_ref().0;
+        if header_bytes < 8192 {
+            self.err(
+                &s.max_header_bytes,
+                "max_header_bytes must be at least 8KiB",
+            );
+        }
+        ServerSettings {
+            request_timeout: s.request_timeout.0,
+            tls_handshake_timeout: s.tls_handshake_timeout.0,
+            max_header_bytes: header_bytes.max(8192) as usize,
+            max_headers: s.max_headers,
+        }
+    }
+
+    fn listener(&mut self, l: &file::ListenerSection) -> Option<ListenerConfig> {
+        let addr = match l.addr.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    &l.addr,
+                    format!(
+                        "`{}` is not IP:port (e.g. \"0.0.0.0:8080\")",
+                        l.addr.get_ref()
+                    ),
+                );
+                None
+            }
+        };
+        let tls = match &l.tls {
+            None => None,
+            Some(certs) => {
+                let mut pairs = Vec::new();
+                for c in certs_of(certs) {
+                    let cert = self.path(c.cert.get_ref());
+                    let key = self.path(c.key.get_ref());
+                    match tls::load_certified_key(&cert, &key) {
+                        Ok(ck) => pairs.push(ck),
+                        Err(tls::CertError::Cert(msg)) => self.err(&c.cert, msg),
+                        Err(tls::CertError::Key(msg)) => self.err(&c.key, msg),
+                    }
+                }
+                if pairs.is_empty() {
+                    return None;
+                }
+                Some(tls::server_config(pairs))
+            }
+        };
+        Some(ListenerConfig { addr: addr?, tls })
+    }
+
+    fn upstream(&mut self, name: &str, u: &UpstreamSection) -> Option<UpstreamConfig> {
+        if let Some(b) = &u.builtin {
+            if !u.servers.is_empty() {
+                self.err(
+                    b,
+                    format!("upstream `{name}`: set either servers or builtin, not both"),
+                );
+            }
+            if b.get_ref() != "echo" {
+                self.err(
+                    b,
+                    format!(
+                        "unknown builtin `{}` (the one builtin is \"echo\")",
+                        b.get_ref()
+                    ),
+                );
+                return None;
+            }
+            return Some(UpstreamConfig::BuiltinEcho);
+        }
+        if u.servers.is_empty() {
+            self.errors.push(self.source.error(
+                0..0,
+                format!("upstream `{name}` has no servers (add servers = [\"ws://host:port\"])"),
+            ));
+            return None;
+        }
+        let client_tls = if u.servers.iter().any(|s| s.get_ref().starts_with("wss://")) {
+            match u.ca.as_ref() {
+                None => Some(tls::client_config(None)),
+                Some(ca) => match tls::load_ca(&self.path(ca.get_ref())) {
+                    Ok(roots) => Some(tls::client_config(Some(roots))),
+                    Err(msg) => {
+                        self.err(ca, msg);
+                        None
+                    }
+                },
+            }
+        } else {
+            None
+        };
+        let mut servers = Vec::new();
+        for s in &u.servers {
+            match parse_server(s.get_ref()) {
+                Ok((tls, host, port)) => servers.push(ServerSpec {
+                    url: s.get_ref().clone(),
+                    host,
+                    port,
+                    tls: if tls { client_tls.clone() } else { None },
+                }),
+                Err(msg) => self.err(s, msg),
+            }
+        }
+        Some(UpstreamConfig::Servers(servers))
+    }
+
+    fn route(&mut self, r: &RouteSection, policy_dir: &Path) -> Option<RouteConfig> {
+        let path = r.path.get_ref();
+        if !path.starts_with('/') {
+            self.err(&r.path, format!("path `{path}` must start with /"));
+        }
+        let rewrite = match (&r.rewrite, r.strip_prefix) {
+            (Some(rw), true) => {
+                self.err(rw, "set either strip_prefix or rewrite, not both");
+                None
+            }
+            (Some(rw), false) => {
+                if !rw.get_ref().starts_with('/') {
+                    self.err(rw, "rewrite must start with /");
+                }
+                Some(rw.get_ref().clone())
+            }
+            (None, true) => Some(String::new()),
+            (None, false) => None,
+        };
+        let host = r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase());
+        // A defaulted policy has no span of its own; point at the route instead.
+        let policy_at = if r.policy.span().is_empty() {
+            r.upstream.span()
+        } else {
+            r.policy.span()
+        };
+        let policy = self.policy(r.policy.get_ref(), policy_at, policy_dir)?;
+        Some(RouteConfig {
+            host,
+            path: path.clone(),
+            rewrite,
+            upstream: r.upstream.get_ref().clone(),
+            policy,
+            preserve_host: r.preserve_host,
+        })
+    }
+
+    /// Loads `<dir>/<name>.toml` once, however many routes name it.
+    fn policy(&mut self, name: &str, at: Range<usize>, dir: &Path) -> Option<Arc<Policy>> {
+        if let Some(p) = self.policies.get(name) {
+            return p.clone();
+        }
+        let loaded = self.load_policy(name, at, dir);
+        self.policies.insert(name.to_owned(), loaded.clone());
+        loaded
+    }
+
+    fn load_policy(&mut self, name: &str, at: Range<usize>, dir: &Path) -> Option<Arc<Policy>> {
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            self.errors.push(
+                self.source
+                    .error(at, format!("policy `{name}` must be a plain file name")),
+            );
+            return None;
+        }
+        let path = dir.join(format!("{name}.toml"));
+        if !path.is_file() {
+            self.errors.push(
+                self.source
+                    .error(at, format!("policy `{name}`: no file {}", path.display())),
+            );
+            return None;
+        }
+        let parsed = Source::read(&path).and_then(|src| src.parse::<PolicyFile>());
+        match parsed {
+            Ok(p) => Some(Arc::new(policy_from(name, &p))),
+            Err(e) => {
+                self.errors.push(e);
+                None
+            }
+        }
+    }
+}
+
+fn certs_of(tls: &file::OneOrMany<file::CertSection>) -> Vec<&file::CertSection> {
+    match tls {
+        file::OneOrMany::One(c) => vec![c],
+        file::OneOrMany::Many(v) => v.iter().collect(),
+    }
+}
+
+/// Turns a parsed policy file into the values sessions use.
+pub fn policy_from(name: &str, p: &PolicyFile) -> Policy {
+    Policy {
+        name: name.to_owned(),
+        client: FrameLimits {
+            max_frame: p.client.max_frame_size.0,
+            max_message: p.client.max_message_size.0,
+        },
+        upstream: FrameLimits {
+            max_frame: p.upstream.max_frame_size.0,
+            max_message: p.upstream.max_message_size.0,
+        },
+        connect_timeout: p.upstream.connect_timeout.0,
+        handshake_timeout: p.upstream.handshake_timeout.0,
+        close_timeout: p.session.close_timeout.0,
+    }
+}
+
+/// `ws://host:port` → (tls, host, port). Paths are refused: rewriting is the route's job.
+fn parse_server(url: &str) -> Result<(bool, String, u16), String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("ws://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("wss://") {
+        (true, r)
+    } else {
+        return Err(format!("server `{url}` must start with ws:// or wss://"));
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "server `{url}` must be scheme://host:port only; put path changes on the route (rewrite)"
+        ));
+    }
+    let uri: http::uri::Authority = authority
+        .parse()
+        .map_err(|_| format!("server `{url}`: `{authority}` is not host:port"))?;
+    let host = uri.host().trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("server `{url}` has no host"));
+    }
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    Ok((tls, host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_urls() {
+        assert_eq!(
+            parse_server("ws://127.0.0.1:9000"),
+            Ok((false, "127.0.0.1".into(), 9000))
+        );
+        assert_eq!(
+            parse_server("wss://example.com"),
+            Ok((true, "example.com".into(), 443))
+        );
+        assert_eq!(
+            parse_server("ws://[::1]:80/"),
+            Ok((false, "::1".into(), 80))
+        );
+        assert!(parse_server("http://x:1").unwrap_err().contains("ws://"));
+        assert!(parse_server("ws://x:1/chat")
+            .unwrap_err()
+            .contains("rewrite"));
+        assert!(parse_server("ws://x:99999").is_err());
+    }
+
+    #[test]
+    fn spans_become_lines() {
+        let src = Source {
+            path: "f.toml".into(),
+            text: "a = 1\nb = 2\nc = 3\n".into(),
+        };
+        assert_eq!(src.error(12..13, "x").to_string(), "f.toml:3: x");
+    }
+}
