@@ -508,7 +508,16 @@ fn parse_server(url: &str) -> Result<(bool, String, u16), String> {
     if host.is_empty() {
         return Err(format!("server `{url}` has no host"));
     }
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let port = match authority.rsplit_once(':') {
+        // A colon inside `[...]` belongs to an IPv6 address, not a port.
+        Some((_, p)) if !p.contains(']') => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("server `{url}`: the port must be 1-65535"))?,
+        _ if tls => 443,
+        _ => 80,
+    };
     Ok((tls, host.to_owned(), port))
 }
 
@@ -535,6 +544,8 @@ mod tests {
             .unwrap_err()
             .contains("rewrite"));
         assert!(parse_server("ws://x:99999").is_err());
+        assert!(parse_server("ws://x:").is_err());
+        assert_eq!(parse_server("wss://[::1]"), Ok((true, "::1".into(), 443)));
     }
 
     #[test]
