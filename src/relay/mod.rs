@@ -11,8 +11,8 @@
 
 pub mod close;
 pub mod frame;
-mod mask;
-mod utf8;
+pub mod mask;
+pub mod utf8;
 
 use std::{
     cell::RefCell,
