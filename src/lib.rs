@@ -18,8 +18,11 @@
 //!   the client gets a 101.
 //! - [`relay`]: the session: frames both ways, close handshake on both legs.
 //! - [`log`]: one access-log line per session.
+//! - [`shutdown`]: the session tracker; drain on SIGTERM.
 //!
-//! [`config`] turns the operator's TOML into checked values once, at start.
+//! [`config`] turns the operator's TOML into checked values at start and on
+//! reload; a reload swaps what *new* connections use and never touches a
+//! running session.
 //! [`echo`] is the built-in backend used by the default config.
 
 #![forbid(unsafe_code)]
@@ -31,35 +34,171 @@ pub mod listener;
 pub mod log;
 pub mod relay;
 pub mod route;
+pub mod shutdown;
 pub mod tls;
 pub mod upstream;
 
 use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
+use arc_swap::ArcSwap;
+use tokio::{net::TcpListener, sync::OnceCell};
 use tokio_rustls::TlsAcceptor;
 
 use config::{Config, ServerSpec, UpstreamConfig};
 use route::{Route, RouteTable};
+use shutdown::{DrainReport, Sessions};
 use upstream::Upstream;
 
 /// A gateway with its sockets bound, ready to serve.
 pub struct Gateway {
-    listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
-    ctx: Arc<http::Context>,
+    listeners: Vec<TcpListener>,
+    handle: Handle,
+}
+
+/// Controls a running gateway: reload its config, read its state.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    current: Arc<ArcSwap<http::Context>>,
+    sessions: Arc<Sessions>,
+    /// Listener addresses as configured; a reload cannot change them.
+    addrs: Vec<SocketAddr>,
+    /// The built-in echo backend, started once and kept across reloads.
+    echo: OnceCell<SocketAddr>,
 }
 
 impl Gateway {
     /// Starts built-in upstreams and binds every listener.
     pub async fn bind(config: Config) -> anyhow::Result<Gateway> {
         tls::install_provider();
+        let inner = Inner {
+            current: Arc::new(ArcSwap::from_pointee(http::Context {
+                routes: RouteTable::default(),
+                server: config.server.clone(),
+                tls: Vec::new(),
+                sessions: Arc::default(),
+            })),
+            sessions: Arc::default(),
+            addrs: config.listeners.iter().map(|l| l.addr).collect(),
+            echo: OnceCell::new(),
+        };
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let socket = TcpListener::bind(l.addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", l.addr))?;
+            listeners.push(socket);
+        }
+        let ctx = inner.context(config).await?;
+        inner.current.store(Arc::new(ctx));
+        Ok(Gateway {
+            listeners,
+            handle: Handle {
+                inner: Arc::new(inner),
+            },
+        })
+    }
+
+    /// The bound addresses, in config order (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Serves until `stop` resolves, then drains: listeners close at once,
+    /// every session gets 1001 and `drain_timeout` to finish closing.
+    pub async fn run(self, stop: impl Future<Output = ()>) -> DrainReport {
+        let inner = &self.handle.inner;
+        let (tx, rx) = tokio::sync::watch::channel(());
+        let mut tasks = Vec::new();
+        for (index, socket) in self.listeners.into_iter().enumerate() {
+            if let Ok(addr) = socket.local_addr() {
+                let tls = inner
+                    .current
+                    .load()
+                    .tls
+                    .get(index)
+                    .is_some_and(Option::is_some);
+                tracing::info!(addr = %addr, scheme = if tls { "wss" } else { "ws" }, "listening");
+            }
+            let mut rx = rx.clone();
+            let stopped = async move {
+                let _ = rx.changed().await;
+            };
+            tasks.push(tokio::spawn(listener::serve(
+                index,
+                socket,
+                inner.current.clone(),
+                stopped,
+            )));
+        }
+        stop.await;
+        drop(tx);
+        for t in tasks {
+            let _ = t.await;
+        }
+        let timeout = inner.current.load().server.drain_timeout;
+        tracing::info!(
+            sessions = inner.sessions.active(),
+            timeout_s = timeout.as_secs_f64(),
+            "draining"
+        );
+        let report = inner.sessions.drain(timeout).await;
+        tracing::info!(
+            sessions = report.sessions,
+            closed_cleanly = report.clean,
+            closed_uncleanly = report.unclean,
+            cut_at_deadline = report.cut,
+            "drained"
+        );
+        report
+    }
+}
+
+impl Handle {
+    /// Serves new connections with `config` from now on. Running sessions
+    /// keep their route, upstream and policy. Listener addresses cannot
+    /// change without a restart.
+    pub async fn reload(&self, config: Config) -> anyhow::Result<()> {
+        let addrs: Vec<_> = config.listeners.iter().map(|l| l.addr).collect();
+        anyhow::ensure!(
+            addrs == self.inner.addrs,
+            "listener addresses changed ({:?} -> {:?}); restart to apply",
+            self.inner.addrs,
+            addrs
+        );
+        let ctx = self.inner.context(config).await?;
+        self.inner.current.store(Arc::new(ctx));
+        Ok(())
+    }
+
+    /// Sessions currently open.
+    pub fn active_sessions(&self) -> usize {
+        self.inner.sessions.active()
+    }
+}
+
+impl Inner {
+    /// Builds what new connections use from a checked config.
+    async fn context(&self, config: Config) -> anyhow::Result<http::Context> {
         let mut upstreams = HashMap::new();
         for (name, spec) in config.upstreams {
             let servers = match spec {
                 UpstreamConfig::Servers(servers) => servers,
                 UpstreamConfig::BuiltinEcho => {
-                    let addr = echo::spawn()
+                    let addr = *self
+                        .echo
+                        .get_or_try_init(echo::spawn)
                         .await
                         .context("starting the built-in echo upstream")?;
                     vec![ServerSpec {
@@ -86,54 +225,15 @@ impl Gateway {
                 )
             })
             .collect();
-        let mut listeners = Vec::new();
-        for l in config.listeners {
-            let socket = TcpListener::bind(l.addr)
-                .await
-                .with_context(|| format!("cannot listen on {}", l.addr))?;
-            listeners.push((socket, l.tls.map(TlsAcceptor::from)));
-        }
-        Ok(Gateway {
-            listeners,
-            ctx: Arc::new(http::Context {
-                routes: RouteTable::new(routes),
-                server: config.server,
-            }),
+        Ok(http::Context {
+            routes: RouteTable::new(routes),
+            server: config.server,
+            tls: config
+                .listeners
+                .into_iter()
+                .map(|l| l.tls.map(TlsAcceptor::from))
+                .collect(),
+            sessions: self.sessions.clone(),
         })
-    }
-
-    /// The bound addresses, in config order (useful with port 0).
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
-            .collect()
-    }
-
-    /// Serves until `stop` resolves; then stops accepting.
-    pub async fn run(self, stop: impl Future<Output = ()>) {
-        let (tx, rx) = tokio::sync::watch::channel(());
-        let mut tasks = Vec::new();
-        for (socket, tls) in self.listeners {
-            let scheme = if tls.is_some() { "wss" } else { "ws" };
-            if let Ok(addr) = socket.local_addr() {
-                tracing::info!(addr = %addr, scheme, "listening");
-            }
-            let mut rx = rx.clone();
-            let stopped = async move {
-                let _ = rx.changed().await;
-            };
-            tasks.push(tokio::spawn(listener::serve(
-                socket,
-                tls,
-                self.ctx.clone(),
-                stopped,
-            )));
-        }
-        stop.await;
-        drop(tx);
-        for t in tasks {
-            let _ = t.await;
-        }
     }
 }

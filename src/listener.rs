@@ -4,16 +4,19 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::http::{self, Context};
 
-/// Accepts on `listener` until `stop` resolves.
+/// Accepts on listener number `index` until `stop` resolves, serving each
+/// connection with the config current when it arrived. Returning drops the
+/// socket, so new connections are refused at once.
 pub async fn serve(
+    index: usize,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    ctx: Arc<Context>,
+    current: Arc<ArcSwap<Context>>,
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
@@ -24,7 +27,9 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(connection(stream, peer, tls.clone(), ctx.clone()));
+                let ctx = current.load_full();
+                let tls = ctx.tls.get(index).cloned().flatten();
+                tokio::spawn(connection(stream, peer, tls, ctx));
             }
             Err(e) => {
                 // Usually out of file descriptors: back off instead of spinning.

@@ -20,8 +20,11 @@ pub fn session(
         Some(Ending::Closed { by, code }) => (by.name(), code, "close frame"),
         Some(Ending::Violation { by, code, reason }) => (by.name(), Some(code), reason),
         Some(Ending::Vanished { by }) => (by.name(), None, "connection lost without a close frame"),
+        Some(Ending::Unresponsive { by }) => (by.name(), None, "no answer to keepalive ping"),
+        Some(Ending::Gateway { reason }) => ("gateway", Some(1001), reason),
         None => ("gateway", None, "ended"),
     };
+    let ms = |d: Option<Duration>| d.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
     tracing::info!(
         target: "framegate::access",
         client = %client,
@@ -37,6 +40,8 @@ pub fn session(
         close_code = code.unwrap_or(0),
         reason,
         clean = s.clean,
+        rtt_client_ms = ms(s.client_rtt),
+        rtt_upstream_ms = ms(s.upstream_rtt),
         "session ended"
     );
 }

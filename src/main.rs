@@ -1,10 +1,11 @@
 //! `framegate`: run the gateway, or check a config.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use framegate::{config::Config, Gateway};
+use framegate::{config::Config, Gateway, Handle};
+use tokio::signal::unix::{signal, SignalKind};
 
 /// A WebSocket gateway that relays frames, not bytes.
 #[derive(Parser)]
@@ -29,6 +30,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stdout().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -55,7 +57,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    match run(config, cli.workers) {
+    match run(config, cli.config, cli.workers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("framegate: {e:#}");
@@ -64,7 +66,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config, workers: usize) -> anyhow::Result<()> {
+fn run(config: Config, path: PathBuf, workers: usize) -> anyhow::Result<()> {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if workers > 0 {
         rt.worker_threads(workers);
@@ -72,18 +74,57 @@ fn run(config: Config, workers: usize) -> anyhow::Result<()> {
     let rt = rt.enable_all().build().context("starting the runtime")?;
     rt.block_on(async {
         let gateway = Gateway::bind(config).await?;
-        gateway.run(shutdown_signal()).await;
-        tracing::info!("stopped");
+        tokio::spawn(reload_on_sighup(gateway.handle(), path));
+        let report = gateway.run(shutdown_signal()).await;
+        tracing::info!(cut = report.cut, "stopped");
         Ok(())
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGHUP: re-read the config, policies and certificates. An invalid config
+/// is logged, problem by problem, and the running one stays.
+async fn reload_on_sighup(handle: Handle, path: PathBuf) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; reload disabled");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match Config::load(&path) {
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(problem = %e, "reload refused");
+                }
+            }
+            Ok(config) => match handle.reload(config).await {
+                Ok(()) => {
+                    tracing::info!(config = %path.display(), "reloaded; new connections use the new config")
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused"),
+            },
+        }
     }
+}
+
+/// Resolves on the first SIGINT or SIGTERM (start draining); a second one
+/// exits at once.
+async fn shutdown_signal() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting without waiting for the drain");
+        std::process::exit(1);
+    });
 }

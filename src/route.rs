@@ -152,6 +152,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(1),
             close_timeout: Duration::from_secs(1),
+            timers: Default::default(),
         });
         let upstream = Arc::new(Upstream::new(prefix.to_owned(), Vec::new()));
         Route::new(host, prefix, rewrite, upstream, policy, true)

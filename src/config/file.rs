@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::{ByteSize, Timeout};
+use super::units::{ByteSize, Optional, Timeout};
 
 /// `framegate.toml`: listeners, routes and upstreams.
 #[derive(Debug, Deserialize)]
@@ -49,6 +49,14 @@ pub struct ServerSection {
     /// Most request headers accepted.
     #[serde(default = "defaults::max_headers")]
     pub max_headers: usize,
+    /// On SIGTERM/SIGINT, how long sessions get to finish their close
+    /// handshakes before the rest are cut and the process exits.
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: Timeout,
+    /// Spread the drain's 1001 closes evenly over this window, so clients do
+    /// not all reconnect in the same second; `"off"` closes all at once.
+    #[serde(default = "defaults::drain_spread")]
+    pub drain_spread: Optional,
 }
 
 impl Default for ServerSection {
@@ -58,6 +66,8 @@ impl Default for ServerSection {
             tls_handshake_timeout: defaults::tls_handshake_timeout(),
             max_header_bytes: defaults::max_header_bytes(),
             max_headers: defaults::max_headers(),
+            drain_timeout: defaults::drain_timeout(),
+            drain_spread: defaults::drain_spread(),
         }
     }
 }
@@ -83,14 +93,42 @@ pub struct CertSection {
     pub key: Spanned<String>,
 }
 
-/// A value that may be written once or as a list.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// A table that may also be written as a list of tables.
+#[derive(Debug)]
 pub enum OneOrMany<T> {
     /// `tls = { ... }`
     One(T),
     /// `tls = [{ ... }, { ... }]`
     Many(Vec<T>),
+}
+
+/// Written by hand rather than `#[serde(untagged)]`: untagged enums buffer
+/// the value and lose the `Spanned` positions that error messages need.
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table or a list of tables")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(OneOrMany::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(OneOrMany::Many)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }
 
 /// `[[route]]`
@@ -160,6 +198,13 @@ pub struct ClientPolicy {
     /// Largest message (all fragments) the client may send; larger closes with 1009.
     #[serde(default = "defaults::client_max_size")]
     pub max_message_size: ByteSize,
+    /// Ping the client after this long without hearing from it; `"off"` never pings.
+    #[serde(default = "defaults::client_ping_interval")]
+    pub ping_interval: Optional,
+    /// After a ping, a client that sends nothing for this long is dead: the
+    /// gateway closes it and tells the upstream 1001.
+    #[serde(default = "defaults::client_pong_timeout")]
+    pub pong_timeout: Timeout,
 }
 
 impl Default for ClientPolicy {
@@ -167,6 +212,8 @@ impl Default for ClientPolicy {
         ClientPolicy {
             max_frame_size: defaults::client_max_size(),
             max_message_size: defaults::client_max_size(),
+            ping_interval: defaults::client_ping_interval(),
+            pong_timeout: defaults::client_pong_timeout(),
         }
     }
 }
@@ -187,6 +234,13 @@ pub struct UpstreamPolicy {
     /// Time allowed for the server to answer the WebSocket upgrade; then 504.
     #[serde(default = "defaults::handshake_timeout")]
     pub handshake_timeout: Timeout,
+    /// Ping the upstream after this long without hearing from it; `"off"` never pings.
+    #[serde(default = "defaults::upstream_ping_interval")]
+    pub ping_interval: Optional,
+    /// After a ping, an upstream that sends nothing for this long is dead: the
+    /// gateway closes it and tells the client 1011.
+    #[serde(default = "defaults::upstream_pong_timeout")]
+    pub pong_timeout: Timeout,
 }
 
 impl Default for UpstreamPolicy {
@@ -196,6 +250,8 @@ impl Default for UpstreamPolicy {
             max_message_size: defaults::upstream_max_size(),
             connect_timeout: defaults::connect_timeout(),
             handshake_timeout: defaults::handshake_timeout(),
+            ping_interval: defaults::upstream_ping_interval(),
+            pong_timeout: defaults::upstream_pong_timeout(),
         }
     }
 }
@@ -208,12 +264,22 @@ pub struct SessionPolicy {
     /// before giving up on a clean handshake and closing TCP.
     #[serde(default = "defaults::close_timeout")]
     pub close_timeout: Timeout,
+    /// Close both legs with 1001 after this long without a data frame in
+    /// either direction (pings do not count); `"off"` (the default) never does.
+    #[serde(default = "defaults::off")]
+    pub idle_timeout: Optional,
+    /// Close both legs with 1001 after this long, whatever happens; each
+    /// session picks a point in the last 10% of it so reconnects spread out.
+    #[serde(default = "defaults::off")]
+    pub max_lifetime: Optional,
 }
 
 impl Default for SessionPolicy {
     fn default() -> Self {
         SessionPolicy {
             close_timeout: defaults::close_timeout(),
+            idle_timeout: defaults::off(),
+            max_lifetime: defaults::off(),
         }
     }
 }
@@ -224,7 +290,7 @@ pub mod defaults {
 
     use toml::Spanned;
 
-    use super::{ByteSize, Timeout};
+    use super::{ByteSize, Optional, Timeout};
 
     pub fn policy_dir() -> Spanned<String> {
         Spanned::new(0..0, "policies".into())
@@ -264,5 +330,27 @@ pub mod defaults {
     }
     pub fn close_timeout() -> Timeout {
         Timeout(Duration::from_secs(5))
+    }
+    pub fn off() -> Optional {
+        Optional(None)
+    }
+    pub fn drain_timeout() -> Timeout {
+        Timeout(Duration::from_secs(30))
+    }
+    pub fn drain_spread() -> Optional {
+        Optional(None)
+    }
+    /// Below the 60 s idle timers of nginx and AWS ALB and Cloudflare's 100 s.
+    pub fn client_ping_interval() -> Optional {
+        Optional(Some(Duration::from_secs(25)))
+    }
+    pub fn client_pong_timeout() -> Timeout {
+        Timeout(Duration::from_secs(50))
+    }
+    pub fn upstream_ping_interval() -> Optional {
+        Optional(Some(Duration::from_secs(30)))
+    }
+    pub fn upstream_pong_timeout() -> Timeout {
+        Timeout(Duration::from_secs(60))
     }
 }

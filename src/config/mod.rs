@@ -20,7 +20,10 @@ use std::{
 
 use toml::Spanned;
 
-use crate::tls;
+use crate::{
+    relay::lifecycle::{Keepalive, Rules},
+    tls,
+};
 use file::{ConfigFile, PolicyFile, RouteSection, UpstreamSection};
 
 /// The checked configuration the gateway runs with.
@@ -43,6 +46,8 @@ pub struct ServerSettings {
     pub tls_handshake_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    pub drain_timeout: Duration,
+    pub drain_spread: Option<Duration>,
 }
 
 /// One socket to accept on.
@@ -84,6 +89,8 @@ pub struct Policy {
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
     pub close_timeout: Duration,
+    /// Keepalive, idle and lifetime timers of sessions on this route.
+    pub timers: Rules,
 }
 
 /// Where an upstream's connections go.
@@ -292,6 +299,8 @@ impl<'a> Checker<'a> {
             tls_handshake_timeout: s.tls_handshake_timeout.0,
             max_header_bytes: header_bytes.max(8192) as usize,
             max_headers: s.max_headers,
+            drain_timeout: s.drain_timeout.0,
+            drain_spread: s.drain_spread.0,
         }
     }
 
@@ -483,6 +492,18 @@ pub fn policy_from(name: &str, p: &PolicyFile) -> Policy {
         connect_timeout: p.upstream.connect_timeout.0,
         handshake_timeout: p.upstream.handshake_timeout.0,
         close_timeout: p.session.close_timeout.0,
+        timers: Rules {
+            client: p.client.ping_interval.0.map(|interval| Keepalive {
+                interval,
+                pong_timeout: p.client.pong_timeout.0,
+            }),
+            upstream: p.upstream.ping_interval.0.map(|interval| Keepalive {
+                interval,
+                pong_timeout: p.upstream.pong_timeout.0,
+            }),
+            idle_timeout: p.session.idle_timeout.0,
+            max_lifetime: p.session.max_lifetime.0,
+        },
     }
 }
 

@@ -78,6 +78,21 @@ impl<'de> Deserialize<'de> for Timeout {
     }
 }
 
+/// A duration that may be switched off: `"off"` or e.g. `"25s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Optional(pub Option<Duration>);
+
+impl<'de> Deserialize<'de> for Optional {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "off" {
+            return Ok(Optional(None));
+        }
+        let t = Timeout::deserialize(de::value::StrDeserializer::<D::Error>::new(&text))?;
+        Ok(Optional(Some(t.0)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,15 +18,20 @@ use crate::{
     config::ServerSettings,
     relay::{frame, Session},
     route::{host_of, RouteTable},
+    shutdown::Sessions,
     upstream::UpstreamRequest,
 };
 use upgrade::Reject;
 
-/// What every connection needs to know.
-#[derive(Debug)]
+/// What every connection needs to know. Replaced whole on reload; a
+/// session keeps the route and policy it started with.
 pub struct Context {
     pub routes: RouteTable,
     pub server: ServerSettings,
+    /// TLS for each listener, by index (`None` for plain `ws`).
+    pub tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
+    /// Shared by every generation of the config.
+    pub sessions: Arc<Sessions>,
 }
 
 /// Serves one client connection (already past TLS, if any).
@@ -93,6 +98,12 @@ async fn upgrade_request(
         .ok_or_else(|| Reject::new(StatusCode::NOT_FOUND, "no route for this host and path"))?
         .clone();
     let up = upgrade::validate(req.method(), req.version(), req.headers())?;
+    if ctx.sessions.is_draining() {
+        return Err(Reject::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down; retry",
+        ));
+    }
 
     let mut headers = forwarded::end_to_end(req.headers());
     headers.remove(header::HOST);
@@ -125,7 +136,9 @@ async fn upgrade_request(
     let path = req.uri().path().to_owned();
     let mut upstream_io = connected.io;
     let server = connected.server;
-    tokio::spawn(async move {
+    let sessions = ctx.sessions.clone();
+    let drain = sessions.drain_signal(ctx.server.drain_spread);
+    ctx.sessions.spawn(async move {
         let started = Instant::now();
         let client_io = match on_upgrade.await {
             Ok(io) => TokioIo::new(io),
@@ -139,9 +152,10 @@ async fn upgrade_request(
                 return;
             }
         };
-        let summary = Session::new(client_io, upstream_io, &route.policy)
+        let summary = Session::new(client_io, upstream_io, &route.policy, Some(drain))
             .run()
             .await;
+        sessions.ended(summary.clean);
         crate::log::session(
             peer,
             &route.label,

@@ -80,6 +80,8 @@ pub struct Chunk {
     pub frames: u64,
     /// Payload bytes forwarded.
     pub bytes: u64,
+    /// The payload of the last 8-byte pong read, to match the gateway's own pings.
+    pub pong: Option<u64>,
     pub stop: Option<Stop>,
 }
 
@@ -148,6 +150,7 @@ impl Decoder {
             w: 0,
             frames: 0,
             bytes: 0,
+            pong: None,
         };
         let mut r = HEADROOM;
         let stop = self.run(buf, &mut r, end, &mut out, replies).err();
@@ -158,8 +161,14 @@ impl Decoder {
             out: out.w,
             frames: out.frames,
             bytes: out.bytes,
+            pong: out.pong,
             stop,
         }
+    }
+
+    /// Whether a message is partly relayed: a close now would cut it.
+    pub fn mid_message(&self) -> bool {
+        self.message.is_some()
     }
 
     fn run(
@@ -213,6 +222,11 @@ impl Decoder {
                             OpCode::Control(Control::Pong),
                             &buf[payload],
                         ),
+                        Control::Pong => {
+                            out.pong = <[u8; 8]>::try_from(&buf[payload])
+                                .ok()
+                                .map(u64::from_be_bytes);
+                        }
                         Control::Close => {
                             let code = check_close(&buf[payload.clone()])?;
                             out.frame(buf, OpCode::Control(Control::Close), true, payload, None);
@@ -362,6 +376,7 @@ struct Out {
     w: usize,
     frames: u64,
     bytes: u64,
+    pong: Option<u64>,
 }
 
 impl Out {

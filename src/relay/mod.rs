@@ -11,6 +11,7 @@
 
 pub mod close;
 pub mod frame;
+pub mod lifecycle;
 pub mod mask;
 pub mod utf8;
 
@@ -25,11 +26,14 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    time::{sleep, Instant, Sleep},
+    time::{sleep_until, Instant, Sleep},
 };
+use tokio_util::sync::WaitForCancellationFutureOwned;
+use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 use crate::config::Policy;
 use frame::{Decoder, Side, Stop};
+use lifecycle::{Due, Lifecycle};
 
 /// A peer whose outbox (relayed data plus pongs it owes) reaches this size is
 /// not read until it takes some: it cannot make the gateway queue pongs without bound.
@@ -52,6 +56,10 @@ pub enum Ending {
     },
     /// A peer's TCP connection ended without a close frame.
     Vanished { by: Side },
+    /// A peer answered no keepalive ping in time.
+    Unresponsive { by: Side },
+    /// The gateway closed both legs: idle, lifetime or drain.
+    Gateway { reason: &'static str },
 }
 
 /// Traffic in one direction.
@@ -69,6 +77,16 @@ pub struct Summary {
     pub upstream_to_client: Counts,
     /// Whether the close handshake finished on both legs before the deadline.
     pub clean: bool,
+    /// Last keepalive round trip to each leg.
+    pub client_rtt: Option<Duration>,
+    pub upstream_rtt: Option<Duration>,
+}
+
+/// The gateway is shutting down: when `signal` resolves the session starts
+/// closing, after a random share of `spread`.
+pub struct DrainSignal {
+    pub signal: WaitForCancellationFutureOwned,
+    pub spread: Option<Duration>,
 }
 
 /// One leg: its socket, what we read from it, what we owe it.
@@ -163,6 +181,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Leg<S> {
         self.sent_close = true;
     }
 
+    /// Queues a keepalive ping carrying `payload`.
+    fn ping(&mut self, payload: u64) {
+        if !self.sent_close && !self.dead {
+            frame::control_frame(
+                &mut self.outbox,
+                self.side,
+                OpCode::Control(Control::Ping),
+                &payload.to_be_bytes(),
+            );
+        }
+    }
+
     /// The socket is gone: stop reading and writing it.
     fn kill(&mut self) {
         self.dead = true;
@@ -171,16 +201,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Leg<S> {
     }
 }
 
+/// What both directions share while pumping.
+struct State {
+    ending: Option<Ending>,
+    life: Lifecycle,
+    /// Draining: each leg gets 1001 as soon as no message to it is half-sent.
+    draining: bool,
+    now: Instant,
+}
+
 /// A WebSocket session between a client and an upstream, both handshakes done.
 pub struct Session<C, U> {
     client: Leg<C>,
     upstream: Leg<U>,
+    state: State,
     close_timeout: Duration,
-    /// Armed when closing starts: first for the close handshake, then once
-    /// more for the final writes; after that the sockets are dropped.
-    deadline: Option<Pin<Box<Sleep>>>,
+    drain: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    drain_spread: Option<Duration>,
+    /// The next lifecycle deadline while open; the close deadlines once closing.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// How many close deadlines have passed: after the first the gateway
+    /// stops waiting for closes, after the second it drops the sockets.
     expired: u8,
-    ending: Option<Ending>,
+    closing_armed: bool,
 }
 
 impl<C, U> Session<C, U>
@@ -188,14 +231,32 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    pub fn new(client: C, upstream: U, policy: &Policy) -> Self {
+    pub fn new(client: C, upstream: U, policy: &Policy, drain: Option<DrainSignal>) -> Self {
+        let now = Instant::now();
+        let mut rules = policy.timers;
+        // Each session ends somewhere in the last 10% of its lifetime.
+        rules.max_lifetime = rules
+            .max_lifetime
+            .map(|d| d.mul_f64(1.0 - rand::random::<f64>() * 0.1));
+        let (drain, drain_spread) = match drain {
+            Some(d) => (Some(Box::pin(d.signal)), d.spread),
+            None => (None, None),
+        };
         Session {
             client: Leg::new(Side::Client, client, policy),
             upstream: Leg::new(Side::Upstream, upstream, policy),
+            state: State {
+                ending: None,
+                life: Lifecycle::new(rules, now),
+                draining: false,
+                now,
+            },
             close_timeout: policy.close_timeout,
-            deadline: None,
+            drain,
+            drain_spread,
+            timer: None,
             expired: 0,
-            ending: None,
+            closing_armed: false,
         }
     }
 
@@ -209,54 +270,159 @@ where
         };
         let _ = tokio::time::timeout(self.close_timeout, shutdown).await;
         Summary {
-            ending: self.ending,
+            ending: self.state.ending,
             client_to_upstream: self.client.counts,
             upstream_to_client: self.upstream.counts,
             clean,
+            client_rtt: self.state.life.rtt(Side::Client),
+            upstream_rtt: self.state.life.rtt(Side::Upstream),
         }
     }
 
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
+            self.state.now = Instant::now();
+            if self.state.draining {
+                close_for_drain(&mut self.client, &self.upstream);
+                close_for_drain(&mut self.upstream, &self.client);
+            }
             SCRATCH.with_borrow_mut(|buf| {
                 while pump(
                     &mut self.client,
                     &mut self.upstream,
                     cx,
                     buf,
-                    &mut self.ending,
+                    &mut self.state,
                 ) | pump(
                     &mut self.upstream,
                     &mut self.client,
                     cx,
                     buf,
-                    &mut self.ending,
+                    &mut self.state,
                 ) {}
             });
             if self.client.finished() && self.upstream.finished() {
                 return Poll::Ready(());
             }
-            if self.ending.is_none() {
+            if self.state.ending.is_none() {
+                if self.poll_open(cx) {
+                    continue;
+                }
                 return Poll::Pending;
             }
-            let timeout = self.close_timeout;
-            let deadline = self
-                .deadline
-                .get_or_insert_with(|| Box::pin(sleep(timeout)));
-            ready!(deadline.as_mut().poll(cx));
+            if !self.closing_armed {
+                self.closing_armed = true;
+                self.arm(self.state.now + self.close_timeout);
+            }
+            let timer = self.timer.as_mut().expect("armed above");
+            ready!(timer.as_mut().poll(cx));
             self.expired += 1;
             if self.expired > 1 {
                 return Poll::Ready(());
             }
-            deadline.as_mut().reset(Instant::now() + timeout);
-            give_up_waiting(&mut self.client, &mut self.upstream);
+            self.arm(Instant::now() + self.close_timeout);
+            give_up_waiting(&mut self.client, &mut self.upstream, self.state.draining);
+        }
+    }
+
+    /// While open: watch for drain and run what the lifecycle says is due.
+    /// Returns whether anything was done (the pumps should run again).
+    fn poll_open(&mut self, cx: &mut Context<'_>) -> bool {
+        let now = self.state.now;
+        if let Some(drain) = &mut self.drain {
+            if drain.as_mut().poll(cx).is_ready() {
+                let delay = self
+                    .drain_spread
+                    .map_or(Duration::ZERO, |s| s.mul_f64(rand::random::<f64>()));
+                self.drain = None;
+                self.state.life.drain(now, delay);
+            }
+        }
+        let mut acted = false;
+        while let Some(due) = self.state.life.due(now) {
+            acted = true;
+            self.act(due);
+        }
+        if acted {
+            return true;
+        }
+        let Some(wake) = self.state.life.next_wake() else {
+            return false;
+        };
+        self.arm(wake);
+        let timer = self.timer.as_mut().expect("armed above");
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    fn act(&mut self, due: Due) {
+        match due {
+            Due::Ping(Side::Client, payload) => self.client.ping(payload),
+            Due::Ping(Side::Upstream, payload) => self.upstream.ping(payload),
+            Due::Dead(Side::Client) => {
+                unresponsive(&mut self.client, &mut self.upstream, &mut self.state)
+            }
+            Due::Dead(Side::Upstream) => {
+                unresponsive(&mut self.upstream, &mut self.client, &mut self.state)
+            }
+            Due::Idle => self.gateway_close("idle timeout"),
+            Due::Lifetime => self.gateway_close("session lifetime reached"),
+            Due::Drain => {
+                self.state.draining = true;
+                self.state.ending.get_or_insert(Ending::Gateway {
+                    reason: "going away",
+                });
+            }
+        }
+    }
+
+    /// Closes both legs with 1001 for a reason of the gateway's own.
+    fn gateway_close(&mut self, reason: &'static str) {
+        self.client.close(Some(1001), reason);
+        self.upstream.close(Some(1001), reason);
+        self.state.ending.get_or_insert(Ending::Gateway { reason });
+    }
+
+    fn arm(&mut self, at: Instant) {
+        match &mut self.timer {
+            Some(t) => t.as_mut().reset(at),
+            None => self.timer = Some(Box::pin(sleep_until(at))),
         }
     }
 }
 
+/// During a drain, closes `leg` with 1001 once no message toward it is half
+/// relayed (the close waits for the message in flight, bounded by the close
+/// deadline).
+fn close_for_drain<A, B>(leg: &mut Leg<A>, feeder: &Leg<B>)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    if !feeder.decoder.mid_message() || feeder.read_done {
+        leg.close(Some(1001), "going away");
+    }
+}
+
+/// `dead` answered no ping in time: send it a close on the off chance it
+/// reads, stop waiting for it, and tell the other leg it went away.
+fn unresponsive<A, B>(dead: &mut Leg<A>, other: &mut Leg<B>, state: &mut State)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    dead.close(Some(1001), "ping timeout");
+    dead.read_done = true;
+    let v = close::peer_of_vanished(dead.side);
+    other.close(Some(v.code), v.reason);
+    state
+        .ending
+        .get_or_insert(Ending::Unresponsive { by: dead.side });
+}
+
 /// The close handshake timed out: answer whoever is still waiting for a
-/// close (with its own code) and stop waiting for anyone's.
-fn give_up_waiting<A, B>(a: &mut Leg<A>, b: &mut Leg<B>)
+/// close (with its own code), close whatever a drain left open, and stop
+/// waiting for anyone's close.
+fn give_up_waiting<A, B>(a: &mut Leg<A>, b: &mut Leg<B>, draining: bool)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -269,6 +435,10 @@ where
     if let Some(code) = b.got_close {
         b.close(code, "");
     }
+    if draining {
+        a.close(Some(1001), "going away");
+        b.close(Some(1001), "going away");
+    }
 }
 
 /// Moves frames from `src` to `dst` until neither can make progress.
@@ -278,7 +448,7 @@ fn pump<A, B>(
     dst: &mut Leg<B>,
     cx: &mut Context<'_>,
     buf: &mut [u8],
-    ending: &mut Option<Ending>,
+    state: &mut State,
 ) -> bool
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -290,7 +460,7 @@ where
             match dst.poll_drain(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => {
-                    vanished(dst, src, ending);
+                    vanished(dst, src, &mut state.ending);
                     progress = true;
                     continue;
                 }
@@ -310,17 +480,24 @@ where
         };
         progress = true;
         let Some(n) = n else {
-            vanished(src, dst, ending);
+            vanished(src, dst, &mut state.ending);
             return true;
         };
+        state.life.heard(src.side, state.now);
         // Once `dst` is closed or gone, `src` is still read for its close
         // frame, but what else it sends has nowhere to go.
         let forward = !dst.dead && !dst.sent_close;
         let chunk = src.decoder.process(buf, at + n, &mut src.outbox);
         src.counts.frames += chunk.frames;
         src.counts.bytes += chunk.bytes;
+        if chunk.frames > 0 {
+            state.life.data(state.now);
+        }
+        if let Some(payload) = chunk.pong {
+            state.life.pong(src.side, payload, state.now);
+        }
         if forward && dst.send(cx, &buf[..chunk.out]).is_err() {
-            vanished(dst, src, ending);
+            vanished(dst, src, &mut state.ending);
         }
         match chunk.stop {
             None => {}
@@ -328,19 +505,24 @@ where
                 src.got_close = Some(code);
                 src.read_done = true;
                 dst.sent_close = true;
-                ending.get_or_insert(Ending::Closed { by: src.side, code });
+                state
+                    .ending
+                    .get_or_insert(Ending::Closed { by: src.side, code });
             }
             Some(Stop::Violation(v)) => {
                 src.read_done = true;
                 src.close(Some(v.code), v.reason);
                 let peer = close::peer_of_violation(src.side);
                 dst.close(Some(peer.code), peer.reason);
-                ending.get_or_insert(Ending::Violation {
+                state.ending.get_or_insert(Ending::Violation {
                     by: src.side,
                     code: v.code,
                     reason: v.reason,
                 });
             }
+        }
+        if state.draining && !src.decoder.mid_message() {
+            dst.close(Some(1001), "going away");
         }
     }
 }

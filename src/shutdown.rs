@@ -1,0 +1,88 @@
+//! Graceful drain: every session is tracked; on shutdown the listeners stop,
+//! each session closes both legs with 1001 at a message boundary (spread
+//! over `drain_spread`), and the gateway waits for the close handshakes up to
+//! `drain_timeout` before it cuts what is left.
+
+use std::{
+    future::Future,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::relay::DrainSignal;
+
+/// The sessions of one gateway, across config reloads.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    tracker: TaskTracker,
+    drain: CancellationToken,
+    /// Sessions that finished their close handshakes after the drain began.
+    drained_clean: AtomicUsize,
+    /// Sessions that ended without a clean handshake after the drain began.
+    drained_unclean: AtomicUsize,
+}
+
+/// How a drain went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Sessions open when the drain began.
+    pub sessions: usize,
+    /// Closed with a complete close handshake on both legs.
+    pub clean: usize,
+    /// Ended without one (a peer vanished or never answered the close).
+    pub unclean: usize,
+    /// Still open at `drain_timeout`, dropped.
+    pub cut: usize,
+}
+
+impl Sessions {
+    /// Runs a session under the tracker.
+    pub fn spawn(&self, session: impl Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(session);
+    }
+
+    /// What a new session watches to learn the gateway is draining.
+    pub fn drain_signal(&self, spread: Option<Duration>) -> DrainSignal {
+        DrainSignal {
+            signal: self.drain.clone().cancelled_owned(),
+            spread,
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.drain.is_cancelled()
+    }
+
+    /// Open sessions.
+    pub fn active(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Records how a session ended, for the drain report.
+    pub fn ended(&self, clean: bool) {
+        if self.is_draining() {
+            let counter = if clean {
+                &self.drained_clean
+            } else {
+                &self.drained_unclean
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Tells every session to close and waits up to `timeout` for them.
+    pub async fn drain(&self, timeout: Duration) -> DrainReport {
+        let sessions = self.tracker.len();
+        self.drain.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(timeout, self.tracker.wait()).await;
+        DrainReport {
+            sessions,
+            clean: self.drained_clean.load(Ordering::Relaxed),
+            unclean: self.drained_unclean.load(Ordering::Relaxed),
+            cut: self.tracker.len(),
+        }
+    }
+}
