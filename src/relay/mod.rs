@@ -220,6 +220,10 @@ pub struct Session<C, U> {
     drain_spread: Option<Duration>,
     /// The next lifecycle deadline while open; the close deadlines once closing.
     timer: Option<Pin<Box<Sleep>>>,
+    /// When the timer fires while open. Activity only moves deadlines later,
+    /// so the timer stays armed at the earlier time and is re-armed when it
+    /// fires early, instead of being reset on every read.
+    armed: Option<Instant>,
     /// How many close deadlines have passed: after the first the gateway
     /// stops waiting for closes, after the second it drops the sockets.
     expired: u8,
@@ -255,6 +259,7 @@ where
             drain,
             drain_spread,
             timer: None,
+            armed: None,
             expired: 0,
             closing_armed: false,
         }
@@ -349,9 +354,16 @@ where
         let Some(wake) = self.state.life.next_wake() else {
             return false;
         };
-        self.arm(wake);
+        if self.armed.is_none_or(|at| wake < at) {
+            self.arm(wake);
+            self.armed = Some(wake);
+        }
         let timer = self.timer.as_mut().expect("armed above");
-        timer.as_mut().poll(cx).is_ready()
+        if timer.as_mut().poll(cx).is_ready() {
+            self.armed = None;
+            return true;
+        }
+        false
     }
 
     fn act(&mut self, due: Due) {
