@@ -282,6 +282,8 @@ impl<'a> Checker<'a> {
                 upstreams,
             })
         } else {
+            self.errors
+                .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
             Err(ConfigErrors(self.errors))
         }
     }
