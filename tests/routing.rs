@@ -1,0 +1,236 @@
+//! Choosing the route (host, then longest path prefix) and rewriting the
+//! path sent upstream.
+
+mod support;
+
+use support::*;
+
+/// Four backends that each greet with their name and the path they got.
+async fn gateway() -> Gateway {
+    let mut urls = Vec::new();
+    for name in ["root", "api", "v2", "special", "wild", "exact"] {
+        let b = backend().await;
+        urls.push((name, b.url()));
+        b.named_echo_all(name);
+    }
+    let upstreams: String = urls
+        .iter()
+        .map(|(name, url)| format!("[upstream.{name}]\nservers = [\"{url}\"]\n\n"))
+        .collect();
+    start(&format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/"
+upstream = "root"
+
+[[route]]
+path = "/api/v2/"
+upstream = "v2"
+
+[[route]]
+path = "/api/"
+upstream = "api"
+
+[[route]]
+host = "special.test"
+upstream = "special"
+
+[[route]]
+host = "*.wild.test"
+upstream = "wild"
+
+[[route]]
+host = "exact.wild.test"
+path = "/api/"
+upstream = "exact"
+
+{upstreams}"#
+    ))
+    .await
+}
+
+/// Which backend a request reached, and the path it saw.
+async fn reached(gw: &Gateway, host: &str, path: &str) -> String {
+    let mut ws = raw_upgrade_to(gw.addr, host, path, &[]).await;
+    let (opcode, hello) = ws.read_message().await;
+    assert_eq!(opcode, OP_TEXT);
+    String::from_utf8(hello).unwrap()
+}
+
+#[tokio::test]
+async fn longest_prefix_wins() {
+    let gw = gateway().await;
+    for (path, expect) in [
+        ("/", "root /"),
+        ("/chat", "root /chat"),
+        ("/api", "root /api"),
+        ("/api/", "api /api/"),
+        ("/api/x?q=1", "api /api/x?q=1"),
+        ("/api/v2", "api /api/v2"),
+        ("/api/v2/x", "v2 /api/v2/x"),
+    ] {
+        assert_eq!(reached(&gw, "any.test", path).await, expect, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn host_specific_route_wins() {
+    let gw = gateway().await;
+    for (host, path, expect) in [
+        // Exact host beats a longer path on a route for any host.
+        ("special.test", "/api/v2/x", "special /api/v2/x"),
+        // Case and port do not matter.
+        ("SPECIAL.Test:8443", "/x", "special /x"),
+        ("other.test", "/api/x", "api /api/x"),
+        // Wildcards match subdomains only.
+        ("a.wild.test", "/api/v2/x", "wild /api/v2/x"),
+        ("a.b.wild.test", "/", "wild /"),
+        ("wild.test", "/", "root /"),
+        // Exact beats wildcard, but only where its path matches.
+        ("exact.wild.test", "/api/x", "exact /api/x"),
+        ("exact.wild.test", "/other", "wild /other"),
+    ] {
+        assert_eq!(reached(&gw, host, path).await, expect, "{host}{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_host_with_no_route_is_404() {
+    let url = echo_backend().await;
+    let gw = start(&format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+host = "only.test"
+upstream = "b"
+
+[upstream.b]
+servers = ["{url}"]
+"#
+    ))
+    .await;
+    let resp = http(gw.addr, &upgrade_request_to("other.test", "/", &[])).await;
+    assert_eq!(resp.status, 404);
+    resp.assert_one_line_body();
+    raw_upgrade_to(gw.addr, "only.test", "/", &[]).await;
+}
+
+#[tokio::test]
+async fn strip_prefix_and_rewrite() {
+    let strip = backend().await;
+    let rewrite = backend().await;
+    let keep = backend().await;
+    let (s, r, k) = (strip.url(), rewrite.url(), keep.url());
+    strip.named_echo_all("strip");
+    rewrite.named_echo_all("rewrite");
+    keep.named_echo_all("keep");
+    let gw = start(&format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/svc/"
+strip_prefix = true
+upstream = "strip"
+
+[[route]]
+path = "/old/"
+rewrite = "/v2/"
+upstream = "rewrite"
+
+[[route]]
+path = "/"
+upstream = "keep"
+
+[upstream.strip]
+servers = ["{s}"]
+
+[upstream.rewrite]
+servers = ["{r}"]
+
+[upstream.keep]
+servers = ["{k}"]
+"#
+    ))
+    .await;
+    for (path, expect) in [
+        ("/svc/chat?room=1", "strip /chat?room=1"),
+        ("/svc/", "strip /"),
+        ("/svc/a/b/?x=%20y&z", "strip /a/b/?x=%20y&z"),
+        ("/old/chat?room=1", "rewrite /v2/chat?room=1"),
+        ("/old/", "rewrite /v2/"),
+        ("/keep/me?q", "keep /keep/me?q"),
+    ] {
+        assert_eq!(reached(&gw, "any.test", path).await, expect, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn servers_of_an_upstream_take_turns() {
+    let one = backend().await;
+    let two = backend().await;
+    let (u1, u2) = (one.url(), two.url());
+    one.named_echo_all("one");
+    two.named_echo_all("two");
+    let gw = start(&format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+upstream = "pool"
+
+[upstream.pool]
+servers = ["{u1}", "{u2}"]
+"#
+    ))
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(reached(&gw, "any.test", "/").await);
+    }
+    assert_eq!(seen, ["one /", "two /", "one /", "two /"]);
+}
+
+#[tokio::test]
+async fn each_route_applies_its_own_policy() {
+    let url = echo_backend().await;
+    let gw = start_with(
+        &format!(
+            r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/tight/"
+upstream = "b"
+policy = "tight"
+
+[[route]]
+path = "/"
+upstream = "b"
+
+[upstream.b]
+servers = ["{url}"]
+"#
+        ),
+        &[(
+            "policies/tight.toml",
+            "[client]\nmax_frame_size = 100\nmax_message_size = 100\n",
+        )],
+    )
+    .await;
+    let message = client_frame(true, OP_BINARY, &[0u8; 101]);
+    let mut relaxed = raw_upgrade(gw.addr, "/x", &[]).await;
+    relaxed.send(&message).await;
+    assert_eq!(relaxed.read_message().await, (OP_BINARY, vec![0u8; 101]));
+    let mut tight = raw_upgrade(gw.addr, "/tight/x", &[]).await;
+    tight.send(&message).await;
+    assert_eq!(tight.expect_close().await.0, 1009);
+}
