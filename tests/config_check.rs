@@ -214,7 +214,6 @@ builtin = "mirror"
 }
 
 #[test]
-#[ignore = "BUG: `upstream X has no servers` is reported at line 1, not at its [upstream.X] table (src/config/mod.rs:365-368)"]
 fn an_upstream_without_servers_is_reported_at_its_table() {
     let bad = r#"[[listener]]
 addr = "127.0.0.1:0"

@@ -113,7 +113,6 @@ async fn forwarded_for_starts_a_chain_when_absent() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: only the first X-Forwarded-For line is extended; later lines are dropped (src/http/forwarded.rs:58,63)"]
 async fn forwarded_for_sent_on_several_lines_is_kept_whole() {
     let mut b = backend().await;
     let gw = start(&config(&b.url(), true)).await;

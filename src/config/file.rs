@@ -30,7 +30,7 @@ pub struct ConfigFile {
     pub routes: Vec<RouteSection>,
     /// Named groups of backend servers.
     #[serde(default, rename = "upstream")]
-    pub upstreams: BTreeMap<String, UpstreamSection>,
+    pub upstreams: BTreeMap<String, Spanned<UpstreamSection>>,
 }
 
 /// `[server]`

@@ -342,7 +342,12 @@ impl<'a> Checker<'a> {
         Some(ListenerConfig { addr: addr?, tls })
     }
 
-    fn upstream(&mut self, name: &str, u: &UpstreamSection) -> Option<UpstreamConfig> {
+    fn upstream(
+        &mut self,
+        name: &str,
+        section: &Spanned<UpstreamSection>,
+    ) -> Option<UpstreamConfig> {
+        let u = section.get_ref();
         if let Some(b) = &u.builtin {
             if !u.servers.is_empty() {
                 self.err(
@@ -363,10 +368,10 @@ impl<'a> Checker<'a> {
             return Some(UpstreamConfig::BuiltinEcho);
         }
         if u.servers.is_empty() {
-            self.errors.push(self.source.error(
-                0..0,
+            self.err(
+                section,
                 format!("upstream `{name}` has no servers (add servers = [\"ws://host:port\"])"),
-            ));
+            );
             return None;
         }
         let client_tls = if u.servers.iter().any(|s| s.get_ref().starts_with("wss://")) {

@@ -55,11 +55,18 @@ pub fn end_to_end(from: &HeaderMap) -> HeaderMap {
 /// TLS (`tls`) asking for `host`.
 pub fn add_forwarding(headers: &mut HeaderMap, ip: IpAddr, tls: bool, host: Option<&HeaderValue>) {
     let ip_text = ip.to_string();
-    let chain = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip_text}"),
-        _ => ip_text.clone(),
-    };
-    let value = |s: &str| HeaderValue::from_str(s).expect("IP text is a valid header value");
+    // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): keep them all.
+    let mut hops: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    hops.push(&ip_text);
+    let chain = hops.join(", ");
+    let value =
+        |s: &str| HeaderValue::from_str(s).expect("forwarded chain is a valid header value");
     headers.insert(X_FORWARDED_FOR, value(&chain));
     headers.insert(X_REAL_IP, value(&ip_text));
     headers.insert(

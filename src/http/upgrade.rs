@@ -59,7 +59,7 @@ pub struct Upgrade {
 }
 
 /// Whether a comma-separated header contains `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()

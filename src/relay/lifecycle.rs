@@ -304,7 +304,7 @@ mod tests {
         );
         assert_eq!(life.next_wake(), Some(t0 + 3600 * S));
         life.drain(t0 + 10 * S, 2 * S);
-        life.drain(t0 + 11 * S, 0 * S);
+        life.drain(t0 + 11 * S, Duration::ZERO);
         assert_eq!(
             life.next_wake(),
             Some(t0 + 12 * S),

@@ -23,7 +23,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::{
     config::{Policy, ServerSpec},
-    http::forwarded,
+    http::{forwarded, upgrade},
 };
 
 /// Why the upstream handshake failed; decides the client's status code.
@@ -283,6 +283,13 @@ impl Server {
             });
         }
         let rh = resp.headers();
+        if !upgrade::has_token(rh, header::UPGRADE, "websocket")
+            || !upgrade::has_token(rh, header::CONNECTION, "upgrade")
+        {
+            return Err(invalid(
+                "101 without Upgrade: websocket and Connection: upgrade",
+            ));
+        }
         let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
         if rh
             .get(header::SEC_WEBSOCKET_ACCEPT)

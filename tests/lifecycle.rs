@@ -1,0 +1,329 @@
+//! Connection lifecycle: the gateway's own keepalive pings, dead-peer and
+//! idle detection, handshake and close timeouts, and the drain.
+
+mod support;
+
+use std::{net::SocketAddr, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+    time::Instant,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A byte-splicing proxy like nginx's WebSocket proxy: it forwards bytes
+/// both ways and cuts both sides with a bare TCP close after `idle` without
+/// a byte in either direction.
+async fn idle_cutting_proxy(target: SocketAddr, idle: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut a, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut b = TcpStream::connect(target).await.unwrap();
+                let (mut ab, mut bb) = (vec![0u8; 16384], vec![0u8; 16384]);
+                loop {
+                    let moved = tokio::time::timeout(idle, async {
+                        tokio::select! {
+                            r = a.read(&mut ab) => match r { Ok(n) if n > 0 => b.write_all(&ab[..n]).await.is_ok(), _ => false },
+                            r = b.read(&mut bb) => match r { Ok(n) if n > 0 => a.write_all(&bb[..n]).await.is_ok(), _ => false },
+                        }
+                    })
+                    .await;
+                    if moved != Ok(true) {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads until a close frame; returns it with how many pings came first.
+async fn close_after_pings<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+) -> ((u16, String), usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut pings = 0;
+    loop {
+        match next_msg(ws).await {
+            Message::Ping(_) => pings += 1,
+            Message::Close(f) => return (code_reason(f), pings),
+            other => panic!("expected pings then a close, got {other:?}"),
+        }
+    }
+}
+
+const FAST_PINGS: &str = r#"
+[client]
+ping_interval = "100ms"
+pong_timeout = "300ms"
+[upstream]
+ping_interval = "100ms"
+pong_timeout = "300ms"
+"#;
+
+#[tokio::test]
+async fn pings_keep_a_silent_client_alive_through_idle_cutting_proxies() {
+    let idle = Duration::from_millis(400);
+    let backend = backend().await;
+    let behind = idle_cutting_proxy(backend.addr, idle).await;
+    backend.echo_all();
+    let gw = start_for_with_policy(&format!("ws://{behind}"), FAST_PINGS).await;
+    let front = idle_cutting_proxy(gw.addr, idle).await;
+    let mut client = connect(front, "/").await;
+
+    // Silent for three of the proxies' idle periods; only read, so
+    // tungstenite answers the gateway's pings.
+    let quiet_until = Instant::now() + idle * 3;
+    let mut pings = 0;
+    while let Ok(msg) = tokio::time::timeout_at(quiet_until, client.next()).await {
+        match msg.expect("connection cut while idle").expect("read error") {
+            Message::Ping(p) => {
+                assert_eq!(p.len(), 8, "the gateway's pings carry its RTT probe");
+                pings += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "the gateway pinged the client ({pings} pings)");
+    client.send(Message::text("still here")).await.unwrap();
+    loop {
+        match next_msg(&mut client).await {
+            Message::Ping(_) => continue,
+            m => break assert_eq!(m, Message::text("still here")),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_found_dead_and_its_backend_told() {
+    let mut backend = backend().await;
+    let gw = start_for_with_policy(
+        &backend.url(),
+        "[client]\nping_interval = \"100ms\"\npong_timeout = \"200ms\"\n[upstream]\nping_interval = \"off\"\n",
+    )
+    .await;
+    // Completes the upgrade, then never reads and never answers.
+    let _silent = raw_upgrade(gw.addr, "/", &[]).await;
+    let mut conn = backend.accept().await;
+    let (code, reason) = code_reason(conn.expect_close().await);
+    assert_eq!((code, reason.as_str()), (1001, "client went away"));
+}
+
+#[tokio::test]
+async fn a_dead_upstream_is_found_and_the_client_told() {
+    let mut backend = backend().await;
+    let gw = start_for_with_policy(
+        &backend.url(),
+        "[client]\nping_interval = \"off\"\n[upstream]\nping_interval = \"100ms\"\npong_timeout = \"200ms\"\n",
+    )
+    .await;
+    let mut client = connect(gw.addr, "/").await;
+    // Accepted, then never polled: it answers no ping.
+    let _frozen = backend.accept().await;
+    let (code, reason) = code_reason(expect_close(&mut client).await);
+    assert_eq!((code, reason.as_str()), (1011, "upstream went away"));
+}
+
+#[tokio::test]
+async fn idle_timeout_closes_both_legs_and_pings_do_not_count() {
+    let mut backend = backend().await;
+    let gw = start_for_with_policy(
+        &backend.url(),
+        "[session]\nidle_timeout = \"400ms\"\n[client]\nping_interval = \"50ms\"\n",
+    )
+    .await;
+    let mut client = connect(gw.addr, "/").await;
+    let mut conn = backend.accept().await;
+    client.send(Message::text("one message")).await.unwrap();
+    assert_eq!(conn.next().await, Message::text("one message"));
+    let ((code, reason), pings) = close_after_pings(&mut client).await;
+    assert_eq!((code, reason.as_str()), (1001, "idle timeout"));
+    assert!(
+        pings > 0,
+        "keepalive pings flowed but did not count as activity"
+    );
+    assert_eq!(
+        code_reason(conn.expect_close().await),
+        (1001, "idle timeout".into())
+    );
+}
+
+#[tokio::test]
+async fn an_unanswered_close_is_echoed_after_the_close_timeout() {
+    let mut backend = backend().await;
+    let gw = start_for_with_policy(&backend.url(), "[session]\nclose_timeout = \"200ms\"\n").await;
+    let mut client = connect(gw.addr, "/").await;
+    // The backend gets the close but never answers it.
+    let _mute = backend.accept().await;
+    client.close(Some(close_frame(4002, "bye"))).await.unwrap();
+    let (code, _) = code_reason(expect_close(&mut client).await);
+    assert_eq!(
+        code, 4002,
+        "the client's handshake completes with its own code"
+    );
+    assert!(guard("the gateway to hang up", client.next())
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_tls_client_that_never_starts_the_handshake_is_dropped() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let url = echo_backend().await;
+    let gw = start_with(
+        &format!(
+            "[server]\ntls_handshake_timeout = \"200ms\"\n[[listener]]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = \"cert.pem\", key = \"key.pem\" }}\n[[route]]\npath = \"/\"\nupstream = \"b\"\n[upstream.b]\nservers = [\"{url}\"]\n"
+        ),
+        &[("cert.pem", &leaf.cert_pem), ("key.pem", &leaf.key_pem)],
+    )
+    .await;
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let n = guard("the TLS handshake timeout", idle.read(&mut byte)).await;
+    assert!(matches!(n, Ok(0) | Err(_)), "closed without a byte: {n:?}");
+}
+
+#[tokio::test]
+async fn an_upstream_that_stalls_tls_is_a_504() {
+    let (addr, mut accepted) = silent_server().await;
+    let gw = start_for_with_policy(
+        &format!("wss://localhost:{}", addr.port()),
+        "[upstream]\nconnect_timeout = \"200ms\"\n",
+    )
+    .await;
+    let resp = http(gw.addr, &upgrade_request("/", &[])).await;
+    assert_eq!(resp.status, 504, "{}", resp.body_text());
+    guard("the gateway to reach the upstream", accepted.recv())
+        .await
+        .unwrap();
+}
+
+/// An in-process gateway whose drain the test starts and whose report it reads.
+struct Draining {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<framegate::shutdown::DrainReport>,
+    _dir: tempfile::TempDir,
+}
+
+async fn draining_gateway(upstream: &str, server: &str) -> Draining {
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[server]\n{server}\n{}", simple_config(upstream, "default"));
+    write_files(
+        dir.path(),
+        &[("framegate.toml", &config), ("policies/default.toml", "")],
+    );
+    let config = framegate::config::Config::load(&dir.path().join("framegate.toml")).unwrap();
+    let gw = framegate::Gateway::bind(config).await.unwrap();
+    let addr = gw.local_addrs()[0];
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(gw.run(async move {
+        let _ = stopped.await;
+    }));
+    Draining {
+        addr,
+        stop,
+        done,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn drain_sends_1001_to_every_client_and_backend_then_stops() {
+    let mut backend = backend().await;
+    let gw = draining_gateway(&backend.url(), "drain_timeout = \"5s\"").await;
+    let mut clients = Vec::new();
+    let (closes_tx, mut closes) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..100 {
+        clients.push(connect(gw.addr, "/").await);
+        let mut conn = backend.accept().await;
+        let tx = closes_tx.clone();
+        tokio::spawn(async move {
+            let close = conn.expect_close().await;
+            // Keep polling so tungstenite sends its close reply.
+            while conn.ws.next().await.is_some() {}
+            let _ = tx.send(code_reason(close));
+        });
+    }
+    gw.stop.send(()).unwrap();
+    for client in &mut clients {
+        assert_eq!(
+            code_reason(expect_close(client).await),
+            (1001, "going away".into())
+        );
+        while guard("the close handshake", client.next()).await.is_some() {}
+    }
+    for _ in 0..100 {
+        let got = guard("a backend close", closes.recv()).await.unwrap();
+        assert_eq!(got, (1001, "going away".into()));
+    }
+    let report = guard("the drain to finish", gw.done).await.unwrap();
+    assert_eq!(
+        (report.sessions, report.clean, report.cut),
+        (100, 100, 0),
+        "{report:?}"
+    );
+    assert!(
+        TcpStream::connect(gw.addr).await.is_err(),
+        "the listener is closed"
+    );
+}
+
+#[tokio::test]
+async fn drain_never_cuts_a_message_in_flight() {
+    let mut backend = backend().await;
+    let gw = draining_gateway(&backend.url(), "").await;
+    let mut client = raw_upgrade(gw.addr, "/", &[]).await;
+    let mut conn = backend.accept().await;
+    conn.send_raw(&server_frame(false, OP_TEXT, b"first half, "))
+        .await;
+    let first = client.expect_frame().await;
+    assert_eq!(
+        (first.fin, first.payload.as_slice()),
+        (false, &b"first half, "[..])
+    );
+
+    gw.stop.send(()).unwrap();
+    // The backend's own direction is idle, so it hears 1001 at once...
+    let raw = conn.ws.get_mut();
+    let mut buf = Vec::new();
+    let close = loop {
+        if let Some((frame, _)) = parse_frame(&buf) {
+            break frame;
+        }
+        let mut chunk = [0u8; 256];
+        let n = guard("the backend's close", raw.read(&mut chunk))
+            .await
+            .unwrap();
+        assert!(n > 0, "the gateway hung up on the backend");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    assert_eq!(close.close_code(), (1001, "going away".into()));
+    // ...while the client's close waits for the message to finish.
+    conn.send_raw(&server_frame(true, OP_CONT, b"second half"))
+        .await;
+    let rest = client.expect_frame().await;
+    assert_eq!(
+        (rest.fin, rest.opcode, rest.payload.as_slice()),
+        (true, OP_CONT, &b"second half"[..])
+    );
+    assert_eq!(client.expect_close().await, (1001, "going away".into()));
+    conn.send_raw(&server_frame(true, OP_CLOSE, &close_payload(1001, "")))
+        .await;
+    client
+        .send(&client_frame(true, OP_CLOSE, &close_payload(1001, "")))
+        .await;
+    let report = guard("the drain to finish", gw.done).await.unwrap();
+    assert_eq!((report.clean, report.cut), (1, 0), "{report:?}");
+}

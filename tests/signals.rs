@@ -1,0 +1,223 @@
+//! The real binary under signals: SIGTERM drains and exits 0, SIGHUP
+//! reloads without touching live sessions (or changes nothing when the new
+//! config is invalid).
+
+mod support;
+
+use std::{net::SocketAddr, path::Path, process::Stdio, sync::Arc};
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::{mpsc, watch},
+};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The gateway binary, its log lines, and its address.
+struct Binary {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    addr: SocketAddr,
+}
+
+impl Binary {
+    async fn start(config: &Path) -> Binary {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_framegate"))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the framegate binary starts");
+        let (tx, lines) = mpsc::unbounded_channel();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        let mut bin = Binary {
+            child,
+            lines,
+            addr: "0.0.0.0:0".parse().unwrap(),
+        };
+        let line = bin.wait_for("listening").await;
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        bin.addr = addr.parse().unwrap();
+        bin
+    }
+
+    /// The next log line containing `needle`.
+    async fn wait_for(&mut self, needle: &str) -> String {
+        guard(needle, async {
+            loop {
+                let line = self.lines.recv().await.expect("gateway output ended");
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+        })
+        .await
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args(["-s", name, &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+fn config_for(dir: &Path, upstream: &str) {
+    write_files(
+        dir,
+        &[
+            ("framegate.toml", &simple_config(upstream, "default")),
+            ("policies/default.toml", ""),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_session_with_1001_and_exits_zero() {
+    let mut backend = backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    config_for(dir.path(), &backend.url());
+    let mut gw = Binary::start(&dir.path().join("framegate.toml")).await;
+    let (closes_tx, mut closes) = mpsc::unbounded_channel();
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        clients.push(connect(gw.addr, "/").await);
+        let mut conn = backend.accept().await;
+        let tx = closes_tx.clone();
+        tokio::spawn(async move {
+            let close = conn.expect_close().await;
+            while conn.ws.next().await.is_some() {}
+            let _ = tx.send(code_reason(close));
+        });
+    }
+    gw.signal("TERM");
+    for client in &mut clients {
+        assert_eq!(
+            code_reason(expect_close(client).await),
+            (1001, "going away".into())
+        );
+        while guard("the close handshake", client.next()).await.is_some() {}
+    }
+    for _ in 0..100 {
+        assert_eq!(
+            guard("a backend close", closes.recv()).await.unwrap().0,
+            1001
+        );
+    }
+    let drained = gw.wait_for("drained").await;
+    assert!(
+        drained.contains("closed_cleanly=100") && drained.contains("cut_at_deadline=0"),
+        "{drained}"
+    );
+    let status = guard("the process to exit", gw.child.wait()).await.unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn sighup_with_an_invalid_config_changes_nothing() {
+    let url = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    config_for(dir.path(), &url);
+    let mut gw = Binary::start(&dir.path().join("framegate.toml")).await;
+    let mut before = connect(gw.addr, "/").await;
+
+    write_files(
+        dir.path(),
+        &[(
+            "framegate.toml",
+            "[[route]]\npath = \"/\"\nupstream = \"nowhere\"\nbogus = 1\n",
+        )],
+    );
+    gw.signal("HUP");
+    let refused = gw.wait_for("reload refused").await;
+    assert!(
+        refused.contains("framegate.toml:4"),
+        "the problem is named with its line: {refused}"
+    );
+
+    before.send(Message::text("still relayed")).await.unwrap();
+    assert_eq!(next_msg(&mut before).await, Message::text("still relayed"));
+    let mut after = connect(gw.addr, "/").await;
+    after.send(Message::text("old config")).await.unwrap();
+    assert_eq!(next_msg(&mut after).await, Message::text("old config"));
+}
+
+#[tokio::test]
+async fn sighup_under_load_loses_no_frame_and_closes_no_session() {
+    let old = backend().await;
+    let old_url = old.url();
+    old.named_echo_all("old");
+    let new = backend().await;
+    let new_url = new.url();
+    new.named_echo_all("new");
+    let dir = tempfile::tempdir().unwrap();
+    config_for(dir.path(), &old_url);
+    let mut gw = Binary::start(&dir.path().join("framegate.toml")).await;
+
+    let (reloaded_tx, reloaded) = watch::channel(false);
+    let reloaded = Arc::new(reloaded);
+    let mut sessions = Vec::new();
+    for _ in 0..100 {
+        let mut ws = connect(gw.addr, "/").await;
+        assert_eq!(next_msg(&mut ws).await, Message::text("old /"));
+        let reloaded = reloaded.clone();
+        sessions.push(tokio::spawn(async move {
+            // Echo round trips until well after the reload, every one checked.
+            let mut after_reload = 0;
+            let mut n = 0u64;
+            while after_reload < 20 {
+                ws.send(Message::text(n.to_string())).await.unwrap();
+                assert_eq!(
+                    next_msg(&mut ws).await,
+                    Message::text(n.to_string()),
+                    "frame lost or reordered"
+                );
+                n += 1;
+                if *reloaded.borrow() {
+                    after_reload += 1;
+                }
+            }
+            ws.close(Some(close_frame(1000, "done"))).await.unwrap();
+            let close = expect_close(&mut ws).await;
+            (n, code_reason(close))
+        }));
+    }
+    config_for(dir.path(), &new_url);
+    gw.signal("HUP");
+    gw.wait_for("reloaded").await;
+    reloaded_tx.send(true).unwrap();
+
+    let mut fresh = connect(gw.addr, "/").await;
+    assert_eq!(
+        next_msg(&mut fresh).await,
+        Message::text("new /"),
+        "a new connection uses the new config"
+    );
+    for s in sessions {
+        let (round_trips, close) = guard("a session to finish", s).await.unwrap();
+        assert!(round_trips >= 20);
+        assert_eq!(
+            close,
+            (1000, "done".into()),
+            "the session ended by its own close, not the reload"
+        );
+    }
+}
