@@ -243,31 +243,9 @@ async fn draining_gateway(upstream: &str, server: &str) -> Draining {
 async fn drain_sends_1001_to_every_client_and_backend_then_stops() {
     let mut backend = backend().await;
     let gw = draining_gateway(&backend.url(), "drain_timeout = \"5s\"").await;
-    let mut clients = Vec::new();
-    let (closes_tx, mut closes) = tokio::sync::mpsc::unbounded_channel();
-    for _ in 0..100 {
-        clients.push(connect(gw.addr, "/").await);
-        let mut conn = backend.accept().await;
-        let tx = closes_tx.clone();
-        tokio::spawn(async move {
-            let close = conn.expect_close().await;
-            // Keep polling so tungstenite sends its close reply.
-            while conn.ws.next().await.is_some() {}
-            let _ = tx.send(code_reason(close));
-        });
-    }
+    let mut sessions = open_sessions(gw.addr, &mut backend, 100).await;
     gw.stop.send(()).unwrap();
-    for client in &mut clients {
-        assert_eq!(
-            code_reason(expect_close(client).await),
-            (1001, "going away".into())
-        );
-        while guard("the close handshake", client.next()).await.is_some() {}
-    }
-    for _ in 0..100 {
-        let got = guard("a backend close", closes.recv()).await.unwrap();
-        assert_eq!(got, (1001, "going away".into()));
-    }
+    sessions.expect_going_away().await;
     let report = guard("the drain to finish", gw.done).await.unwrap();
     assert_eq!(
         (report.sessions, report.clean, report.cut),

@@ -6,7 +6,7 @@ mod support;
 
 use std::{net::SocketAddr, path::Path, process::Stdio, sync::Arc};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use support::*;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -96,32 +96,9 @@ async fn sigterm_closes_every_session_with_1001_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     config_for(dir.path(), &backend.url());
     let mut gw = Binary::start(&dir.path().join("framegate.toml")).await;
-    let (closes_tx, mut closes) = mpsc::unbounded_channel();
-    let mut clients = Vec::new();
-    for _ in 0..100 {
-        clients.push(connect(gw.addr, "/").await);
-        let mut conn = backend.accept().await;
-        let tx = closes_tx.clone();
-        tokio::spawn(async move {
-            let close = conn.expect_close().await;
-            while conn.ws.next().await.is_some() {}
-            let _ = tx.send(code_reason(close));
-        });
-    }
+    let mut sessions = open_sessions(gw.addr, &mut backend, 100).await;
     gw.signal("TERM");
-    for client in &mut clients {
-        assert_eq!(
-            code_reason(expect_close(client).await),
-            (1001, "going away".into())
-        );
-        while guard("the close handshake", client.next()).await.is_some() {}
-    }
-    for _ in 0..100 {
-        assert_eq!(
-            guard("a backend close", closes.recv()).await.unwrap().0,
-            1001
-        );
-    }
+    sessions.expect_going_away().await;
     let drained = gw.wait_for("drained").await;
     assert!(
         drained.contains("closed_cleanly=100") && drained.contains("cut_at_deadline=0"),

@@ -1011,3 +1011,53 @@ pub async fn tls_connect(
     .await
     .expect("TLS handshake with the gateway")
 }
+
+// ---------------------------------------------------------------------------
+// Drain
+// ---------------------------------------------------------------------------
+
+/// `n` sessions through the gateway at `addr` to `backend`, whose side
+/// records the close frame each backend connection receives.
+pub struct Sessions {
+    pub clients: Vec<Client>,
+    backend_closes: mpsc::UnboundedReceiver<(u16, String)>,
+}
+
+/// Opens `n` sessions; see [`Sessions`].
+pub async fn open_sessions(addr: SocketAddr, backend: &mut Backend, n: usize) -> Sessions {
+    let (tx, backend_closes) = mpsc::unbounded_channel();
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        clients.push(connect(addr, "/").await);
+        let mut conn = backend.accept().await;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let close = conn.expect_close().await;
+            // Keep polling so tungstenite sends its close reply.
+            while conn.ws.next().await.is_some() {}
+            let _ = tx.send(code_reason(close));
+        });
+    }
+    Sessions {
+        clients,
+        backend_closes,
+    }
+}
+
+impl Sessions {
+    /// Every client and every backend connection gets 1001 "going away",
+    /// and every client's close handshake completes.
+    pub async fn expect_going_away(&mut self) {
+        for client in &mut self.clients {
+            assert_eq!(
+                code_reason(expect_close(client).await),
+                (1001, "going away".into())
+            );
+            while guard("the close handshake", client.next()).await.is_some() {}
+        }
+        for _ in 0..self.clients.len() {
+            let got = guard("a backend close", self.backend_closes.recv()).await;
+            assert_eq!(got.unwrap(), (1001, "going away".into()));
+        }
+    }
+}
