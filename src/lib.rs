@@ -14,6 +14,9 @@
 //! - [`http`]: the hyper server; [`http::upgrade`] checks the RFC 6455
 //!   request, [`http::forwarded`] builds the upstream request's headers.
 //! - [`route`]: host and longest-prefix path matching, path rewrite.
+//! - [`admission`]: decided before the upstream is contacted: client IP,
+//!   Origin, JWT, connection limits, handshake rate; and the per-session
+//!   rate limits and token expiry the relay checks.
 //! - [`upstream`]: pick a server, connect, complete its handshake *before*
 //!   the client gets a 101.
 //! - [`relay`]: the session: frames both ways, close handshake on both legs.
@@ -27,6 +30,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod config;
 pub mod echo;
 pub mod http;
@@ -45,6 +49,7 @@ use arc_swap::ArcSwap;
 use tokio::{net::TcpListener, sync::OnceCell};
 use tokio_rustls::TlsAcceptor;
 
+use admission::{Admission, Stats};
 use config::{Config, ServerSpec, UpstreamConfig};
 use route::{Route, RouteTable};
 use shutdown::{DrainReport, Sessions};
@@ -65,6 +70,9 @@ pub struct Handle {
 struct Inner {
     current: Arc<ArcSwap<http::Context>>,
     sessions: Arc<Sessions>,
+    /// Connection counts and admission events, kept across reloads so the
+    /// sessions already open still count against the new limits.
+    admission: Arc<admission::Shared>,
     /// Listener addresses as configured; a reload cannot change them.
     addrs: Vec<SocketAddr>,
     /// The built-in echo backend, started once and kept across reloads.
@@ -80,9 +88,16 @@ impl Gateway {
                 routes: RouteTable::default(),
                 server: config.server.clone(),
                 tls: Vec::new(),
+                proxy_protocol: Vec::new(),
                 sessions: Arc::default(),
+                admission: Arc::new(Admission::new(
+                    config.server.admission.clone(),
+                    std::iter::empty(),
+                    &Arc::default(),
+                )),
             })),
             sessions: Arc::default(),
+            admission: Arc::default(),
             addrs: config.listeners.iter().map(|l| l.addr).collect(),
             echo: OnceCell::new(),
         };
@@ -186,6 +201,11 @@ impl Handle {
     pub fn active_sessions(&self) -> usize {
         self.inner.sessions.active()
     }
+
+    /// Admission's live counts; every one returns to zero when no session is open.
+    pub fn admission_stats(&self) -> Stats {
+        self.inner.current.load().admission.stats()
+    }
 }
 
 impl Inner {
@@ -211,7 +231,7 @@ impl Inner {
             };
             upstreams.insert(name.clone(), Arc::new(Upstream::new(name, servers)));
         }
-        let routes = config
+        let routes: Vec<Route> = config
             .routes
             .iter()
             .map(|r| {
@@ -225,15 +245,18 @@ impl Inner {
                 )
             })
             .collect();
+        let admission = Admission::new(config.server.admission.clone(), &routes, &self.admission);
         Ok(http::Context {
             routes: RouteTable::new(routes),
             server: config.server,
+            proxy_protocol: config.listeners.iter().map(|l| l.proxy_protocol).collect(),
             tls: config
                 .listeners
                 .into_iter()
                 .map(|l| l.tls.map(TlsAcceptor::from))
                 .collect(),
             sessions: self.sessions.clone(),
+            admission: Arc::new(admission),
         })
     }
 }

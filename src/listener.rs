@@ -1,6 +1,6 @@
-//! Accepting connections: TCP options, the TLS handshake (with a deadline),
-//! then the HTTP side. One task per connection; a failure in one never
-//! touches another.
+//! Accepting connections: TCP options, the PROXY protocol header (when the
+//! listener expects one), the TLS handshake (with a deadline), then the
+//! HTTP side. One task per connection; a failure in one never touches another.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -8,7 +8,10 @@ use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::http::{self, Context};
+use crate::{
+    admission::client_ip,
+    http::{self, Context},
+};
 
 /// Accepts on listener number `index` until `stop` resolves, serving each
 /// connection with the config current when it arrived. Returning drops the
@@ -29,7 +32,8 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 let ctx = current.load_full();
                 let tls = ctx.tls.get(index).cloned().flatten();
-                tokio::spawn(connection(stream, peer, tls, ctx));
+                let proxied = ctx.proxy_protocol.get(index).copied().unwrap_or(false);
+                tokio::spawn(connection(stream, peer, tls, proxied, ctx));
             }
             Err(e) => {
                 // Usually out of file descriptors: back off instead of spinning.
@@ -41,12 +45,20 @@ pub async fn serve(
 }
 
 async fn connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
+    proxied: bool,
     ctx: Arc<Context>,
 ) {
     let _ = stream.set_nodelay(true);
+    let peer = match proxied {
+        false => peer,
+        true => match proxied_peer(&mut stream, peer, &ctx).await {
+            Some(p) => p,
+            None => return,
+        },
+    };
     match tls {
         None => http::serve(stream, peer, false, ctx).await,
         Some(acceptor) => {
@@ -56,6 +68,32 @@ async fn connection(
                 Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
             }
+        }
+    }
+}
+
+/// The client a PROXY protocol header names (or the socket peer, for a
+/// header that names none). `None` closes the connection: the header is
+/// missing or bad, or the peer is not a trusted proxy and so may not speak for anyone.
+async fn proxied_peer(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    ctx: &Context,
+) -> Option<SocketAddr> {
+    if !ctx.admission.trusts(peer.ip()) {
+        tracing::info!(client = %peer, "refused: PROXY protocol listener, peer not in trusted_proxies");
+        return None;
+    }
+    let limit = ctx.server.request_timeout;
+    match tokio::time::timeout(limit, client_ip::read_proxy_header(stream)).await {
+        Ok(Ok(source)) => Some(source.unwrap_or(peer)),
+        Ok(Err(e)) => {
+            tracing::info!(client = %peer, error = %e, "refused: bad PROXY protocol header");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(client = %peer, "PROXY protocol header timed out");
+            None
         }
     }
 }

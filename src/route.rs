@@ -153,6 +153,7 @@ mod tests {
             handshake_timeout: Duration::from_secs(1),
             close_timeout: Duration::from_secs(1),
             timers: Default::default(),
+            admission: Arc::default(),
         });
         let upstream = Arc::new(Upstream::new(prefix.to_owned(), Vec::new()));
         Route::new(host, prefix, rewrite, upstream, policy, true)

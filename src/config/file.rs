@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::{ByteSize, Optional, Timeout};
+use super::units::{ByteSize, Leeway, Optional, Timeout};
 
 /// `framegate.toml`: listeners, routes and upstreams.
 #[derive(Debug, Deserialize)]
@@ -57,6 +57,24 @@ pub struct ServerSection {
     /// not all reconnect in the same second; `"off"` closes all at once.
     #[serde(default = "defaults::drain_spread")]
     pub drain_spread: Optional,
+    /// Most WebSocket sessions open at once on the whole gateway, counting
+    /// upgrades still in progress; over it: 503 with `Retry-After`. No limit when omitted.
+    pub max_connections: Option<u32>,
+    /// Peers (CIDRs such as `"10.0.0.0/8"` or single IPs) whose `X-Forwarded-For`
+    /// and PROXY protocol header are believed. Anyone else could write any
+    /// address there, so from other peers the socket address is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// IPv6 clients are counted per network of this prefix length (per-IP
+    /// limits, handshake rate): one host usually holds a whole /64.
+    #[serde(default = "defaults::client_ipv6_prefix")]
+    pub client_ipv6_prefix: Spanned<u8>,
+    /// Most clients one route's handshake rate limiter remembers. Clients idle
+    /// long enough to be back at a full burst are forgotten first; when it is
+    /// full of active clients, new ones are not rate-limited (connection
+    /// limits still apply) rather than refused.
+    #[serde(default = "defaults::max_tracked_clients")]
+    pub max_tracked_clients: usize,
 }
 
 impl Default for ServerSection {
@@ -68,6 +86,10 @@ impl Default for ServerSection {
             max_headers: defaults::max_headers(),
             drain_timeout: defaults::drain_timeout(),
             drain_spread: defaults::drain_spread(),
+            max_connections: None,
+            trusted_proxies: Vec::new(),
+            client_ipv6_prefix: defaults::client_ipv6_prefix(),
+            max_tracked_clients: defaults::max_tracked_clients(),
         }
     }
 }
@@ -81,6 +103,11 @@ pub struct ListenerSection {
     /// Terminate TLS (`wss://`) with these certificates; omit for plain `ws://`.
     /// One table, or a list of tables: the certificate is chosen by SNI.
     pub tls: Option<OneOrMany<CertSection>>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, as
+    /// HAProxy or a cloud TCP load balancer sends), which names the real
+    /// client. Believed only from `trusted_proxies`; other peers are refused.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// A certificate chain and its private key, both PEM.
@@ -186,6 +213,171 @@ pub struct PolicyFile {
     /// The session as a whole.
     #[serde(default)]
     pub session: SessionPolicy,
+    /// Require a JWT at upgrade. No authentication when omitted.
+    pub auth: Option<AuthPolicy>,
+    /// Allow only these browser origins. No check when omitted.
+    pub origin: Option<OriginPolicy>,
+    /// Connection and handshake limits.
+    #[serde(default)]
+    pub limits: LimitsPolicy,
+    /// Per-session message and byte rates, per direction.
+    #[serde(default)]
+    pub rate: RatePolicy,
+}
+
+/// `[auth]` in a policy: a JWT checked before the upstream is contacted.
+/// Exactly one key source: `secret_file` or `secret_env` (HS*), `public_key`,
+/// `jwks_file` or `jwks_url`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthPolicy {
+    /// Accepted `alg` values, all of one family: HS256/HS384/HS512, RS*/PS*,
+    /// ES256/ES384, or EdDSA. A token with any other `alg` (including `none`) is refused.
+    pub algorithms: Spanned<Vec<String>>,
+    /// File holding the HMAC secret (HS*); trailing newlines are ignored.
+    pub secret_file: Option<Spanned<String>>,
+    /// Environment variable holding the HMAC secret (HS*). Secrets are never written inline.
+    pub secret_env: Option<Spanned<String>>,
+    /// PEM public key (RSA, EC or Ed25519) that signs every token.
+    pub public_key: Option<Spanned<String>>,
+    /// JWKS file (`{"keys": [...]}`); the token's `kid` picks the key.
+    pub jwks_file: Option<Spanned<String>>,
+    /// `https://` URL of a JWKS, fetched when first needed and cached.
+    pub jwks_url: Option<Spanned<String>>,
+    /// PEM CA bundle the `jwks_url` server is verified against, instead of the system roots.
+    pub jwks_ca: Option<Spanned<String>>,
+    /// How long a fetched JWKS is used before it is fetched again.
+    #[serde(default = "defaults::jwks_refresh")]
+    pub jwks_refresh: Timeout,
+    /// Least time between two fetches caused by an unknown `kid`, so clients
+    /// sending made-up `kid`s cannot make the gateway hammer the key server.
+    #[serde(default = "defaults::jwks_min_refetch")]
+    pub jwks_min_refetch: Timeout,
+    /// Where the token may be, tried in this order: `"header"`
+    /// (`Authorization: Bearer`), `"query"`, `"cookie"`, `"subprotocol"`.
+    #[serde(default = "defaults::token_from")]
+    pub token_from: Spanned<Vec<String>>,
+    /// Query parameter that carries the token (`"query"`).
+    #[serde(default = "defaults::token_name")]
+    pub query_param: String,
+    /// Cookie that carries the token (`"cookie"`).
+    #[serde(default = "defaults::token_name")]
+    pub cookie: String,
+    /// Prefix of the `Sec-WebSocket-Protocol` entry that carries the token
+    /// (`"subprotocol"`): browsers cannot set headers on a WebSocket.
+    #[serde(default = "defaults::subprotocol_prefix")]
+    pub subprotocol_prefix: String,
+    /// Accepted `iss` values; when set, a token must carry one of them.
+    #[serde(default)]
+    pub issuer: Vec<String>,
+    /// Accepted `aud` values; when set, a token must carry one of them.
+    #[serde(default)]
+    pub audience: Vec<String>,
+    /// Clock skew allowed when checking `exp` and `nbf`.
+    #[serde(default = "defaults::leeway")]
+    pub leeway: Leeway,
+    /// Claims a valid token must also carry; missing: 403.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Scopes a valid token must grant (in `scope`, space-separated, or `scp`); missing: 403.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Claims sent upstream as headers, e.g. `{ sub = "X-Auth-Subject" }`.
+    /// Headers of these names sent by the client are always removed first.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, Spanned<String>>,
+    /// Send the token upstream as `Authorization: Bearer`. Off by default: the
+    /// token is removed from wherever it came (header, query, cookie, subprotocol).
+    #[serde(default)]
+    pub forward_token: bool,
+    /// Close the session with 4001 "token expired" when the token's `exp` passes.
+    #[serde(default)]
+    pub close_on_expiry: bool,
+}
+
+/// `[origin]` in a policy: the cross-site WebSocket hijacking defence.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginPolicy {
+    /// Allowed `Origin` values: `"https://app.example.com"` exactly, or
+    /// `"https://*.example.com"` for any subdomain (not the bare domain). Others: 403.
+    pub allow: Vec<Spanned<String>>,
+    /// Whether a request without `Origin` (not a browser) is let through.
+    #[serde(default = "defaults::allow_missing_origin")]
+    pub allow_missing: bool,
+}
+
+/// `[limits]` in a policy. Each limit is off when omitted.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPolicy {
+    /// Sessions open at once on one route with this policy; over it: 503.
+    pub max_connections: Option<u32>,
+    /// Sessions one client IP (or IPv6 network) may hold on the route; over it: 429.
+    pub max_connections_per_ip: Option<u32>,
+    /// Sessions one token subject (`sub`) may hold on the route, from any IP; over it: 429.
+    pub max_connections_per_subject: Option<Spanned<u32>>,
+    /// Upgrade requests per second a client IP may make on the route; over it: 429.
+    pub handshakes_per_second: Option<Spanned<u32>>,
+    /// Upgrade requests a client IP may make at once before the rate applies.
+    pub handshake_burst: Option<Spanned<u32>>,
+    /// `Retry-After` sent when a connection limit refuses (the handshake rate
+    /// limiter computes its own).
+    #[serde(default = "defaults::retry_after")]
+    pub retry_after: Timeout,
+}
+
+impl Default for LimitsPolicy {
+    fn default() -> Self {
+        LimitsPolicy {
+            max_connections: None,
+            max_connections_per_ip: None,
+            max_connections_per_subject: None,
+            handshakes_per_second: None,
+            handshake_burst: None,
+            retry_after: defaults::retry_after(),
+        }
+    }
+}
+
+/// `[rate]` in a policy: one table per direction.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RatePolicy {
+    /// What the client sends.
+    pub client: Option<RateSection>,
+    /// What the upstream sends.
+    pub upstream: Option<RateSection>,
+}
+
+/// `[rate.client]` / `[rate.upstream]`: token buckets over what one leg sends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSection {
+    /// Data frames per second (a message sent in one frame, as browsers do, is one).
+    pub frames_per_second: Option<Spanned<u32>>,
+    /// Frames that may arrive at once before the rate applies; default: one second's worth.
+    pub frame_burst: Option<Spanned<u32>>,
+    /// Payload bytes per second.
+    pub bytes_per_second: Option<Spanned<ByteSize>>,
+    /// Bytes that may arrive at once before the rate applies; default: one second's worth.
+    pub byte_burst: Option<Spanned<ByteSize>>,
+    /// Over the rate: `"throttle"` stops reading that leg until it is back
+    /// under (TCP backpressure slows the sender, nothing is lost) or `"close"`
+    /// closes it with 1008.
+    #[serde(default)]
+    pub action: RateAction,
+}
+
+/// What happens to a leg that sends faster than its rate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateAction {
+    /// Stop reading until the bucket refills.
+    #[default]
+    Throttle,
+    /// Close with 1008 Policy Violation.
+    Close,
 }
 
 /// `[client]` in a policy.
@@ -290,7 +482,7 @@ pub mod defaults {
 
     use toml::Spanned;
 
-    use super::{ByteSize, Optional, Timeout};
+    use super::{ByteSize, Leeway, Optional, Timeout};
 
     pub fn policy_dir() -> Spanned<String> {
         Spanned::new(0..0, "policies".into())
@@ -352,5 +544,35 @@ pub mod defaults {
     }
     pub fn upstream_pong_timeout() -> Timeout {
         Timeout(Duration::from_secs(60))
+    }
+    pub fn client_ipv6_prefix() -> Spanned<u8> {
+        Spanned::new(0..0, 64)
+    }
+    pub fn max_tracked_clients() -> usize {
+        100_000
+    }
+    pub fn jwks_refresh() -> Timeout {
+        Timeout(Duration::from_secs(600))
+    }
+    pub fn jwks_min_refetch() -> Timeout {
+        Timeout(Duration::from_secs(30))
+    }
+    pub fn token_from() -> Spanned<Vec<String>> {
+        Spanned::new(0..0, vec!["header".into()])
+    }
+    pub fn token_name() -> String {
+        "access_token".into()
+    }
+    pub fn subprotocol_prefix() -> String {
+        "bearer.".into()
+    }
+    pub fn leeway() -> Leeway {
+        Leeway(Duration::from_secs(30))
+    }
+    pub fn allow_missing_origin() -> bool {
+        false
+    }
+    pub fn retry_after() -> Timeout {
+        Timeout(Duration::from_secs(5))
     }
 }

@@ -5,6 +5,7 @@
 //! problem it can find as `file:line: what is wrong` instead of stopping at
 //! the first.
 
+mod admission;
 pub mod file;
 pub mod units;
 
@@ -48,6 +49,8 @@ pub struct ServerSettings {
     pub max_headers: usize,
     pub drain_timeout: Duration,
     pub drain_spread: Option<Duration>,
+    /// Trusted proxies, the global connection limit, client grouping.
+    pub admission: crate::admission::ServerRules,
 }
 
 /// One socket to accept on.
@@ -56,6 +59,8 @@ pub struct ListenerConfig {
     pub addr: SocketAddr,
     /// Present for `wss` listeners.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// A route after checking: every name resolved, the rewrite normalised.
@@ -91,6 +96,8 @@ pub struct Policy {
     pub close_timeout: Duration,
     /// Keepalive, idle and lifetime timers of sessions on this route.
     pub timers: Rules,
+    /// Authentication, origins, limits and rates.
+    pub admission: Arc<crate::admission::Rules>,
 }
 
 /// Where an upstream's connections go.
@@ -303,6 +310,7 @@ impl<'a> Checker<'a> {
             max_headers: s.max_headers,
             drain_timeout: s.drain_timeout.0,
             drain_spread: s.drain_spread.0,
+            admission: self.server_rules(s),
         }
     }
 
@@ -339,7 +347,11 @@ impl<'a> Checker<'a> {
                 Some(tls::server_config(pairs))
             }
         };
-        Some(ListenerConfig { addr: addr?, tls })
+        Some(ListenerConfig {
+            addr: addr?,
+            tls,
+            proxy_protocol: l.proxy_protocol,
+        })
     }
 
     fn upstream(
@@ -466,11 +478,18 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        let parsed = Source::read(&path).and_then(|src| src.parse::<PolicyFile>());
-        match parsed {
-            Ok(p) => Some(Arc::new(policy_from(name, &p))),
+        let parsed = Source::read(&path).and_then(|src| Ok((src.parse::<PolicyFile>()?, src)));
+        let (p, src) = match parsed {
+            Ok(parsed) => parsed,
             Err(e) => {
                 self.errors.push(e);
+                return None;
+            }
+        };
+        match admission::rules(&src, &p, &self.base) {
+            Ok(rules) => Some(Arc::new(policy_from(name, &p, rules))),
+            Err(mut errors) => {
+                self.errors.append(&mut errors);
                 None
             }
         }
@@ -484,8 +503,8 @@ fn certs_of(tls: &file::OneOrMany<file::CertSection>) -> Vec<&file::CertSection>
     }
 }
 
-/// Turns a parsed policy file into the values sessions use.
-pub fn policy_from(name: &str, p: &PolicyFile) -> Policy {
+/// Turns a parsed policy file (and its checked admission rules) into the values sessions use.
+pub fn policy_from(name: &str, p: &PolicyFile, admission: crate::admission::Rules) -> Policy {
     Policy {
         name: name.to_owned(),
         client: FrameLimits {
@@ -511,6 +530,7 @@ pub fn policy_from(name: &str, p: &PolicyFile) -> Policy {
             idle_timeout: p.session.idle_timeout.0,
             max_lifetime: p.session.max_lifetime.0,
         },
+        admission: Arc::new(admission),
     }
 }
 

@@ -65,12 +65,7 @@ pub struct Timeout(pub Duration);
 
 impl<'de> Deserialize<'de> for Timeout {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        let dur = humantime::parse_duration(&text).map_err(|e| {
-            de::Error::custom(format!(
-                "`{text}` is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"2m\""
-            ))
-        })?;
+        let dur = duration(d)?;
         if dur.is_zero() {
             return Err(de::Error::custom("a timeout must be greater than zero"));
         }
@@ -91,6 +86,25 @@ impl<'de> Deserialize<'de> for Optional {
         let t = Timeout::deserialize(de::value::StrDeserializer::<D::Error>::new(&text))?;
         Ok(Optional(Some(t.0)))
     }
+}
+
+/// A tolerance that may be zero, written like a [`Timeout`]: `"0s"`, `"30s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leeway(pub Duration);
+
+impl<'de> Deserialize<'de> for Leeway {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        duration(d).map(Leeway)
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        de::Error::custom(format!(
+            "`{text}` is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"2m\""
+        ))
+    })
 }
 
 #[cfg(test)]

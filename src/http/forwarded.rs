@@ -3,9 +3,9 @@
 //! a proxy (`X-Forwarded-For`, `X-Real-IP`, `X-Forwarded-Proto`,
 //! `X-Forwarded-Host`), like nginx's usual WebSocket snippet.
 
-use std::net::IpAddr;
-
 use http::{header, HeaderMap, HeaderName, HeaderValue};
+
+use crate::admission::client_ip::ClientIp;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
 /// the per-hop WebSocket handshake headers the gateway sets itself.
@@ -51,24 +51,35 @@ pub fn end_to_end(from: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// Adds the forwarding headers for a client at `ip` that came in over
-/// TLS (`tls`) asking for `host`.
-pub fn add_forwarding(headers: &mut HeaderMap, ip: IpAddr, tls: bool, host: Option<&HeaderValue>) {
-    let ip_text = ip.to_string();
+/// Adds the forwarding headers for `client`, which came in over TLS
+/// (`tls`) asking for `host`. The `X-Forwarded-For` chain the client sent
+/// is kept (and the peer appended) only when the peer is a trusted proxy;
+/// from anyone else it is replaced, since it says whatever the client wants.
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    client: &ClientIp,
+    tls: bool,
+    host: Option<&HeaderValue>,
+) {
+    let peer = client.peer.to_string();
     // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): keep them all.
-    let mut hops: Vec<&str> = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    hops.push(&ip_text);
-    let chain = hops.join(", ");
-    let value =
-        |s: &str| HeaderValue::from_str(s).expect("forwarded chain is a valid header value");
+    let prev: Vec<&str> = match client.peer_trusted {
+        true => headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect(),
+        false => Vec::new(),
+    };
+    let chain = match prev.is_empty() {
+        true => peer,
+        false => format!("{}, {peer}", prev.join(", ")),
+    };
+    let value = |s: &str| HeaderValue::from_str(s).expect("IP text is a valid header value");
     headers.insert(X_FORWARDED_FOR, value(&chain));
-    headers.insert(X_REAL_IP, value(&ip_text));
+    headers.insert(X_REAL_IP, value(&client.ip.to_string()));
     headers.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
@@ -108,15 +119,36 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_is_appended() {
-        let mut h = HeaderMap::new();
-        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
-        h.insert(X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
+    fn forwarded_for_is_appended_only_behind_a_trusted_proxy() {
+        let spoofed = || {
+            let mut h = HeaderMap::new();
+            h.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.1"));
+            h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+            h.insert(X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
+            h
+        };
         let host = HeaderValue::from_static("ws.example.com");
-        add_forwarding(&mut h, "10.1.2.3".parse().unwrap(), true, Some(&host));
-        assert_eq!(h[X_FORWARDED_FOR], "203.0.113.9, 10.1.2.3");
-        assert_eq!(h[X_REAL_IP], "10.1.2.3");
+        let trusted = ClientIp {
+            peer: "10.1.2.3".parse().unwrap(),
+            ip: "203.0.113.9".parse().unwrap(),
+            peer_trusted: true,
+        };
+        let mut h = spoofed();
+        add_forwarding(&mut h, &trusted, true, Some(&host));
+        assert_eq!(h[X_FORWARDED_FOR], "198.51.100.1, 203.0.113.9, 10.1.2.3");
+        assert_eq!(h[X_REAL_IP], "203.0.113.9");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_HOST], "ws.example.com");
+
+        let direct = ClientIp {
+            peer: "198.51.100.4".parse().unwrap(),
+            ip: "198.51.100.4".parse().unwrap(),
+            peer_trusted: false,
+        };
+        let mut h = spoofed();
+        add_forwarding(&mut h, &direct, false, None);
+        assert_eq!(h[X_FORWARDED_FOR], "198.51.100.4");
+        assert_eq!(h[X_REAL_IP], "198.51.100.4");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
     }
 }

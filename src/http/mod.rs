@@ -1,6 +1,7 @@
 //! The client side of the handshake: a hyper HTTP/1.1 server that checks
-//! the upgrade, picks the route, completes the upstream handshake, answers
-//! 101 and hands both sockets to the relay.
+//! the upgrade, picks the route, runs admission (so a refused client never
+//! reaches a backend), completes the upstream handshake, answers 101 and
+//! hands both sockets to the relay.
 
 pub mod forwarded;
 pub mod upgrade;
@@ -15,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::{
+    admission::Admission,
     config::ServerSettings,
     relay::{frame, Session},
     route::{host_of, RouteTable},
@@ -30,6 +32,10 @@ pub struct Context {
     pub server: ServerSettings,
     /// TLS for each listener, by index (`None` for plain `ws`).
     pub tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
+    /// Whether each listener's connections start with a PROXY protocol header, by index.
+    pub proxy_protocol: Vec<bool>,
+    /// Admission control; its counts are shared by every generation of the config.
+    pub admission: Arc<Admission>,
     /// Shared by every generation of the config.
     pub sessions: Arc<Sessions>,
 }
@@ -104,23 +110,26 @@ async fn upgrade_request(
             "shutting down; retry",
         ));
     }
+    let client = ctx.admission.client(peer.ip(), req.headers());
+    let admitted = ctx
+        .admission
+        .admit(&route, &client, req.headers(), req.uri(), &up.protocols)
+        .await?;
 
     let mut headers = forwarded::end_to_end(req.headers());
     headers.remove(header::HOST);
-    forwarded::add_forwarding(
-        &mut headers,
-        peer.ip(),
-        tls,
-        req.headers().get(header::HOST),
-    );
+    forwarded::add_forwarding(&mut headers, &client, tls, req.headers().get(header::HOST));
+    let mut path = route.upstream_path(req.uri());
+    let mut protocols = up.protocols.clone();
+    admitted.prepare_upstream(&mut headers, &mut path, &mut protocols);
     let upstream_req = UpstreamRequest {
-        path: route.upstream_path(req.uri()),
+        path,
         headers,
         host: route
             .preserve_host
             .then(|| req.headers().get(header::HOST).cloned())
             .flatten(),
-        protocols: &up.protocols,
+        protocols: &protocols,
     };
     let connected = route
         .upstream
@@ -139,6 +148,8 @@ async fn upgrade_request(
     let sessions = ctx.sessions.clone();
     let drain = sessions.drain_signal(ctx.server.drain_spread);
     ctx.sessions.spawn(async move {
+        // Held for the session's whole life, released on every way out.
+        let _slots = admitted.slots;
         let started = Instant::now();
         let client_io = match on_upgrade.await {
             Ok(io) => TokioIo::new(io),

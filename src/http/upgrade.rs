@@ -12,6 +12,9 @@ use http_body_util::Full;
 pub struct Reject {
     pub status: StatusCode,
     pub message: String,
+    /// Extra answer headers that tell the client what to do next
+    /// (`Retry-After`, `WWW-Authenticate`).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl Reject {
@@ -19,7 +22,14 @@ impl Reject {
         Reject {
             status,
             message: message.into(),
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a header to the answer.
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     /// The HTTP answer: the status and the message as a one-line body.
@@ -27,6 +37,7 @@ impl Reject {
         let mut resp = Response::new(Full::new(Bytes::from(format!("{}\n", self.message))));
         *resp.status_mut() = self.status;
         let headers = resp.headers_mut();
+        headers.extend(self.headers.into_iter().map(|(n, v)| (Some(n), v)));
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),

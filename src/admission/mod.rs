@@ -1,0 +1,305 @@
+//! Admission: everything decided about a connection *before* any backend
+//! sees it, plus the per-frame checks the relay asks of it afterwards.
+//!
+//! [`Admission::admit`] runs between the upgrade checks and the upstream
+//! connect, in this order (cheapest and most abusable first):
+//!
+//! 1. [`limits::HandshakeLimiter`]: upgrade requests per second per client → 429.
+//! 2. [`origin`]: the browser `Origin` allow-list → 403.
+//! 3. [`limits::Counters`]: sessions on the gateway / route → 503, per client → 429.
+//! 4. [`jwt`]: the token (keys from [`jwks`]) → 401, or 403 for a missing claim or scope.
+//! 5. Sessions per token subject → 429.
+//!
+//! The client address comes from [`client_ip`]. What is admitted holds
+//! [`limits::Slots`], RAII counts released however the session ends. During
+//! the session, [`rate::Gate`] meters each leg and watches the token's expiry.
+
+pub mod client_ip;
+pub mod jwks;
+pub mod jwt;
+pub mod limits;
+pub mod origin;
+pub mod rate;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+
+use crate::{http::upgrade::Reject, route::Route};
+use client_ip::{ClientIp, TrustedProxies};
+use jwt::Identity;
+use limits::{Counters, HandshakeLimiter, Key, Over, Slots};
+
+/// Gateway-wide admission settings from `[server]`.
+#[derive(Debug, Clone, Default)]
+pub struct ServerRules {
+    /// Sessions open at once on the whole gateway.
+    pub max_connections: Option<u32>,
+    pub trusted_proxies: TrustedProxies,
+    /// IPv6 clients are one client per network of this length.
+    pub client_ipv6_prefix: u8,
+    /// Bound on each route's handshake limiter.
+    pub max_tracked_clients: usize,
+}
+
+/// A policy's admission rules, checked at load; see [`crate::config::file::PolicyFile`].
+#[derive(Debug, Default)]
+pub struct Rules {
+    pub auth: Option<jwt::Auth>,
+    pub origin: Option<origin::Origins>,
+    pub limits: limits::Limits,
+    pub rate: rate::Rates,
+}
+
+/// Counters of what admission and the relay gates did, for tests and operators.
+#[derive(Debug, Default)]
+pub struct Events {
+    /// Times a leg was paused for sending faster than its rate.
+    pub throttled: AtomicU64,
+    /// Legs closed with 1008 for going over their rate.
+    pub rate_closed: AtomicU64,
+    /// Sessions closed because the token expired.
+    pub expired: AtomicU64,
+}
+
+/// A snapshot of the live admission state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Sessions holding a slot (handshakes in progress included).
+    pub open: u64,
+    /// Keys in the connection-count map: (route, client), (route, subject), ...
+    /// Zero when nothing is open: a key is removed with its last session.
+    pub counted_keys: usize,
+    /// Clients remembered by the handshake rate limiters.
+    pub rate_limited_clients: usize,
+    pub throttled: u64,
+    pub rate_closed: u64,
+    pub expired: u64,
+}
+
+/// What outlives a config reload: the counts of open sessions (they still
+/// count against the new limits) and the event counters.
+#[derive(Debug, Default)]
+pub struct Shared {
+    counters: Arc<Counters>,
+    events: Arc<Events>,
+}
+
+/// Per-route runtime state.
+#[derive(Debug)]
+struct RouteState {
+    /// The route's label, which its counts are kept under: a route that
+    /// keeps its host and path across a reload keeps its counts.
+    key: Arc<str>,
+    handshakes: Option<HandshakeLimiter>,
+}
+
+/// The gateway's admission control for one generation of the config.
+#[derive(Debug)]
+pub struct Admission {
+    server: ServerRules,
+    counters: Arc<Counters>,
+    events: Arc<Events>,
+    /// By route label (unique: config refuses two routes with one host and path).
+    routes: HashMap<String, RouteState>,
+}
+
+impl Admission {
+    /// Sets up the per-route state of `routes`, counting in `shared`.
+    /// Handshake rate limiters start afresh with each generation.
+    pub fn new<'a>(
+        server: ServerRules,
+        routes: impl IntoIterator<Item = &'a Route>,
+        shared: &Shared,
+    ) -> Self {
+        let routes = routes
+            .into_iter()
+            .map(|r| {
+                let handshakes = r
+                    .policy
+                    .admission
+                    .limits
+                    .handshakes
+                    .map(|q| HandshakeLimiter::new(q, server.max_tracked_clients));
+                let key = Arc::from(r.label.as_str());
+                (r.label.clone(), RouteState { key, handshakes })
+            })
+            .collect();
+        Admission {
+            server,
+            counters: shared.counters.clone(),
+            events: shared.events.clone(),
+            routes,
+        }
+    }
+
+    /// Who the client of a request from `peer` is.
+    pub fn client(&self, peer: std::net::IpAddr, headers: &HeaderMap) -> ClientIp {
+        client_ip::resolve(peer, headers, &self.server.trusted_proxies)
+    }
+
+    /// Whether `peer` may send a PROXY protocol header.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.server.trusted_proxies.contains(peer)
+    }
+
+    /// Decides whether a validated upgrade request on `route` may go upstream.
+    pub async fn admit(
+        &self,
+        route: &Route,
+        client: &ClientIp,
+        headers: &HeaderMap,
+        uri: &Uri,
+        protocols: &[String],
+    ) -> Result<Admitted, Reject> {
+        let rules = route.policy.admission.clone();
+        let state = &self.routes[&route.label];
+        let who = client_ip::client_key(client.ip, self.server.client_ipv6_prefix);
+        if let Some(limiter) = &state.handshakes {
+            limiter.check(who).map_err(|wait| {
+                Reject::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connection attempts; slow down",
+                )
+                .retry_after(wait)
+            })?;
+        }
+        if let Some(origins) = &rules.origin {
+            origins.check(headers)?;
+        }
+        let limits = &rules.limits;
+        let retry = limits.retry_after;
+        let mut slots = self
+            .counters
+            .acquire(&[
+                (Key::Global, self.server.max_connections),
+                (Key::Route(state.key.clone()), limits.max_connections),
+                (
+                    Key::Client(state.key.clone(), who),
+                    limits.max_connections_per_ip,
+                ),
+            ])
+            .map_err(|over| over_limit(over, retry))?;
+        let identity = match &rules.auth {
+            None => None,
+            Some(auth) => {
+                let id = auth
+                    .authenticate(headers, uri, protocols)
+                    .await
+                    .map_err(|e| e.reject())?;
+                if let (Some(max), Some(sub)) =
+                    (limits.max_connections_per_subject, id.subject.clone())
+                {
+                    let more = self
+                        .counters
+                        .acquire(&[(Key::Subject(state.key.clone(), sub), Some(max))])
+                        .map_err(|over| over_limit(over, retry))?;
+                    slots.merge(more);
+                }
+                Some(id)
+            }
+        };
+        Ok(Admitted {
+            slots,
+            identity,
+            rules,
+            events: self.events.clone(),
+        })
+    }
+
+    /// The live counts; every one returns to zero when no session is open.
+    pub fn stats(&self) -> Stats {
+        let (open, counted_keys) = self.counters.totals();
+        Stats {
+            open,
+            counted_keys,
+            rate_limited_clients: self
+                .routes
+                .values()
+                .filter_map(|r| r.handshakes.as_ref())
+                .map(HandshakeLimiter::tracked)
+                .sum(),
+            throttled: self.events.throttled.load(Ordering::Relaxed),
+            rate_closed: self.events.rate_closed.load(Ordering::Relaxed),
+            expired: self.events.expired.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn over_limit(over: Over, retry_after: Duration) -> Reject {
+    let (status, message) = match over.0 {
+        Key::Global => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is at its connection limit; try again later",
+        ),
+        Key::Route(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this service is at its connection limit; try again later",
+        ),
+        Key::Client(..) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from your address",
+        ),
+        Key::Subject(..) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections for this user",
+        ),
+    };
+    Reject::new(status, message).retry_after(retry_after)
+}
+
+/// A request that passed admission: what it holds and what it changes upstream.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Released when the session ends, however it ends.
+    pub slots: Slots,
+    identity: Option<Identity>,
+    rules: Arc<Rules>,
+    events: Arc<Events>,
+}
+
+impl Admitted {
+    /// Makes the upstream request safe: removes the token from wherever it
+    /// came (unless forwarded on purpose) and replaces client-sent claim
+    /// headers with the token's claims.
+    pub fn prepare_upstream(
+        &self,
+        headers: &mut HeaderMap,
+        path: &mut String,
+        protocols: &mut Vec<String>,
+    ) {
+        if let (Some(auth), Some(id)) = (&self.rules.auth, &self.identity) {
+            auth.prepare_upstream(id, headers, path, protocols);
+        }
+    }
+
+    /// The relay's checks for the client leg and the upstream leg.
+    pub fn gates(&self) -> (Option<rate::Gate>, Option<rate::Gate>) {
+        let expiry = self
+            .rules
+            .auth
+            .as_ref()
+            .filter(|a| a.close_on_expiry)
+            .and_then(|a| Some(self.identity.as_ref()?.expires? + a.leeway));
+        let rates = &self.rules.rate;
+        (
+            rate::Gate::new(rates.client, expiry, self.events.clone()),
+            rate::Gate::new(rates.upstream, None, self.events.clone()),
+        )
+    }
+}
+
+impl Reject {
+    /// Adds `Retry-After` in whole seconds (at least 1).
+    pub fn retry_after(self, wait: Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.with_header(header::RETRY_AFTER, HeaderValue::from(secs.max(1)))
+    }
+}
