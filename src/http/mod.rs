@@ -147,6 +147,7 @@ async fn upgrade_request(
     let server = connected.server;
     let sessions = ctx.sessions.clone();
     let drain = sessions.drain_signal(ctx.server.drain_spread);
+    let (client_gate, upstream_gate) = admitted.gates();
     ctx.sessions.spawn(async move {
         // Held for the session's whole life, released on every way out.
         let _slots = admitted.slots;
@@ -164,6 +165,7 @@ async fn upgrade_request(
             }
         };
         let summary = Session::new(client_io, upstream_io, &route.policy, Some(drain))
+            .gated(client_gate, upstream_gate)
             .run()
             .await;
         sessions.ended(summary.clean);

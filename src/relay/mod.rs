@@ -31,7 +31,7 @@ use tokio::{
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
-use crate::config::Policy;
+use crate::{admission::rate::Gate, config::Policy};
 use frame::{Decoder, Side, Stop};
 use lifecycle::{Due, Lifecycle};
 
@@ -106,6 +106,8 @@ struct Leg<S> {
     /// The socket failed or ended; nothing more can be written either.
     dead: bool,
     counts: Counts,
+    /// Admission's checks on what this leg sends (rate, token expiry), if any.
+    gate: Option<Box<Gate>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Leg<S> {
@@ -125,6 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Leg<S> {
             read_done: false,
             dead: false,
             counts: Counts::default(),
+            gate: None,
         }
     }
 
@@ -263,6 +266,14 @@ where
             expired: 0,
             closing_armed: false,
         }
+    }
+
+    /// Adds admission's per-leg checks: what each leg may send, and when the
+    /// client's token expires.
+    pub fn gated(mut self, client: Option<Gate>, upstream: Option<Gate>) -> Self {
+        self.client.gate = client.map(Box::new);
+        self.upstream.gate = upstream.map(Box::new);
+        self
     }
 
     /// Relays until both legs are closed, then shuts both sockets down.
@@ -482,6 +493,17 @@ where
         if src.read_done || src.outbox.len() >= REPLY_LIMIT {
             return progress;
         }
+        if let Some(gate) = src.gate.as_deref_mut() {
+            match gate.poll_open(cx) {
+                Poll::Pending => return progress,
+                Poll::Ready(Err(v)) => {
+                    violation(src, dst, v, &mut state.ending);
+                    progress = true;
+                    continue;
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+        }
         let at = src.decoder.begin(buf);
         let mut read = ReadBuf::new(&mut buf[at..at + frame::READ_SIZE]);
         let n = match Pin::new(&mut src.io).poll_read(cx, &mut read) {
@@ -508,10 +530,15 @@ where
         if let Some(payload) = chunk.pong {
             state.life.pong(src.side, payload, state.now);
         }
-        if forward && dst.send(cx, &buf[..chunk.out]).is_err() {
+        // Over a `close` rate: what went over is not forwarded.
+        let over = src
+            .gate
+            .as_deref_mut()
+            .and_then(|g| g.charge(chunk.frames, chunk.bytes).err());
+        if forward && over.is_none() && dst.send(cx, &buf[..chunk.out]).is_err() {
             vanished(dst, src, &mut state.ending);
         }
-        match chunk.stop {
+        match over.map(Stop::Violation).or(chunk.stop) {
             None => {}
             Some(Stop::Close(code)) => {
                 src.got_close = Some(code);
@@ -521,22 +548,33 @@ where
                     .ending
                     .get_or_insert(Ending::Closed { by: src.side, code });
             }
-            Some(Stop::Violation(v)) => {
-                src.read_done = true;
-                src.close(Some(v.code), v.reason);
-                let peer = close::peer_of_violation(src.side);
-                dst.close(Some(peer.code), peer.reason);
-                state.ending.get_or_insert(Ending::Violation {
-                    by: src.side,
-                    code: v.code,
-                    reason: v.reason,
-                });
-            }
+            Some(Stop::Violation(v)) => violation(src, dst, v, &mut state.ending),
         }
         if state.draining && !src.decoder.mid_message() {
             dst.close(Some(1001), "going away");
         }
     }
+}
+
+/// `src` broke the rules: it gets `v`, its peer the matching "peer of a violation" close.
+fn violation<A, B>(
+    src: &mut Leg<A>,
+    dst: &mut Leg<B>,
+    v: close::Verdict,
+    ending: &mut Option<Ending>,
+) where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    src.read_done = true;
+    src.close(Some(v.code), v.reason);
+    let peer = close::peer_of_violation(src.side);
+    dst.close(Some(peer.code), peer.reason);
+    ending.get_or_insert(Ending::Violation {
+        by: src.side,
+        code: v.code,
+        reason: v.reason,
+    });
 }
 
 /// `gone`'s socket ended or failed. The other leg gets a close: its own
