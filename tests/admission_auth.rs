@@ -1,0 +1,379 @@
+//! JWT at upgrade: every accept and reject path, with tokens and keys made
+//! here, against a real gateway and a recording upstream.
+
+mod admission_support;
+
+use admission_support::*;
+use http::StatusCode;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::json;
+
+const CHALLENGE_INVALID: &str = "Bearer error=\"invalid_token\"";
+
+struct Keys {
+    rsa_private: String,
+    rsa_public: String,
+    ec_private: String,
+}
+
+/// Routes: /hs (HS256, secret file, every token source, claims forwarded),
+/// /rs (RS256, PEM public key, iss + aud), /jwks (ES256 by kid, JWKS file),
+/// /scoped (HS256, a required claim and scope).
+async fn gateway(up: &Upstream) -> (Gw, Keys) {
+    let (rsa_private, rsa_public) = key_pair(&rcgen::PKCS_RSA_SHA256);
+    let (ec_private, _) = key_pair(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let ec_key = EncodingKey::from_ec_pem(ec_private.as_bytes()).unwrap();
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&ec_key, Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some("ec-1".into());
+    let jwks = json!({ "keys": [jwk] }).to_string();
+    let config = format!(
+        "[[listener]]\naddr = \"127.0.0.1:0\"\n\
+         [[route]]\npath = \"/hs\"\nupstream = \"up\"\npolicy = \"hs\"\n\
+         [[route]]\npath = \"/rs\"\nupstream = \"up\"\npolicy = \"rs\"\n\
+         [[route]]\npath = \"/jwks\"\nupstream = \"up\"\npolicy = \"jwks\"\n\
+         [[route]]\npath = \"/scoped\"\nupstream = \"up\"\npolicy = \"scoped\"\n\
+         [upstream.up]\nservers = [\"ws://{}\"]\n",
+        up.addr
+    );
+    let hs = r#"
+[auth]
+algorithms = ["HS256"]
+secret_file = "hs.key"
+token_from = ["header", "query", "cookie", "subprotocol"]
+forward_claims = { sub = "X-Auth-Subject", tenant = "X-Auth-Tenant" }
+leeway = "0s"
+"#;
+    let rs = r#"
+[auth]
+algorithms = ["RS256"]
+public_key = "rsa.pub.pem"
+issuer = ["https://idp.test/"]
+audience = ["chat"]
+leeway = "0s"
+"#;
+    let jwks_policy = r#"
+[auth]
+algorithms = ["ES256"]
+jwks_file = "jwks.json"
+"#;
+    let scoped = r#"
+[auth]
+algorithms = ["HS256"]
+secret_file = "hs.key"
+required_claims = ["tenant"]
+required_scopes = ["chat:write"]
+"#;
+    let gw = start(&[
+        ("framegate.toml", config.as_bytes()),
+        ("policies/hs.toml", hs.as_bytes()),
+        ("policies/rs.toml", rs.as_bytes()),
+        ("policies/jwks.toml", jwks_policy.as_bytes()),
+        ("policies/scoped.toml", scoped.as_bytes()),
+        ("hs.key", &[SECRET, b"\n"].concat()),
+        ("rsa.pub.pem", rsa_public.as_bytes()),
+        ("jwks.json", jwks.as_bytes()),
+    ])
+    .await;
+    (
+        gw,
+        Keys {
+            rsa_private,
+            rsa_public,
+            ec_private,
+        },
+    )
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn assert_invalid(r: &Refused, reason: &str) {
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{r:?}");
+    let challenge = r.headers["www-authenticate"].to_str().unwrap();
+    assert!(challenge.starts_with(CHALLENGE_INVALID), "{challenge}");
+    assert!(r.body.contains(reason), "`{}` lacks `{reason}`", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_tokens_from_each_source_are_accepted_and_stripped() {
+    let up = upstream().await;
+    let (gw, _) = gateway(&up).await;
+    let token = hs256("alice");
+
+    // Authorization header: removed upstream, claims forwarded, spoofs removed.
+    let auth = bearer(&token);
+    let mut ws = accepted(
+        gw.addr,
+        "127.0.0.1",
+        "/hs/room",
+        &[
+            ("authorization", &auth),
+            ("x-auth-subject", "admin"),
+            ("x-auth-tenant", "evil-corp"),
+        ],
+    )
+    .await;
+    echo(&mut ws, "hello").await;
+    let seen = up.last();
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(seen.header("x-auth-subject").as_deref(), Some("alice"));
+    // The token has no tenant claim: the client's value is still gone.
+    assert_eq!(seen.header("x-auth-tenant"), None);
+
+    // Query parameter: removed from the upstream query, other parameters kept.
+    let path = format!("/hs/room?x=1&access_token={token}&y=2");
+    accepted(gw.addr, "127.0.0.1", &path, &[]).await;
+    let seen = up.last();
+    assert_eq!(seen.path, "/hs/room?x=1&y=2");
+    assert!(!format!("{:?}", seen.headers).contains(&token));
+
+    // Cookie: only the token cookie is removed.
+    let cookie = format!("theme=dark; access_token={token}");
+    accepted(gw.addr, "127.0.0.1", "/hs", &[("cookie", &cookie)]).await;
+    assert_eq!(up.last().header("cookie").as_deref(), Some("theme=dark"));
+
+    // Subprotocol: the token entry is stripped, the real choice echoed.
+    let offer = format!("bearer.{token}, chat");
+    let (_ws, resp) = connect(
+        gw.addr,
+        "127.0.0.1",
+        "/hs",
+        &[("sec-websocket-protocol", &offer)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
+    let seen = up.last();
+    assert_eq!(
+        seen.header("sec-websocket-protocol").as_deref(),
+        Some("chat")
+    );
+    assert!(!format!("{:?}", seen.headers).contains(&token));
+
+    // Only the token offered: nothing goes upstream and the token is never
+    // echoed (clients should offer a real subprotocol beside it; see README).
+    let offer = format!("bearer.{token}");
+    let (status, headers, _tcp) = raw_upgrade(
+        gw.addr,
+        "127.0.0.1",
+        "/hs",
+        &[("Sec-WebSocket-Protocol", &offer)],
+    )
+    .await;
+    assert_eq!(status, 101);
+    assert!(headers.get("sec-websocket-protocol").is_none());
+    assert_eq!(up.last().header("sec-websocket-protocol"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_before_the_upstream_sees_them() {
+    let up = upstream().await;
+    let (gw, keys) = gateway(&up).await;
+    let rsa = EncodingKey::from_rsa_pem(keys.rsa_private.as_bytes()).unwrap();
+    let good_rs =
+        json!({ "sub": "a", "exp": now() + 600, "iss": "https://idp.test/", "aud": "chat" });
+
+    // No token at all: a bare challenge (RFC 6750 §3.1).
+    let r = refused(gw.addr, "127.0.0.1", "/hs", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers["www-authenticate"], "Bearer");
+
+    // alg none: unsigned, so never valid.
+    let none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&json!({ "sub": "a", "exp": now() + 600 }).to_string())
+    );
+    assert_invalid(
+        &refused(
+            gw.addr,
+            "127.0.0.1",
+            "/hs",
+            &[("authorization", &bearer(&none))],
+        )
+        .await,
+        "invalid token",
+    );
+
+    // Algorithm confusion: HS256 with the RSA *public* key as the secret, on the RS256 route.
+    let confused = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(keys.rsa_public.as_bytes()),
+        None,
+        good_rs.clone(),
+    );
+    assert_invalid(
+        &refused(
+            gw.addr,
+            "127.0.0.1",
+            "/rs",
+            &[("authorization", &bearer(&confused))],
+        )
+        .await,
+        "algorithm not accepted",
+    );
+    // The same claims properly signed pass.
+    let ok = sign(Algorithm::RS256, &rsa, None, good_rs.clone());
+    accepted(
+        gw.addr,
+        "127.0.0.1",
+        "/rs",
+        &[("authorization", &bearer(&ok))],
+    )
+    .await;
+
+    let rs_with = |patch: serde_json::Value| {
+        let mut claims = good_rs.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        sign(Algorithm::RS256, &rsa, None, claims)
+    };
+    for (claims, reason) in [
+        (json!({ "exp": now() - 10 }), "expired"),
+        (json!({ "nbf": now() + 600 }), "not yet valid"),
+        (json!({ "aud": "billing" }), "wrong audience"),
+        (json!({ "iss": "https://evil.test/" }), "wrong issuer"),
+    ] {
+        let t = rs_with(claims);
+        assert_invalid(
+            &refused(
+                gw.addr,
+                "127.0.0.1",
+                "/rs",
+                &[("authorization", &bearer(&t))],
+            )
+            .await,
+            reason,
+        );
+    }
+    // A token without the configured iss is not let through for lacking it.
+    let mut no_iss = good_rs.clone();
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let t = sign(Algorithm::RS256, &rsa, None, no_iss);
+    assert_invalid(
+        &refused(
+            gw.addr,
+            "127.0.0.1",
+            "/rs",
+            &[("authorization", &bearer(&t))],
+        )
+        .await,
+        "no iss claim",
+    );
+
+    // Signed with another key.
+    let (other, _) = key_pair(&rcgen::PKCS_RSA_SHA256);
+    let t = sign(
+        Algorithm::RS256,
+        &EncodingKey::from_rsa_pem(other.as_bytes()).unwrap(),
+        None,
+        good_rs.clone(),
+    );
+    assert_invalid(
+        &refused(
+            gw.addr,
+            "127.0.0.1",
+            "/rs",
+            &[("authorization", &bearer(&t))],
+        )
+        .await,
+        "bad signature",
+    );
+
+    // Malformed.
+    for junk in ["abc", "a.b.c", "eyJhbGciOiJIUzI1NiJ9.%%%.x"] {
+        assert_invalid(
+            &refused(
+                gw.addr,
+                "127.0.0.1",
+                "/hs",
+                &[("authorization", &bearer(junk))],
+            )
+            .await,
+            "malformed",
+        );
+    }
+
+    // JWKS by kid: known kid passes, unknown kid is refused.
+    let ec = EncodingKey::from_ec_pem(keys.ec_private.as_bytes()).unwrap();
+    let claims = json!({ "sub": "a", "exp": now() + 600 });
+    let t = sign(Algorithm::ES256, &ec, Some("ec-1"), claims.clone());
+    accepted(
+        gw.addr,
+        "127.0.0.1",
+        "/jwks",
+        &[("authorization", &bearer(&t))],
+    )
+    .await;
+    let t = sign(Algorithm::ES256, &ec, Some("ec-2"), claims);
+    assert_invalid(
+        &refused(
+            gw.addr,
+            "127.0.0.1",
+            "/jwks",
+            &[("authorization", &bearer(&t))],
+        )
+        .await,
+        "unknown key id",
+    );
+
+    // Only the accepted handshakes reached the upstream.
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_tokens_lacking_a_claim_or_scope_get_403() {
+    let up = upstream().await;
+    let (gw, _) = gateway(&up).await;
+    let hs = EncodingKey::from_secret(SECRET);
+    let token = |claims| bearer(&sign(Algorithm::HS256, &hs, None, claims));
+    let exp = now() + 600;
+
+    let r = refused(
+        gw.addr,
+        "127.0.0.1",
+        "/scoped",
+        &[(
+            "authorization",
+            &token(json!({ "exp": exp, "scope": "chat:write" })),
+        )],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("claim `tenant`"), "{}", r.body);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        "Bearer error=\"insufficient_scope\""
+    );
+
+    let r = refused(
+        gw.addr,
+        "127.0.0.1",
+        "/scoped",
+        &[(
+            "authorization",
+            &token(json!({ "exp": exp, "tenant": "t", "scope": "chat:read" })),
+        )],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("scope `chat:write`"), "{}", r.body);
+
+    accepted(
+        gw.addr,
+        "127.0.0.1",
+        "/scoped",
+        &[(
+            "authorization",
+            &token(json!({ "exp": exp, "tenant": "t", "scp": ["chat:read", "chat:write"] })),
+        )],
+    )
+    .await;
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
