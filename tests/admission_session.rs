@@ -17,6 +17,7 @@ async fn gateway(up: &Upstream) -> Gw {
          [[route]]\npath = \"/throttle\"\nupstream = \"up\"\npolicy = \"throttle\"\n\
          [[route]]\npath = \"/close\"\nupstream = \"up\"\npolicy = \"close\"\n\
          [[route]]\npath = \"/expiring\"\nupstream = \"up\"\npolicy = \"expiring\"\n\
+         [[route]]\npath = \"/slow\"\nupstream = \"up\"\npolicy = \"slow\"\n\
          [upstream.up]\nservers = [\"ws://{}\"]\n",
         up.addr
     );
@@ -30,6 +31,11 @@ async fn gateway(up: &Upstream) -> Gw {
         (
             "policies/expiring.toml",
             b"[auth]\nalgorithms = [\"HS256\"]\nsecret_file = \"hs.key\"\nleeway = \"0s\"\nclose_on_expiry = true\n",
+        ),
+        (
+            "policies/slow.toml",
+            b"[client]\nping_interval = \"100ms\"\npong_timeout = \"200ms\"\n\
+              [rate.client]\nframes_per_second = 4\nframe_burst = 1\n",
         ),
         ("hs.key", SECRET),
     ])
@@ -112,4 +118,26 @@ async fn an_expired_token_closes_the_session_with_4001() {
     let (code, reason) = close_code(&mut ws).await;
     assert_eq!((code, reason.as_str()), (4001, "token expired"));
     assert_eq!(gw.stats().expired, 1);
+}
+
+/// A throttled leg is not read, so its pongs are not either: the gateway
+/// must not take it for dead (here each pause outlasts the pong timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_clients_are_not_taken_for_dead() {
+    let up = upstream().await;
+    let gw = gateway(&up).await;
+    let mut ws = accepted(gw.addr, "127.0.0.1", "/slow", &[]).await;
+    for i in 0..6 {
+        ws.send(Message::text(format!("slow {i}"))).await.unwrap();
+    }
+    for i in 0..6 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("stuck")
+            .expect("ended")
+            .expect("failed");
+        assert_eq!(msg.into_text().unwrap().as_str(), format!("slow {i}"));
+    }
+    echo(&mut ws, "still here").await;
+    assert!(gw.stats().throttled > 0);
 }

@@ -495,7 +495,13 @@ where
         }
         if let Some(gate) = src.gate.as_deref_mut() {
             match gate.poll_open(cx) {
-                Poll::Pending => return progress,
+                Poll::Pending => {
+                    // Throttled: we are the ones not reading, and data is
+                    // waiting; neither dead-peer nor idle timers may fire.
+                    state.life.heard(src.side, state.now);
+                    state.life.data(state.now);
+                    return progress;
+                }
                 Poll::Ready(Err(v)) => {
                     violation(src, dst, v, &mut state.ending);
                     progress = true;
