@@ -219,3 +219,21 @@ async fn cycle(gw: std::net::SocketAddr, from: &str, kind: usize, good: &str) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_counts_of_open_sessions() {
+    let up = upstream().await;
+    let gw = gateway(&up, "").await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(accepted(gw.addr, "127.0.0.1", "/ip", &[]).await);
+    }
+    let config = framegate::config::Config::load(&gw.dir.path().join("framegate.toml")).unwrap();
+    gw.handle.reload(config).await.unwrap();
+    assert_eq!(gw.stats().open, 5);
+    let r = refused(gw.addr, "127.0.0.1", "/ip", &[]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    drop(held);
+    eventually("the counts to drain", || gw.stats().open == 0).await;
+    assert_eq!(gw.stats().counted_keys, 0);
+}
