@@ -29,7 +29,7 @@ use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::Events;
 pub use crate::config::file::RateAction;
-use crate::relay::close::Verdict;
+use crate::relay::close::{self, Verdict};
 
 /// `[rate.client]` or `[rate.upstream]`, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +160,7 @@ impl Clock for TokioClock {
 }
 
 /// The close code for a leg over its rate (and for an expired token: see [`EXPIRED`]).
-pub const POLICY_VIOLATION: u16 = 1008;
+pub const POLICY_VIOLATION: u16 = close::POLICY;
 /// The client's close when its token expires mid-session: 4001 so that a
 /// client can tell "get a new token and reconnect" from other 1008s.
 pub const EXPIRED: Verdict = Verdict {

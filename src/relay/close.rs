@@ -21,17 +21,29 @@ pub const PROTOCOL_ERROR: u16 = 1002;
 pub const INVALID_PAYLOAD: u16 = 1007;
 pub const TOO_BIG: u16 = 1009;
 
-/// What the *other* leg hears when `offender` broke the protocol. The
-/// offender itself gets the violation's own code (1002/1007/1009).
-pub fn peer_of_violation(offender: Side) -> Verdict {
-    match offender {
-        Side::Client => Verdict {
+pub const POLICY: u16 = 1008;
+
+/// What the *other* leg hears when `offender` was closed with `code`: the
+/// offender itself gets that code (1002/1007/1009 for the protocol, 1008 or a
+/// 4xxx for a policy such as a rate limit or an expired token).
+pub fn peer_of_violation(offender: Side, code: u16) -> Verdict {
+    let policy = code == POLICY || code >= 4000;
+    match (offender, policy) {
+        (Side::Client, false) => Verdict {
             code: 1001,
             reason: "client closed: protocol violation",
         },
-        Side::Upstream => Verdict {
+        (Side::Client, true) => Verdict {
+            code: 1001,
+            reason: "client closed by policy",
+        },
+        (Side::Upstream, false) => Verdict {
             code: 1011,
             reason: "upstream protocol violation",
+        },
+        (Side::Upstream, true) => Verdict {
+            code: 1011,
+            reason: "upstream closed by policy",
         },
     }
 }
@@ -69,7 +81,11 @@ mod tests {
     fn the_client_never_hears_a_code_its_libraries_reject() {
         // tungstenite and older browsers refuse 1014, so upstream failures are 1011.
         assert_eq!(peer_of_vanished(Side::Upstream).code, 1011);
-        assert_eq!(peer_of_violation(Side::Upstream).code, 1011);
+        assert_eq!(peer_of_violation(Side::Upstream, 1002).code, 1011);
+        assert_eq!(
+            peer_of_violation(Side::Client, 4001).reason,
+            "client closed by policy"
+        );
         assert_eq!(peer_of_vanished(Side::Client).code, 1001);
     }
 }

@@ -574,7 +574,7 @@ fn violation<A, B>(
 {
     src.read_done = true;
     src.close(Some(v.code), v.reason);
-    let peer = close::peer_of_violation(src.side);
+    let peer = close::peer_of_violation(src.side, v.code);
     dst.close(Some(peer.code), peer.reason);
     ending.get_or_insert(Ending::Violation {
         by: src.side,
