@@ -175,39 +175,6 @@ async fn an_unanswered_close_is_echoed_after_the_close_timeout() {
         .is_none());
 }
 
-#[tokio::test]
-async fn a_tls_client_that_never_starts_the_handshake_is_dropped() {
-    let ca = TestCa::new();
-    let leaf = ca.leaf(&["localhost"]);
-    let url = echo_backend().await;
-    let gw = start_with(
-        &format!(
-            "[server]\ntls_handshake_timeout = \"200ms\"\n[[listener]]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = \"cert.pem\", key = \"key.pem\" }}\n[[route]]\npath = \"/\"\nupstream = \"b\"\n[upstream.b]\nservers = [\"{url}\"]\n"
-        ),
-        &[("cert.pem", &leaf.cert_pem), ("key.pem", &leaf.key_pem)],
-    )
-    .await;
-    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
-    let mut byte = [0u8; 1];
-    let n = guard("the TLS handshake timeout", idle.read(&mut byte)).await;
-    assert!(matches!(n, Ok(0) | Err(_)), "closed without a byte: {n:?}");
-}
-
-#[tokio::test]
-async fn an_upstream_that_stalls_tls_is_a_504() {
-    let (addr, mut accepted) = silent_server().await;
-    let gw = start_for_with_policy(
-        &format!("wss://localhost:{}", addr.port()),
-        "[upstream]\nconnect_timeout = \"200ms\"\n",
-    )
-    .await;
-    let resp = http(gw.addr, &upgrade_request("/", &[])).await;
-    assert_eq!(resp.status, 504, "{}", resp.body_text());
-    guard("the gateway to reach the upstream", accepted.recv())
-        .await
-        .unwrap();
-}
-
 /// An in-process gateway whose drain the test starts and whose report it reads.
 struct Draining {
     addr: SocketAddr,
@@ -304,4 +271,54 @@ async fn drain_never_cuts_a_message_in_flight() {
         .await;
     let report = guard("the drain to finish", gw.done).await.unwrap();
     assert_eq!((report.clean, report.cut), (1, 0), "{report:?}");
+}
+
+#[tokio::test]
+async fn reload_serves_new_certificates_to_new_handshakes_only() {
+    let ca = TestCa::new();
+    let (old, new) = (ca.leaf(&["gw.test"]), ca.leaf(&["gw.test"]));
+    let url = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[listener]]\naddr = \"127.0.0.1:0\"\ntls = {{ cert = \"gw.pem\", key = \"gw.key\" }}\n[[route]]\nupstream = \"b\"\n[upstream.b]\nservers = [\"{url}\"]\n"
+    );
+    let files = |leaf: &Leaf| {
+        write_files(
+            dir.path(),
+            &[
+                ("framegate.toml", &config),
+                ("policies/default.toml", ""),
+                ("gw.pem", &leaf.cert_pem),
+                ("gw.key", &leaf.key_pem),
+            ],
+        )
+    };
+    files(&old);
+    install_crypto();
+    let load = || framegate::config::Config::load(&dir.path().join("framegate.toml")).unwrap();
+    let gw = framegate::Gateway::bind(load()).await.unwrap();
+    let (addr, handle) = (gw.local_addrs()[0], gw.handle());
+    tokio::spawn(gw.run(std::future::pending()));
+
+    let presented = |tls: &tokio_rustls::client::TlsStream<TcpStream>| {
+        tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+    };
+    let tls = tls_connect(addr, "gw.test", ca.client_config()).await;
+    assert!(presented(&tls) == old.der);
+    let mut live = raw_upgrade_on(tls, &upgrade_request("/", &[])).await;
+
+    files(&new);
+    handle.reload(load()).await.unwrap();
+    let tls = tls_connect(addr, "gw.test", ca.client_config()).await;
+    assert!(
+        presented(&tls) == new.der,
+        "a new handshake gets the new certificate"
+    );
+    live.send(&client_frame(true, OP_TEXT, b"same session"))
+        .await;
+    assert_eq!(
+        live.read_message().await.1,
+        b"same session",
+        "the old session relays on"
+    );
 }
