@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests
 # (real gateway, real sockets), then the Autobahn TestSuite on both legs.
-# Installs the test peers it needs (Autobahn in a Python 2.7 virtualenv,
-# the Python `websockets` package) on first use.
+# Installs the test peers it needs on first use: Autobahn (in a Python 2.7
+# virtualenv) and Debian's Chromium for the browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets
+if ! command -v chromium >/dev/null; then
+  echo "run-all: installing chromium for tests/browser.rs"
+  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
+cargo test --test browser -- --ignored
 bash tests/autobahn/run.sh
