@@ -72,7 +72,7 @@ fn decoder(c: &mut Criterion) {
                     buf[at..at + read.len()].copy_from_slice(read);
                     let chunk = dec.process(&mut buf, at + read.len(), &mut replies);
                     debug_assert_eq!(chunk.frames, count as u64);
-                    black_box(chunk.out)
+                    black_box(chunk.out.end)
                 });
             });
         }

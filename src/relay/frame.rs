@@ -12,7 +12,7 @@
 //! output to each leg is always at a frame boundary, so the gateway can put
 //! a close frame on it at any moment.
 
-use std::io::Cursor;
+use std::{io::Cursor, ops::Range};
 
 use tungstenite::protocol::frame::{
     coding::{Control, Data, OpCode},
@@ -74,8 +74,8 @@ pub enum Stop {
 /// What one call to [`Decoder::process`] produced.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Chunk {
-    /// Output frames are in `buf[..out]`.
-    pub out: usize,
+    /// Output frames are in `buf[out]`.
+    pub out: Range<usize>,
     /// Data frames forwarded.
     pub frames: u64,
     /// Payload bytes forwarded.
@@ -142,12 +142,21 @@ impl Decoder {
     }
 
     /// Processes `buf[HEADROOM..end]` (carry + new bytes). Forwarded frames
-    /// end up in `buf[..out]`; pongs owed to this leg are appended to `replies`.
+    /// end up in `buf[chunk.out]`; pongs owed to this leg are appended to `replies`.
     pub fn process(&mut self, buf: &mut [u8], end: usize, replies: &mut Vec<u8>) -> Chunk {
         self.carry = Vec::new();
+        // A whole frame keeps its header size, so output written from where
+        // input starts lines up with it and payloads need not move. Only a
+        // piece continuing a frame from an earlier read needs the headroom
+        // for its new header.
+        let start = if self.streaming.is_some() {
+            0
+        } else {
+            HEADROOM
+        };
         let mut out = Out {
             toward: self.from.other(),
-            w: 0,
+            w: start,
             frames: 0,
             bytes: 0,
             pong: None,
@@ -158,7 +167,7 @@ impl Decoder {
             self.carry = buf[r..end].to_vec();
         }
         Chunk {
-            out: out.w,
+            out: start..out.w,
             frames: out.frames,
             bytes: out.bytes,
             pong: out.pong,
@@ -406,7 +415,9 @@ impl Out {
             .format(n as u64, &mut &mut buf[self.w..self.w + hlen])
             .expect("header fits the space of the one it replaces");
         let start = self.w + hlen;
-        buf.copy_within(payload, start);
+        if start != payload.start {
+            buf.copy_within(payload, start);
+        }
         let body = &mut buf[start..start + n];
         match (in_key, out_key) {
             (Some(a), Some(b)) => mask::apply(body, mask::combine(a, b)),

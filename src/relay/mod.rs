@@ -541,7 +541,7 @@ where
             .gate
             .as_deref_mut()
             .and_then(|g| g.charge(chunk.frames, chunk.bytes).err());
-        if forward && over.is_none() && dst.send(cx, &buf[..chunk.out]).is_err() {
+        if forward && over.is_none() && dst.send(cx, &buf[chunk.out]).is_err() {
             vanished(dst, src, &mut state.ending);
         }
         match over.map(Stop::Violation).or(chunk.stop) {
