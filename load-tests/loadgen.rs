@@ -73,6 +73,10 @@ struct Timing {
     /// Seconds run before measuring (not counted).
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
+    /// Processes whose CPU time (utime + stime) over the measured seconds is
+    /// reported per unit of work: the proxy's.
+    #[arg(long, value_delimiter = ',')]
+    cpu_pid: Vec<u32>,
 }
 
 #[derive(Args)]
@@ -89,10 +93,6 @@ struct ThroughputArgs {
     /// Payload bytes per message.
     #[arg(long, default_value_t = 64)]
     size: usize,
-    /// Processes whose CPU time (utime + stime) over the measured seconds is
-    /// reported, per million messages: the proxy's.
-    #[arg(long, value_delimiter = ',')]
-    cpu_pid: Vec<u32>,
 }
 
 #[derive(Args)]
@@ -426,13 +426,13 @@ async fn throughput(a: ThroughputArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs_f64(a.timing.warmup)).await;
         let (m0, c0, t0) = (
             received.load(Ordering::Relaxed),
-            cpu_seconds(&a.cpu_pid)?,
+            cpu_seconds(&a.timing.cpu_pid)?,
             Instant::now(),
         );
         tokio::time::sleep(Duration::from_secs_f64(a.timing.secs)).await;
         let (m1, c1, took) = (
             received.load(Ordering::Relaxed),
-            cpu_seconds(&a.cpu_pid)?,
+            cpu_seconds(&a.timing.cpu_pid)?,
             t0.elapsed().as_secs_f64(),
         );
         anyhow::Ok((m1 - m0, c1 - c0, took))
@@ -676,24 +676,33 @@ async fn handshakes(a: HandshakeArgs) -> anyhow::Result<()> {
         });
     }
     tokio::time::sleep(Duration::from_secs_f64(a.timing.warmup)).await;
-    let (d0, e0, t0) = (
+    let (d0, e0, c0, t0) = (
         done.load(Ordering::Relaxed),
         errors.load(Ordering::Relaxed),
+        cpu_seconds(&a.timing.cpu_pid)?,
         Instant::now(),
     );
     tokio::time::sleep(Duration::from_secs_f64(a.timing.secs)).await;
-    let (count, errs) = (
+    let (count, errs, cpu) = (
         done.load(Ordering::Relaxed) - d0,
         errors.load(Ordering::Relaxed) - e0,
+        cpu_seconds(&a.timing.cpu_pid)? - c0,
     );
     let rate = count as f64 / t0.elapsed().as_secs_f64();
+    let us_each = if count > 0 {
+        cpu * 1e6 / count as f64
+    } else {
+        0.0
+    };
     report(
         format!(
-            "handshakes: {} workers: {rate:.0} sessions/s (connect + upgrade + close), {errs} errors",
+            "handshakes: {} workers: {rate:.0} sessions/s (connect + upgrade + close), \
+             {errs} errors, watched CPU {cpu:.2}s = {us_each:.1} µs per session",
             a.workers
         ),
         format!(
-            "mode=handshakes workers={} count={count} errors={errs} per_s={rate:.0}",
+            "mode=handshakes workers={} count={count} errors={errs} per_s={rate:.0} \
+             cpu_s={cpu:.2} cpu_us_each={us_each:.1}",
             a.workers
         ),
     );
