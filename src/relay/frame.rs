@@ -118,6 +118,13 @@ pub struct Decoder {
     /// Unprocessed bytes from the last read: a partial header, control frame
     /// or small data frame. Empty (unallocated) between frames.
     carry: Vec<u8>,
+    /// Where those bytes still sit in the caller's buffer, until [`park`]
+    /// copies them to `carry`: a read that filled the buffer is usually
+    /// followed at once by another, and moving the bytes within the (hot)
+    /// buffer costs far less than a round trip through `carry`.
+    ///
+    /// [`park`]: Decoder::park
+    tail: Range<usize>,
     /// Length of the carry copied into the current buffer.
     carried: usize,
 }
@@ -130,21 +137,44 @@ impl Decoder {
             message: None,
             streaming: None,
             carry: Vec::new(),
+            tail: 0..0,
             carried: 0,
         }
     }
 
     /// Puts the carried bytes in front of the next read; returns where the read goes.
     pub fn begin(&mut self, buf: &mut [u8]) -> usize {
-        self.carried = self.carry.len();
-        buf[HEADROOM..HEADROOM + self.carried].copy_from_slice(&self.carry);
+        if self.tail.is_empty() {
+            self.carried = self.carry.len();
+            buf[HEADROOM..HEADROOM + self.carried].copy_from_slice(&self.carry);
+        } else {
+            self.carried = self.tail.len();
+            buf.copy_within(self.tail.clone(), HEADROOM);
+            // Still only in `buf` until `process` takes it: a read that
+            // finds nothing must be able to park it.
+            self.tail = HEADROOM..HEADROOM + self.carried;
+        }
         HEADROOM + self.carried
     }
 
+    /// Saves the bytes the last [`process`](Decoder::process) left in `buf`
+    /// before `buf` is used for anything else (the relay's scratch buffer is
+    /// shared by every session on its thread).
+    pub fn park(&mut self, buf: &[u8]) {
+        let tail = std::mem::replace(&mut self.tail, 0..0);
+        if !tail.is_empty() {
+            self.carry = buf[tail].to_vec();
+        }
+    }
+
     /// Processes `buf[HEADROOM..end]` (carry + new bytes). Forwarded frames
-    /// end up in `buf[chunk.out]`; pongs owed to this leg are appended to `replies`.
+    /// end up in `buf[chunk.out]`; pongs owed to this leg are appended to
+    /// `replies`. Bytes that do not make a frame yet stay in `buf`: call
+    /// `begin` next on the same, untouched `buf`, or [`park`](Decoder::park)
+    /// them first.
     pub fn process(&mut self, buf: &mut [u8], end: usize, replies: &mut Vec<u8>) -> Chunk {
         self.carry = Vec::new();
+        self.tail = 0..0;
         // A whole frame keeps its header size, so output written from where
         // input starts lines up with it and payloads need not move. Only a
         // piece continuing a frame from an earlier read needs the headroom
@@ -163,8 +193,8 @@ impl Decoder {
         };
         let mut r = HEADROOM;
         let stop = self.run(buf, &mut r, end, &mut out, replies).err();
-        if stop.is_none() && r < end {
-            self.carry = buf[r..end].to_vec();
+        if stop.is_none() {
+            self.tail = r..end;
         }
         Chunk {
             out: start..out.w,

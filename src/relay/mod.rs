@@ -477,6 +477,26 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    let progress = relay_reads(src, dst, cx, buf, ending);
+    // `buf` is the thread's scratch buffer: a partial frame left in it must
+    // be saved before the other direction or another session reads into it.
+    src.decoder.park(buf);
+    progress
+}
+
+/// [`pump`]'s loop: read, rewrite, forward, for as long as both legs can.
+/// Successive reads reuse `buf`, so a partial frame stays in it meanwhile.
+fn relay_reads<A, B>(
+    src: &mut Leg<A>,
+    dst: &mut Leg<B>,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+    ending: &mut Option<Ending>,
+) -> bool
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     let mut progress = false;
     loop {
         if !dst.dead {

@@ -74,6 +74,27 @@ fn parse_all(mut bytes: &[u8]) -> Vec<Seen> {
 
 /// Feeds `reads` one at a time; returns all output, replies and the stop.
 fn feed(dec: &mut Decoder, reads: &[&[u8]]) -> (Vec<u8>, Vec<u8>, Option<Stop>) {
+    feed_with(dec, reads, Between::Nothing)
+}
+
+/// What the relay does with the scratch buffer between two reads of a leg.
+#[derive(Debug, Clone, Copy)]
+enum Between {
+    /// Reads again at once.
+    Nothing,
+    /// Parks the partial frame; another session uses the buffer.
+    Park,
+    /// Begins a read that finds nothing, parks, and another session uses the buffer.
+    EmptyRead,
+}
+
+const EVERY_BETWEEN: [Between; 3] = [Between::Nothing, Between::Park, Between::EmptyRead];
+
+fn feed_with(
+    dec: &mut Decoder,
+    reads: &[&[u8]],
+    between: Between,
+) -> (Vec<u8>, Vec<u8>, Option<Stop>) {
     let mut buf = vec![0; SCRATCH_SIZE];
     let (mut out, mut replies) = (Vec::new(), Vec::new());
     for read in reads {
@@ -84,6 +105,15 @@ fn feed(dec: &mut Decoder, reads: &[&[u8]]) -> (Vec<u8>, Vec<u8>, Option<Stop>) 
         if chunk.stop.is_some() {
             return (out, replies, chunk.stop);
         }
+        match between {
+            Between::Nothing => continue,
+            Between::Park => {}
+            Between::EmptyRead => {
+                dec.begin(&mut buf);
+            }
+        }
+        dec.park(&buf);
+        buf.fill(0xee);
     }
     (out, replies, None)
 }
@@ -127,10 +157,10 @@ fn every_cut_of_a_stream_gives_the_same_messages() {
     stream.extend(frame(Side::Client, PING, true, b"p"));
     stream.extend(frame(Side::Client, CONT, true, "wörld".as_bytes()));
     stream.extend(frame(Side::Client, BINARY, true, &[7; 300]));
-    for cut in 0..stream.len() {
+    for (cut, between) in (0..stream.len()).flat_map(|cut| EVERY_BETWEEN.map(|b| (cut, b))) {
         let mut dec = Decoder::new(Side::Client, BIG);
-        let (out, replies, stop) = feed(&mut dec, &[&stream[..cut], &stream[cut..]]);
-        assert_eq!(stop, None, "cut {cut}");
+        let (out, replies, stop) = feed_with(&mut dec, &[&stream[..cut], &stream[cut..]], between);
+        assert_eq!(stop, None, "cut {cut} {between:?}");
         let frames = parse_all(&out);
         let text: Vec<u8> = frames
             .iter()
@@ -155,9 +185,11 @@ fn every_cut_of_a_stream_gives_the_same_messages() {
 #[test]
 fn a_small_frame_split_across_reads_is_forwarded_whole() {
     let f = frame(Side::Upstream, BINARY, true, &[9; 1000]);
-    let mut dec = Decoder::new(Side::Upstream, BIG);
-    let (out, _, _) = feed(&mut dec, &[&f[..500], &f[500..]]);
-    assert_eq!(out, f);
+    for between in EVERY_BETWEEN {
+        let mut dec = Decoder::new(Side::Upstream, BIG);
+        let (out, _, _) = feed_with(&mut dec, &[&f[..500], &f[500..]], between);
+        assert_eq!(out, f, "{between:?}");
+    }
 }
 
 #[test]
