@@ -61,14 +61,19 @@ async fn connection(
     };
     match tls {
         None => http::serve(stream, peer, false, ctx).await,
-        Some(acceptor) => {
-            let limit = ctx.server.tls_handshake_timeout;
-            match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => http::serve(tls_stream, peer, true, ctx).await,
-                Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
-            }
-        }
+        // A TLS session's state is kilobytes: boxed, it is not part of every
+        // plain connection's task (which tokio::spawn allocates and moves).
+        Some(acceptor) => Box::pin(serve_tls(stream, peer, acceptor, ctx)).await,
+    }
+}
+
+/// The TLS handshake (with its deadline), then the HTTP side.
+async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, ctx: Arc<Context>) {
+    let limit = ctx.server.tls_handshake_timeout;
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => http::serve(tls_stream, peer, true, ctx).await,
+        Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
     }
 }
 

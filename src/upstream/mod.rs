@@ -189,12 +189,17 @@ impl Server {
         let _ = tcp.set_nodelay(true);
         match &self.tls {
             None => self.handshake(tcp, req, policy).await,
+            // Boxed: TLS state is kilobytes, and every plain upgrade's
+            // future would otherwise carry (and move) room for it.
             Some((connector, name)) => {
-                let tls = timeout(limit, connector.connect(name.clone(), tcp))
-                    .await
-                    .map_err(|_| timed_out("complete TLS"))?
-                    .map_err(unreachable)?;
-                self.handshake(tls, req, policy).await
+                Box::pin(async {
+                    let tls = timeout(limit, connector.connect(name.clone(), tcp))
+                        .await
+                        .map_err(|_| timed_out("complete TLS"))?
+                        .map_err(unreachable)?;
+                    self.handshake(tls, req, policy).await
+                })
+                .await
             }
         }
     }
