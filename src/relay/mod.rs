@@ -477,7 +477,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let progress = relay_reads(src, dst, cx, buf, ending);
+    let progress = relay_reads(src, dst, cx, buf, state);
     // `buf` is the thread's scratch buffer: a partial frame left in it must
     // be saved before the other direction or another session reads into it.
     src.decoder.park(buf);
@@ -491,7 +491,7 @@ fn relay_reads<A, B>(
     dst: &mut Leg<B>,
     cx: &mut Context<'_>,
     buf: &mut [u8],
-    ending: &mut Option<Ending>,
+    state: &mut State,
 ) -> bool
 where
     A: AsyncRead + AsyncWrite + Unpin,
