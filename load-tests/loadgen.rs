@@ -518,10 +518,15 @@ async fn pump(
     }
 }
 
+/// A round trip (or the upgrade) that takes longer means the target is stuck.
+const ROUND_TRIP_LIMIT: Duration = Duration::from_secs(5);
+
 async fn latency(a: LatencyArgs) -> anyhow::Result<()> {
     let url = Url::parse(&a.target)?;
     let frame = data_frame(a.size);
-    let (mut s, leftover) = connect(&url, url.source(0)).await?;
+    let (mut s, leftover) = tokio::time::timeout(ROUND_TRIP_LIMIT, connect(&url, url.source(0)))
+        .await
+        .context("the upgrade took longer than 5 s")??;
     if !leftover.is_empty() {
         bail!("the server sent data before any message");
     }
@@ -538,7 +543,9 @@ async fn latency(a: LatencyArgs) -> anyhow::Result<()> {
         }
         s.write_all(&frame).await?;
         loop {
-            let n = s.read(&mut buf).await?;
+            let n = tokio::time::timeout(ROUND_TRIP_LIMIT, s.read(&mut buf))
+                .await
+                .context("no echo within 5 s")??;
             if n == 0 {
                 bail!("the server closed the connection");
             }

@@ -3,8 +3,8 @@
 # on the same machine in the same run. Prints a markdown table of absolute
 # numbers and ratios to direct. See load-tests/README.md for the method.
 #
-#   load-tests/run.sh            # the full comparison, best of 2 rounds (~5 minutes)
-#   load-tests/run.sh --quick    # a smoke run: short, 1,000 idle connections
+#   load-tests/run.sh            # the full comparison, best of 2 rounds (~4 minutes once built)
+#   load-tests/run.sh --quick    # a smoke run: one short round, 1,000 idle connections (~1 minute)
 #
 # The proxy runs alone on core 0; the echo backend and the load generator
 # share core 1. Every proxy gets one worker (framegate --workers 1,
@@ -135,6 +135,12 @@ stop() {
   [ -n "$proxy" ] || return 0
   kill "$proxy" 2> /dev/null || true
   wait "$proxy" 2> /dev/null || true
+  # Reaped: its PID may be reused, so the exit trap must not kill it again.
+  local p left=()
+  for p in "${pids[@]}"; do
+    [ "$p" = "$proxy" ] || left+=("$p")
+  done
+  pids=("${left[@]}")
   # The backend sees the proxy's connections go; let it settle.
   sleep 0.3
 }
@@ -155,7 +161,8 @@ measure() {
     fi
   done
   local out
-  if out=$("${cmd[@]}" 2>&1); then
+  # Every mode bounds itself; the timeout is a second bound in case one hangs.
+  if out=$(timeout 300 "${cmd[@]}" 2>&1); then
     echo "$out" | grep -v '^result' | sed "s/^/  $target: /"
     echo "$target $scenario $(echo "$out" | sed -n 's/^result //p')" >> "$results"
   else
