@@ -83,7 +83,13 @@ def main():
     print()
     print(f"{datetime.date.today()}, {os.cpu_count()} cores, `{command}` "
           f"({took} s, best of {rounds} round(s); "
-          f"idle: {idle and int(idle)} connections held)")
+          f"idle: {int(idle) if idle else 'no'} connections held)")
+    print()
+    print("framegate `--workers 1`, default policy, access log to a file; nginx: the classic"
+          " WebSocket proxy (`load-tests/nginx.conf`: proxy_http_version 1.1, Upgrade/Connection"
+          " headers, proxy_read_timeout 3600s, `worker_processes 1`, default buffers, access log"
+          " on); HAProxy: `load-tests/haproxy.cfg` (`mode http`, `nbthread 1`, `timeout tunnel"
+          " 1h`, no log). Proxy on core 0; backend and load generator on core 1.")
     print()
     print("| metric | " + " | ".join(NAMES[t] for t in TARGETS) + " |")
     print("|---|" + "---|" * len(TARGETS))
