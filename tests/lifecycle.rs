@@ -72,7 +72,7 @@ pong_timeout = "300ms"
 
 #[tokio::test]
 async fn pings_keep_a_silent_client_alive_through_idle_cutting_proxies() {
-    let idle = Duration::from_millis(400);
+    let idle = Duration::from_millis(600);
     let backend = backend().await;
     let behind = idle_cutting_proxy(backend.addr, idle).await;
     backend.echo_all();
