@@ -7,6 +7,11 @@
 
 #![allow(dead_code)]
 
+mod ports;
+// Each test crate uses a subset of the support code.
+#[allow(unused_imports)]
+pub use ports::closed_port;
+
 use std::{
     future::Future,
     net::SocketAddr,
@@ -343,36 +348,6 @@ async fn ws_accept(io: BoxIo, opts: &BackendOpts) -> Option<BackendConn> {
         .ok()?;
     let (uri, headers) = seen.lock().unwrap().take()?;
     Some(BackendConn { uri, headers, ws })
-}
-
-/// An address that refuses connections for as long as this lives: the port
-/// is bound, so no test running in parallel can be handed it, but nothing
-/// listens on it.
-pub struct ClosedPort {
-    addr: SocketAddr,
-    _socket: tokio::net::TcpSocket,
-}
-
-impl ClosedPort {
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-}
-
-impl std::fmt::Display for ClosedPort {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.addr.fmt(f)
-    }
-}
-
-/// See [`ClosedPort`].
-pub async fn closed_port() -> ClosedPort {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    ClosedPort {
-        addr: socket.local_addr().unwrap(),
-        _socket: socket,
-    }
 }
 
 /// A TCP server that accepts connections and never answers; returns its
