@@ -19,7 +19,6 @@ fn run(dir: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_framegate"))
         .args(args)
         .current_dir(dir)
-        .env("NO_COLOR", "1")
         .env("RUST_LOG", "warn")
         .output()
         .expect("run framegate");

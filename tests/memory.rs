@@ -48,24 +48,6 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .expect("VmHWM in /proc/PID/status")
 }
 
-/// Removes ANSI colour sequences, in case the logger adds them anyway.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Waits for a log line containing `needle`.
 async fn log_line(lines: &mut mpsc::UnboundedReceiver<String>, needle: &str) -> String {
     loop {
@@ -97,7 +79,6 @@ async fn spawn_binary(
         .arg(dir.path().join("framegate.toml"))
         .args(["--workers", "2"])
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -108,7 +89,7 @@ async fn spawn_binary(
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if tx.send(strip_ansi(&line)).is_err() {
+            if tx.send(line).is_err() {
                 break;
             }
         }
