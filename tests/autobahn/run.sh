@@ -35,20 +35,30 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Prints N distinct free ports (all held open until every one is chosen).
+free_ports() {
+  python3 -c 'import socket,sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
+# Waits for `name` (whose log is `log`, whose PID is `pid`) to listen on `port`.
 wait_port() {
-  for _ in $(seq 100); do
-    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null; then return 0; fi
+  local port=$1 name=$2 log=$3 pid=$4
+  for _ in $(seq 300); do
+    if python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),0.2)" 2>/dev/null; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then break; fi
     sleep 0.1
   done
-  echo "autobahn: nothing listening on port $1" >&2
+  echo "autobahn: $name is not listening on port $port; its log:" >&2
+  cat "$log" >&2
   return 1
 }
 mkdir -p "$work/policies" "$repo/target/autobahn-reports"
 cp "$here/policy.toml" "$work/policies/conformance.toml"
 
 # 1. Client leg.
-gw=$(free_port)
+gw=$(free_ports 1)
 cat > "$work/client-leg.toml" <<TOML
 [[listener]]
 addr = "127.0.0.1:$gw"
@@ -61,7 +71,7 @@ builtin = "echo"
 TOML
 RUST_LOG=warn "$bin/framegate" --config "$work/client-leg.toml" > "$work/gw1.log" 2>&1 &
 pids+=($!)
-wait_port "$gw"
+wait_port "$gw" framegate "$work/gw1.log" $!
 cat > "$work/fuzzingclient.json" <<JSON
 {"outdir": "$work/client-leg", "servers": [{"agent": "framegate", "url": "ws://127.0.0.1:$gw"}],
  "cases": ["*"], "exclude-cases": ["12.*", "13.*"], "exclude-agent-cases": {}}
@@ -71,8 +81,7 @@ cp -r "$work/client-leg" "$repo/target/autobahn-reports/"
 python3 "$here/check.py" "$work/client-leg/index.json" client-leg 301
 
 # 2. Upstream leg. wstest answers 400 unless Host is its own authority: preserve_host = false.
-fs=$(free_port)
-gw=$(free_port)
+read -r fs gw < <(free_ports 2)
 cat > "$work/upstream-leg.toml" <<TOML
 [[listener]]
 addr = "127.0.0.1:$gw"
@@ -90,10 +99,10 @@ cat > "$work/fuzzingserver.json" <<JSON
 JSON
 (cd "$work" && exec "$venv/bin/wstest" -m fuzzingserver -s fuzzingserver.json > wstest-server.log 2>&1) &
 pids+=($!)
+wait_port "$fs" "wstest fuzzingserver" "$work/wstest-server.log" $!
 RUST_LOG=warn "$bin/framegate" --config "$work/upstream-leg.toml" > "$work/gw2.log" 2>&1 &
 pids+=($!)
-wait_port "$fs"
-wait_port "$gw"
+wait_port "$gw" framegate "$work/gw2.log" $!
 timeout 900 "$bin/examples/autobahn_client" "ws://127.0.0.1:$gw" framegate-upstream > "$work/client.log" 2>&1
 cp -r "$work/upstream-leg" "$repo/target/autobahn-reports/"
 python3 "$here/check.py" "$work/upstream-leg/index.json" upstream-leg 301
