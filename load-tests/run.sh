@@ -173,19 +173,27 @@ measure() {
 
 echo "load-tests: backend on :$backend_port; $(uptime)"
 for round in $(seq "$rounds"); do
+  # Every run leaves kernel state behind (TIME_WAIT sockets, grown slabs)
+  # that makes the next one cheaper or dearer, so the order alternates:
+  # with best-of-rounds, each target gets an early and a late turn.
+  order=("${targets[@]}")
+  if [ $((round % 2)) = 0 ]; then
+    order=()
+    for ((i = ${#targets[@]} - 1; i >= 0; i--)); do order+=("${targets[i]}"); done
+  fi
   for size in 64 1024 16384; do
     echo "round $round: throughput, 64 connections x 16 in flight, $size B"
-    for t in "${targets[@]}"; do
+    for t in "${order[@]}"; do
       measure "$t" "tp$size" "${loadgen[@]}" throughput --url @URL@ --cpu-pid @WATCH@ \
         --size "$size" --conns 64 --window 16 --secs "$tp_secs" --warmup "$warmup"
     done
   done
   echo "round $round: latency, one connection, 32 B ping-pong"
-  for t in "${targets[@]}"; do
+  for t in "${order[@]}"; do
     measure "$t" latency "${loadgen[@]}" latency --url @URL@ --secs "$lat_secs" --warmup "$warmup"
   done
   echo "round $round: handshakes, 32 workers: connect + upgrade + close"
-  for t in "${targets[@]}"; do
+  for t in "${order[@]}"; do
     measure "$t" handshakes "${loadgen[@]}" handshakes --url @URL@ --cpu-pid @WATCH@ \
       --workers 32 --sources 8 --secs "$hs_secs" --warmup "$warmup"
   done

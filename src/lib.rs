@@ -11,15 +11,17 @@
 //!
 //! - [`listener`]: accept, TCP options, TLS handshake with a deadline.
 //! - [`tls`]: rustls configs; certificates chosen by SNI.
-//! - [`http`]: the hyper server; [`http::upgrade`] checks the RFC 6455
-//!   request, [`http::forwarded`] builds the upstream request's headers.
+//! - [`http`]: reads the upgrade request ([`http::head`]), checks it
+//!   ([`http::upgrade`], RFC 6455), builds the upstream request's headers
+//!   ([`http::forwarded`]), answers, and runs the session in the same task.
 //! - [`route`]: host and longest-prefix path matching, path rewrite.
 //! - [`admission`]: decided before the upstream is contacted: client IP,
 //!   Origin, JWT, connection limits, handshake rate; and the per-session
 //!   rate limits and token expiry the relay checks.
 //! - [`upstream`]: pick a server, connect, complete its handshake *before*
 //!   the client gets a 101.
-//! - [`relay`]: the session: frames both ways, close handshake on both legs.
+//! - [`relay`]: the session: frames both ways, close handshake on both legs,
+//!   over a [`stream::Stream`] per leg.
 //! - [`log`]: one access-log line per session.
 //! - [`shutdown`]: the session tracker; drain on SIGTERM.
 //!
@@ -39,6 +41,7 @@ pub mod log;
 pub mod relay;
 pub mod route;
 pub mod shutdown;
+pub mod stream;
 pub mod tls;
 pub mod upstream;
 

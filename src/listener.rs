@@ -6,11 +6,12 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsStream};
 
 use crate::{
     admission::client_ip,
     http::{self, Context},
+    stream::Transport,
 };
 
 /// Accepts on listener number `index` until `stop` resolves, serving each
@@ -60,7 +61,7 @@ async fn connection(
         },
     };
     match tls {
-        None => http::serve(stream, peer, false, ctx).await,
+        None => http::serve(Transport::Tcp(stream), peer, false, ctx).await,
         // A TLS session's state is kilobytes: boxed, it is not part of every
         // plain connection's task (which tokio::spawn allocates and moves).
         Some(acceptor) => Box::pin(serve_tls(stream, peer, acceptor, ctx)).await,
@@ -71,7 +72,10 @@ async fn connection(
 async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, ctx: Arc<Context>) {
     let limit = ctx.server.tls_handshake_timeout;
     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-        Ok(Ok(tls_stream)) => http::serve(tls_stream, peer, true, ctx).await,
+        Ok(Ok(tls)) => {
+            let tls = Transport::Tls(Box::new(TlsStream::Server(tls)));
+            http::serve(tls, peer, true, ctx).await
+        }
         Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
     }

@@ -14,7 +14,7 @@ struct Cli {
     /// The config file (TOML). Policies are looked up relative to it.
     #[arg(long, short, global = true, default_value = "framegate.toml")]
     config: PathBuf,
-    /// Worker threads; 0 means one per core.
+    /// Worker threads; 0 means one per core, 1 runs everything on one thread.
     #[arg(long, default_value_t = 0)]
     workers: usize,
     #[command(subcommand)]
@@ -67,10 +67,18 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, path: PathBuf, workers: usize) -> anyhow::Result<()> {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        rt.worker_threads(workers);
-    }
+    // One worker is one thread: a current-thread runtime has no work
+    // stealing and no cross-thread wake-ups to pay for.
+    let mut rt = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                rt.worker_threads(n);
+            }
+            rt
+        }
+    };
     let rt = rt.enable_all().build().context("starting the runtime")?;
     rt.block_on(async {
         let gateway = Gateway::bind(config).await?;

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::{
+    sync::CancellationToken,
+    task::{task_tracker::TrackedFuture, TaskTracker},
+};
 
 use crate::relay::DrainSignal;
 
@@ -38,9 +41,9 @@ pub struct DrainReport {
 }
 
 impl Sessions {
-    /// Runs a session under the tracker.
-    pub fn spawn(&self, session: impl Future<Output = ()> + Send + 'static) {
-        self.tracker.spawn(session);
+    /// Counts `session` as open until it completes; the drain waits for it.
+    pub fn track<F: Future>(&self, session: F) -> TrackedFuture<F> {
+        self.tracker.track_future(session)
     }
 
     /// What a new session watches to learn the gateway is draining.

@@ -232,6 +232,18 @@ async fn http_1_0_upgrade_is_400() {
 }
 
 #[tokio::test]
+async fn an_upgrade_with_a_body_is_400_and_the_connection_closes() {
+    let gw = gateway().await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = upgrade_request("/ws", &["Content-Length: 5"]) + "hello";
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let (resp, _) = read_response(&mut tcp).await;
+    assert_refused(&resp, 400);
+    assert_eq!(resp.header("connection"), Some("close"));
+    read_to_close(&mut tcp).await;
+}
+
+#[tokio::test]
 async fn an_upgrade_after_a_refusal_on_the_same_connection_works() {
     let gw = gateway().await;
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();

@@ -433,10 +433,13 @@ mod tests {
     #[test]
     fn refusals_carry_a_bearer_challenge() {
         let challenge = |e: AuthError| {
-            let resp = e.reject().into_response();
+            let reject = e.reject();
             (
-                resp.status(),
-                resp.headers().get(header::WWW_AUTHENTICATE).cloned(),
+                reject.status,
+                reject
+                    .answer_headers()
+                    .get(header::WWW_AUTHENTICATE)
+                    .cloned(),
             )
         };
         assert_eq!(
@@ -459,8 +462,8 @@ mod tests {
             challenge(AuthError::Insufficient("scope `x`".into())).0,
             StatusCode::FORBIDDEN
         );
-        let busy = AuthError::KeysUnavailable.reject().into_response();
-        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(busy.headers()[header::RETRY_AFTER], "5");
+        let busy = AuthError::KeysUnavailable.reject();
+        assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.answer_headers()[header::RETRY_AFTER], "5");
     }
 }

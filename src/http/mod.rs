@@ -1,29 +1,40 @@
-//! The client side of the handshake: a hyper HTTP/1.1 server that checks
-//! the upgrade, picks the route, runs admission (so a refused client never
-//! reaches a backend), completes the upstream handshake, answers 101 and
-//! hands both sockets to the relay.
+//! The client side of the handshake: read the upgrade request, check it,
+//! pick the route, run admission (so a refused client never reaches a
+//! backend), complete the upstream handshake, answer 101, and run the
+//! session in the same task.
+//!
+//! The exchange is one request head and one response head, so it is read
+//! and written here directly (httparse parses) rather than through a
+//! general HTTP server: no second task, no upgrade hand-off, and the relay
+//! gets the socket itself.
 
 pub mod forwarded;
+pub mod head;
 pub mod upgrade;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
-use bytes::Bytes;
-use http::{header, Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use http::{header, Request, StatusCode};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    time::timeout,
+};
 
 use crate::{
-    admission::Admission,
+    admission::{Admission, Admitted},
     config::ServerSettings,
-    relay::{frame, Session},
-    route::{host_of, RouteTable},
+    relay::{close, frame, Session},
+    route::{host_of, Route, RouteTable},
     shutdown::Sessions,
+    stream::{Stream, Transport},
     upstream::UpstreamRequest,
 };
+use head::HeadError;
 use upgrade::Reject;
+
+/// How much a client may send ahead of its 101 while the upstream is being
+/// reached; the relay takes it from there.
+const EARLY_LIMIT: usize = 64 * 1024;
 
 /// What every connection needs to know. Replaced whole on reload; a
 /// session keeps the route and policy it started with.
@@ -40,58 +51,198 @@ pub struct Context {
     pub sessions: Arc<Sessions>,
 }
 
-/// Serves one client connection (already past TLS, if any).
-pub async fn serve<S>(io: S, peer: SocketAddr, tls: bool, ctx: Arc<Context>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(ctx.server.request_timeout)
-        .max_buf_size(ctx.server.max_header_bytes)
-        .max_headers(ctx.server.max_headers);
-    let svc = service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(req, peer, tls, &ctx).await) }
-    });
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades()
-        .await
-    {
-        tracing::debug!(client = %peer, error = %e, "connection ended with an HTTP error");
-    }
+/// An upgrade both sides accepted: what the session needs.
+struct Upgraded {
+    /// Bytes the client sent behind its request.
+    client_early: Vec<u8>,
+    /// The request's path, for the access log.
+    path: String,
+    accepted: Accepted,
 }
 
-async fn handle(
-    req: Request<Incoming>,
+/// What the upstream side of an accepted upgrade leaves the session.
+struct Accepted {
+    upstream: Stream,
+    route: Arc<Route>,
+    admitted: Admitted,
+    server: String,
+}
+
+/// Serves one client connection (already past TLS, if any).
+pub async fn serve(mut io: Transport, peer: SocketAddr, tls: bool, ctx: Arc<Context>) {
+    // Boxed: the handshake's state is large and short-lived, and the task
+    // lives on as the session, which should not carry room for it.
+    let Some(up) = Box::pin(handshake(&mut io, peer, tls, &ctx)).await else {
+        return;
+    };
+    let sessions = ctx.sessions.clone();
+    let drain = sessions.drain_signal(ctx.server.drain_spread);
+    // A session keeps its own route and policy, not the whole config generation.
+    drop(ctx);
+    let Accepted {
+        upstream,
+        route,
+        admitted,
+        server,
+    } = up.accepted;
+    let (client_gate, upstream_gate) = admitted.gates();
+    // Held for the session's whole life, released on every way out.
+    let _slots = admitted.slots;
+    let started = Instant::now();
+    let client = Stream::new(io, up.client_early);
+    let session = Session::new(client, upstream, &route.policy, Some(drain))
+        .gated(client_gate, upstream_gate);
+    let summary = sessions.track(session.run()).await;
+    sessions.ended(summary.clean);
+    crate::log::session(
+        peer,
+        &route.label,
+        &up.path,
+        &server,
+        started.elapsed(),
+        &summary,
+    );
+}
+
+/// Reads requests and answers them until one is upgraded (`Some`, once the
+/// client has its 101) or the connection is done. A refused request leaves
+/// the connection open for another, as HTTP/1.1 keep-alive would.
+async fn handshake(
+    io: &mut Transport,
     peer: SocketAddr,
     tls: bool,
     ctx: &Context,
-) -> Response<Full<Bytes>> {
-    let path = req.uri().path().to_owned();
-    match upgrade_request(req, peer, tls, ctx).await {
-        Ok(resp) => resp,
-        Err(reject) => {
-            tracing::info!(
-                client = %peer,
-                path = %path,
-                status = reject.status.as_u16(),
-                reason = %reject.message,
-                "upgrade refused"
-            );
-            reject.into_response()
+) -> Option<Upgraded> {
+    let limits = &ctx.server;
+    let mut pending = Vec::new();
+    loop {
+        let read = head::read_request(io, pending, limits.max_header_bytes, limits.max_headers);
+        let request = match timeout(limits.request_timeout, read).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(HeadError::Closed | HeadError::Io(_))) => return None,
+            Ok(Err(e)) => {
+                refuse(io, peer, "-", head_reject(e), false, ctx).await;
+                return None;
+            }
+            Err(_) => {
+                let reject = Reject::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "no complete request within request_timeout",
+                );
+                refuse(io, peer, "-", reject, false, ctx).await;
+                return None;
+            }
+        };
+        let path = request.head.uri().path().to_owned();
+        let keep_alive = upgrade::keeps_alive(request.head.version(), request.head.headers());
+        let mut early = request.early;
+        // A client that hangs up meanwhile abandons the upstream handshake at
+        // once, instead of holding a backend connection until its timeout.
+        let answer = tokio::select! {
+            answer = upgrade_request(request.head, peer, tls, ctx) => answer,
+            () = hung_up(io, &mut early) => {
+                tracing::debug!(client = %peer, "client left during the upstream handshake");
+                return None;
+            }
+        };
+        let (response, accepted) = match answer {
+            Ok(ok) => ok,
+            Err(reject) => {
+                let keep_alive = keep_alive && !ctx.sessions.is_draining();
+                if refuse(io, peer, &path, reject, keep_alive, ctx).await {
+                    pending = early;
+                    continue;
+                }
+                return None;
+            }
+        };
+        if let Err(e) = io.write_all(&response).await {
+            tracing::debug!(client = %peer, error = %e, "client left before the upgrade finished");
+            let mut upstream = accepted.upstream;
+            let mut bye = Vec::new();
+            let v = close::peer_of_vanished(frame::Side::Client);
+            frame::close_frame(&mut bye, frame::Side::Upstream, Some(v.code), v.reason);
+            let _ = timeout(limits.request_timeout, async {
+                let _ = upstream.write_all(&bye).await;
+                let _ = upstream.shutdown().await;
+            })
+            .await;
+            return None;
+        }
+        return Some(Upgraded {
+            client_early: early,
+            path,
+            accepted,
+        });
+    }
+}
+
+/// Resolves when the client hangs up. What it sends meanwhile (frames sent
+/// ahead of the 101) is kept in `early`, up to [`EARLY_LIMIT`]; past that
+/// the client is no longer read until the session starts.
+async fn hung_up(io: &mut Transport, early: &mut Vec<u8>) {
+    while early.len() < EARLY_LIMIT {
+        let room = (EARLY_LIMIT - early.len()) as u64;
+        match (&mut *io).take(room).read_buf(early).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
     }
+    std::future::pending().await
 }
 
+fn head_reject(e: HeadError) -> Reject {
+    let status = match e {
+        HeadError::TooLarge(_) | HeadError::TooManyHeaders(_) => {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        }
+        _ => StatusCode::BAD_REQUEST,
+    };
+    Reject::new(status, e.to_string())
+}
+
+/// Answers `reject`; returns whether the connection stays open for another
+/// request. When it does not, our side is shut and whatever the client
+/// still sends is read and dropped for a while, so that the close does not
+/// reset the connection before the client has read the answer.
+async fn refuse(
+    io: &mut Transport,
+    peer: SocketAddr,
+    path: &str,
+    reject: Reject,
+    keep_alive: bool,
+    ctx: &Context,
+) -> bool {
+    tracing::info!(
+        client = %peer,
+        path = %path,
+        status = reject.status.as_u16(),
+        reason = %reject.message,
+        "upgrade refused"
+    );
+    let answer = reject.encode(keep_alive);
+    let written = timeout(ctx.server.request_timeout, async {
+        io.write_all(&answer).await?;
+        if keep_alive {
+            return Ok(());
+        }
+        io.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    keep_alive && matches!(written, Ok(Ok(())))
+}
+
+/// Checks the request, runs admission, completes the upstream handshake.
+/// `Ok` holds the 101 to send and the session's parts.
 async fn upgrade_request(
-    mut req: Request<Incoming>,
+    req: Request<()>,
     peer: SocketAddr,
     tls: bool,
     ctx: &Context,
-) -> Result<Response<Full<Bytes>>, Reject> {
+) -> Result<(Vec<u8>, Accepted), Reject> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -139,44 +290,14 @@ async fn upgrade_request(
             tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream handshake failed");
             Reject::new(e.status(), e.public_message())
         })?;
-
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let response = upgrade::accept(&up, connected.protocol, connected.headers);
-    let path = req.uri().path().to_owned();
-    let mut upstream_io = connected.io;
-    let server = connected.server;
-    let sessions = ctx.sessions.clone();
-    let drain = sessions.drain_signal(ctx.server.drain_spread);
-    let (client_gate, upstream_gate) = admitted.gates();
-    ctx.sessions.spawn(async move {
-        // Held for the session's whole life, released on every way out.
-        let _slots = admitted.slots;
-        let started = Instant::now();
-        let client_io = match on_upgrade.await {
-            Ok(io) => TokioIo::new(io),
-            Err(e) => {
-                tracing::debug!(client = %peer, error = %e, "client left before the upgrade finished");
-                let mut bye = Vec::new();
-                let v = crate::relay::close::peer_of_vanished(frame::Side::Client);
-                frame::close_frame(&mut bye, frame::Side::Upstream, Some(v.code), v.reason);
-                let _ = upstream_io.write_all(&bye).await;
-                let _ = upstream_io.shutdown().await;
-                return;
-            }
-        };
-        let summary = Session::new(client_io, upstream_io, &route.policy, Some(drain))
-            .gated(client_gate, upstream_gate)
-            .run()
-            .await;
-        sessions.ended(summary.clean);
-        crate::log::session(
-            peer,
-            &route.label,
-            &path,
-            &server,
-            started.elapsed(),
-            &summary,
-        );
-    });
-    Ok(response)
+    let headers = upgrade::accept(&up, connected.protocol, connected.headers);
+    Ok((
+        head::encode_response(StatusCode::SWITCHING_PROTOCOLS, &headers, b""),
+        Accepted {
+            upstream: connected.io,
+            route,
+            admitted,
+            server: connected.server,
+        },
+    ))
 }

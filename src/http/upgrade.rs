@@ -3,9 +3,9 @@
 //! Pure functions over request parts: every refusal is a status and one
 //! line of text that says what to fix.
 
-use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
-use http_body_util::Full;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
+
+use super::head;
 
 /// A request the gateway will not upgrade, and what it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,12 +32,10 @@ impl Reject {
         self
     }
 
-    /// The HTTP answer: the status and the message as a one-line body.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let mut resp = Response::new(Full::new(Bytes::from(format!("{}\n", self.message))));
-        *resp.status_mut() = self.status;
-        let headers = resp.headers_mut();
-        headers.extend(self.headers.into_iter().map(|(n, v)| (Some(n), v)));
+    /// The answer's headers: what the status calls for, plus any added.
+    pub fn answer_headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + 4);
+        headers.extend(self.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -56,7 +54,23 @@ impl Reject {
             }
             _ => {}
         }
-        resp
+        headers
+    }
+
+    /// The answer on the wire, the message as a one-line body; unless
+    /// `keep_alive`, it says the connection closes after it.
+    pub fn encode(&self, keep_alive: bool) -> Vec<u8> {
+        let body = format!("{}\n", self.message);
+        let mut headers = self.answer_headers();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if !keep_alive {
+            let close = match self.status {
+                StatusCode::UPGRADE_REQUIRED => "upgrade, close",
+                _ => "close",
+            };
+            headers.insert(header::CONNECTION, HeaderValue::from_static(close));
+        }
+        head::encode_response(self.status, &headers, body.as_bytes())
     }
 }
 
@@ -77,6 +91,17 @@ pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> 
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether the connection can carry another request after this one is
+/// refused: HTTP/1.1, no body to skip, and the client did not ask to close.
+pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && !has_token(headers, header::CONNECTION, "close")
+        && !headers.contains_key(header::TRANSFER_ENCODING)
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
 }
 
 /// Checks an upgrade request; `Err` says what to answer instead.
@@ -137,6 +162,17 @@ pub fn validate(method: &Method, version: Version, headers: &HeaderMap) -> Resul
         }
         Some(_) => {}
     }
+    // What would follow a body is WebSocket data; a body has no place here.
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+    {
+        return Err(Reject::new(
+            S::BAD_REQUEST,
+            "a WebSocket upgrade request has no body",
+        ));
+    }
     let protocols = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -157,27 +193,20 @@ fn is_valid_key(key: &[u8]) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
-/// The `101 Switching Protocols` answer to a validated request.
-pub fn accept(
-    up: &Upgrade,
-    protocol: Option<HeaderValue>,
-    mut extra: HeaderMap,
-) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    std::mem::swap(h, &mut extra);
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+/// The headers of the `101 Switching Protocols` answer to a validated
+/// request: the upstream's end-to-end headers (`extra`) and the handshake's own.
+pub fn accept(up: &Upgrade, protocol: Option<HeaderValue>, mut extra: HeaderMap) -> HeaderMap {
+    extra.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    extra.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     let accept = tungstenite::handshake::derive_accept_key(up.key.as_bytes());
-    h.insert(
+    extra.insert(
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
     if let Some(p) = protocol {
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+        extra.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
-    resp
+    extra
 }
 
 #[cfg(test)]
@@ -245,20 +274,24 @@ mod tests {
         assert_eq!(status(&h), StatusCode::BAD_REQUEST);
 
         let mut h = good();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert_eq!(status(&h), StatusCode::BAD_REQUEST);
+
+        let mut h = good();
         h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
         assert_eq!(status(&h), StatusCode::UPGRADE_REQUIRED);
-        let resp = validate(&Method::GET, Version::HTTP_11, &h)
+        let answer = validate(&Method::GET, Version::HTTP_11, &h)
             .unwrap_err()
-            .into_response();
-        assert_eq!(resp.headers()[header::SEC_WEBSOCKET_VERSION], "13");
+            .answer_headers();
+        assert_eq!(answer[header::SEC_WEBSOCKET_VERSION], "13");
     }
 
     #[test]
     fn accept_key_is_rfc_example() {
         let up = validate(&Method::GET, Version::HTTP_11, &good()).unwrap();
-        let resp = accept(&up, None, HeaderMap::new());
+        let headers = accept(&up, None, HeaderMap::new());
         assert_eq!(
-            resp.headers()[header::SEC_WEBSOCKET_ACCEPT],
+            headers[header::SEC_WEBSOCKET_ACCEPT],
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }

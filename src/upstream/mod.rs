@@ -8,23 +8,24 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
-use http_body_util::Empty;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 use rustls_pki_types::ServerName;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-    time::timeout,
-};
-use tokio_rustls::TlsConnector;
+use tokio::{io::AsyncWriteExt, net::TcpStream, time::timeout};
+use tokio_rustls::{TlsConnector, TlsStream};
 
 use crate::{
     config::{Policy, ServerSpec},
-    http::{forwarded, upgrade},
+    http::{
+        forwarded,
+        head::{self, HeadError},
+        upgrade,
+    },
+    stream::{Stream, Transport},
 };
+
+/// Bounds on the upstream's answer head (its own headers, `Set-Cookie`s and all).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const MAX_RESPONSE_HEADERS: usize = 100;
 
 /// Why the upstream handshake failed; decides the client's status code.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +79,7 @@ pub struct UpstreamRequest<'a> {
 
 /// A finished upstream handshake.
 pub struct Connected {
-    pub io: TokioIo<Upgraded>,
+    pub io: Stream,
     /// The subprotocol the upstream chose (one the client offered).
     pub protocol: Option<HeaderValue>,
     /// End-to-end headers of the upstream's 101 (e.g. `Set-Cookie`).
@@ -188,7 +189,7 @@ impl Server {
             .map_err(unreachable)?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => self.handshake(tcp, req, policy).await,
+            None => self.handshake(Transport::Tcp(tcp), req, policy).await,
             // Boxed: TLS state is kilobytes, and every plain upgrade's
             // future would otherwise carry (and move) room for it.
             Some((connector, name)) => {
@@ -197,6 +198,7 @@ impl Server {
                         .await
                         .map_err(|_| timed_out("complete TLS"))?
                         .map_err(unreachable)?;
+                    let tls = Transport::Tls(Box::new(TlsStream::Client(tls)));
                     self.handshake(tls, req, policy).await
                 })
                 .await
@@ -204,15 +206,12 @@ impl Server {
         }
     }
 
-    async fn handshake<S>(
+    async fn handshake(
         &self,
-        io: S,
+        io: Transport,
         req: &UpstreamRequest<'_>,
         policy: &Policy,
-    ) -> Result<Connected, UpstreamError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) -> Result<Connected, UpstreamError> {
         let limit = policy.handshake_timeout;
         timeout(limit, self.exchange(io, req))
             .await
@@ -223,24 +222,17 @@ impl Server {
             })?
     }
 
-    async fn exchange<S>(
+    async fn exchange(
         &self,
-        io: S,
+        mut io: Transport,
         req: &UpstreamRequest<'_>,
-    ) -> Result<Connected, UpstreamError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) -> Result<Connected, UpstreamError> {
         let invalid = |why: &str| UpstreamError::Invalid {
             server: self.url.clone(),
             why: why.to_owned(),
         };
         let key = tungstenite::handshake::client::generate_key();
-        let mut request = Request::get(req.path.as_str())
-            .body(Empty::<Bytes>::new())
-            .map_err(|_| invalid("request path is not a valid URI"))?;
-        let h = request.headers_mut();
-        *h = req.headers.clone();
+        let mut h = req.headers.clone();
         h.insert(
             header::HOST,
             req.host.clone().unwrap_or_else(|| self.authority.clone()),
@@ -261,35 +253,32 @@ impl Server {
             }
         }
 
-        let broken = |e: hyper::Error| UpstreamError::Unreachable {
+        let broken = |source| UpstreamError::Unreachable {
             server: self.url.clone(),
-            source: io::Error::other(e),
+            source,
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        io.write_all(&head::encode_get(&req.path, &h))
             .await
             .map_err(broken)?;
-        // The connection future ends at the 101 (handing over the socket),
-        // which may happen before the response future is polled again:
-        // drive both until the response is in.
-        let mut conn = conn.with_upgrades();
-        let send = sender.send_request(request);
-        tokio::pin!(send);
-        let mut conn_done = None;
-        let mut resp = loop {
-            tokio::select! {
-                r = &mut send => break r.map_err(broken)?,
-                r = &mut conn, if conn_done.is_none() => conn_done = Some(r),
-            }
-        };
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let answer = head::read_response(&mut io, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
+            .await
+            .map_err(|e| match e {
+                HeadError::Io(e) => broken(e),
+                HeadError::Closed => broken(io::ErrorKind::UnexpectedEof.into()),
+                e => UpstreamError::Invalid {
+                    server: self.url.clone(),
+                    why: e.to_string(),
+                },
+            })?;
+        let (status, rh) = answer.head;
+        if status != StatusCode::SWITCHING_PROTOCOLS {
             return Err(UpstreamError::Refused {
                 server: self.url.clone(),
-                status: resp.status(),
+                status,
             });
         }
-        let rh = resp.headers();
-        if !upgrade::has_token(rh, header::UPGRADE, "websocket")
-            || !upgrade::has_token(rh, header::CONNECTION, "upgrade")
+        if !upgrade::has_token(&rh, header::UPGRADE, "websocket")
+            || !upgrade::has_token(&rh, header::CONNECTION, "upgrade")
         {
             return Err(invalid(
                 "101 without Upgrade: websocket and Connection: upgrade",
@@ -313,14 +302,9 @@ impl Server {
                 return Err(invalid("chose a subprotocol the client did not offer"));
             }
         }
-        let headers = forwarded::end_to_end(rh);
-        match conn_done {
-            Some(r) => r.map_err(broken)?,
-            None => conn.await.map_err(broken)?,
-        }
-        let upgraded = hyper::upgrade::on(&mut resp).await.map_err(broken)?;
+        let headers = forwarded::end_to_end(&rh);
         Ok(Connected {
-            io: TokioIo::new(upgraded),
+            io: Stream::new(io, answer.early),
             protocol,
             headers,
             server: self.url.clone(),

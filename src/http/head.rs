@@ -1,0 +1,281 @@
+//! HTTP/1.1 heads on the wire: read one (bounded in bytes and headers),
+//! encode one. A WebSocket handshake is a single request and a single
+//! response with no body, so this is all of HTTP the upgrade path needs;
+//! httparse parses, this module frames. Whatever follows the head on the
+//! socket is returned as early data for the relay.
+
+use std::io;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// First read buffer; most upgrade heads are a few hundred bytes.
+const FIRST_READ: usize = 1024;
+
+/// Why no head could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error("the head is over {0} bytes")]
+    TooLarge(usize),
+    #[error("the head has more than {0} headers")]
+    TooManyHeaders(usize),
+    #[error("malformed HTTP head: {0}")]
+    Malformed(&'static str),
+    #[error("connection closed before the head was complete")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A complete head and its length on the wire; `None` while incomplete.
+type Parsed<T> = Result<Option<(T, usize)>, HeadError>;
+
+/// A parsed head and the bytes that came after it.
+pub struct Head<T> {
+    pub head: T,
+    pub early: Vec<u8>,
+}
+
+/// Reads until `parse` finds a complete head within `max_bytes`, starting
+/// with `buf` (bytes already read past an earlier head on this connection).
+async fn read<S, T>(
+    io: &mut S,
+    mut buf: Vec<u8>,
+    max_bytes: usize,
+    parse: impl Fn(&[u8]) -> Parsed<T>,
+) -> Result<Head<T>, HeadError>
+where
+    S: AsyncRead + Unpin,
+{
+    buf.reserve(FIRST_READ.min(max_bytes));
+    let mut scanned = 0;
+    loop {
+        // Parse only once a blank line has arrived: a head trickled in byte
+        // by byte costs one scan, not one parse per byte.
+        if has_blank_line(&buf, scanned) {
+            if let Some((head, len)) = parse(&buf)? {
+                if len > max_bytes {
+                    return Err(HeadError::TooLarge(max_bytes));
+                }
+                return Ok(Head {
+                    head,
+                    early: buf.split_off(len),
+                });
+            }
+        }
+        scanned = buf.len().saturating_sub(3);
+        if buf.len() >= max_bytes {
+            return Err(HeadError::TooLarge(max_bytes));
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len().min(max_bytes - buf.len()));
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Err(HeadError::Closed);
+        }
+    }
+}
+
+/// Whether `buf[from..]` has the blank line that ends a head (LF or CRLF).
+fn has_blank_line(buf: &[u8], from: usize) -> bool {
+    let tail = &buf[from..];
+    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// Reads a request head; `pending` is what was read past the previous one.
+pub async fn read_request<S: AsyncRead + Unpin>(
+    io: &mut S,
+    pending: Vec<u8>,
+    max_bytes: usize,
+    max_headers: usize,
+) -> Result<Head<Request<()>>, HeadError> {
+    read(io, pending, max_bytes, |buf| {
+        parse_request(buf, max_headers)
+    })
+    .await
+}
+
+/// Reads a response head.
+pub async fn read_response<S: AsyncRead + Unpin>(
+    io: &mut S,
+    max_bytes: usize,
+    max_headers: usize,
+) -> Result<Head<(StatusCode, HeaderMap)>, HeadError> {
+    read(io, Vec::new(), max_bytes, |buf| {
+        parse_response(buf, max_headers)
+    })
+    .await
+}
+
+fn parse_request(buf: &[u8], max_headers: usize) -> Parsed<Request<()>> {
+    let mut slots = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut req = httparse::Request::new(&mut slots);
+    let len = match req.parse(buf).map_err(|e| parse_error(e, max_headers))? {
+        httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(len) => len,
+    };
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| HeadError::Malformed("invalid method"))?;
+    let uri: Uri = req
+        .path
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| HeadError::Malformed("invalid request target"))?;
+    let mut out = Request::new(());
+    *out.method_mut() = method;
+    *out.uri_mut() = uri;
+    *out.version_mut() = version(req.version);
+    *out.headers_mut() = header_map(req.headers)?;
+    Ok(Some((out, len)))
+}
+
+fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<(StatusCode, HeaderMap)> {
+    let mut slots = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf).map_err(|e| parse_error(e, max_headers))? {
+        httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(len) => len,
+    };
+    let status = StatusCode::from_u16(resp.code.unwrap_or_default())
+        .map_err(|_| HeadError::Malformed("invalid status code"))?;
+    Ok(Some(((status, header_map(resp.headers)?), len)))
+}
+
+fn parse_error(e: httparse::Error, max_headers: usize) -> HeadError {
+    match e {
+        httparse::Error::TooManyHeaders => HeadError::TooManyHeaders(max_headers),
+        httparse::Error::Version => HeadError::Malformed("not HTTP/1.x"),
+        httparse::Error::HeaderName | httparse::Error::HeaderValue => {
+            HeadError::Malformed("invalid header")
+        }
+        _ => HeadError::Malformed("invalid request or status line"),
+    }
+}
+
+fn version(minor: Option<u8>) -> Version {
+    match minor {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    }
+}
+
+fn header_map(headers: &[httparse::Header<'_>]) -> Result<HeaderMap, HeadError> {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for h in headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| HeadError::Malformed("invalid header name"))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| HeadError::Malformed("invalid header value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// A response head and its body, ready to write.
+pub fn encode_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + 40 * headers.len() + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    encode_headers(&mut out, headers);
+    out.extend_from_slice(body);
+    out
+}
+
+/// A `GET` request head for `target`.
+pub fn encode_get(target: &str, headers: &HeaderMap) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + target.len() + 40 * headers.len());
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    encode_headers(&mut out, headers);
+    out
+}
+
+fn encode_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn request(wire: &[u8], max_bytes: usize) -> Result<Head<Request<()>>, HeadError> {
+        let mut io = wire;
+        read_request(&mut io, Vec::new(), max_bytes, 8).await
+    }
+
+    #[tokio::test]
+    async fn a_request_and_what_follows_it() {
+        let got = request(
+            b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nA: 1\r\nA: 2\r\n\r\n\x81\x00",
+            1024,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.head.uri(), "/a?b=1");
+        assert_eq!(got.head.version(), Version::HTTP_11);
+        assert_eq!(got.head.headers().get_all("a").iter().count(), 2);
+        assert_eq!(got.early, b"\x81\x00");
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_request_is_read_from_what_was_left() {
+        let mut io: &[u8] = b"";
+        let got = read_request(&mut io, b"GET /b HTTP/1.1\r\n\r\n".to_vec(), 1024, 8)
+            .await
+            .unwrap();
+        assert_eq!(got.head.uri(), "/b");
+    }
+
+    #[tokio::test]
+    async fn limits_and_defects_have_their_errors() {
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "v".repeat(100));
+        assert!(matches!(
+            request(big.as_bytes(), 64).await,
+            Err(HeadError::TooLarge(64))
+        ));
+        let many: String = (0..9).map(|i| format!("H{i}: v\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(
+            request(many.as_bytes(), 1024).await,
+            Err(HeadError::TooManyHeaders(8))
+        ));
+        assert!(matches!(
+            request(b"GET / HTTP/1.1\r\nHost", 1024).await,
+            Err(HeadError::Closed)
+        ));
+        assert!(matches!(
+            request(b"GET / SPDY/3\r\n\r\n", 1024).await,
+            Err(HeadError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_response_head() {
+        let mut io: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+        let got = read_response(&mut io, 1024, 8).await.unwrap();
+        assert_eq!(got.head.0, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(got.head.1["upgrade"], "websocket");
+        assert!(got.early.is_empty());
+    }
+
+    #[test]
+    fn encodes_a_response() {
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        let out = encode_response(StatusCode::NOT_FOUND, &h, b"no\n");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 404 Not Found\r\nupgrade: websocket\r\n\r\nno\n"
+        );
+    }
+}
