@@ -89,7 +89,8 @@ def main():
           " WebSocket proxy (`load-tests/nginx.conf`: proxy_http_version 1.1, Upgrade/Connection"
           " headers, proxy_read_timeout 3600s, `worker_processes 1`, default buffers, access log"
           " on); HAProxy: `load-tests/haproxy.cfg` (`mode http`, `nbthread 1`, `timeout tunnel"
-          " 1h`, no log). Proxy on core 0; backend and load generator on core 1.")
+          " 1h`, `option httplog` to stdout). Every proxy writes one access-log line per"
+          " session. Proxy on core 0; backend and load generator on core 1.")
     print()
     print("| metric | " + " | ".join(NAMES[t] for t in TARGETS) + " |")
     print("|---|" + "---|" * len(TARGETS))

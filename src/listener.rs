@@ -55,7 +55,8 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let peer = match proxied {
         false => peer,
-        true => match proxied_peer(&mut stream, peer, &ctx).await {
+        // Boxed, like TLS below: only PROXY protocol listeners pay for its state.
+        true => match Box::pin(proxied_peer(&mut stream, peer, &ctx)).await {
             Some(p) => p,
             None => return,
         },

@@ -12,7 +12,7 @@ pub mod forwarded;
 pub mod head;
 pub mod upgrade;
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
 use http::{header, Request, StatusCode};
 use tokio::{
@@ -70,15 +70,26 @@ struct Accepted {
 
 /// Serves one client connection (already past TLS, if any).
 pub async fn serve(mut io: Transport, peer: SocketAddr, tls: bool, ctx: Arc<Context>) {
-    // Boxed: the handshake's state is large and short-lived, and the task
-    // lives on as the session, which should not carry room for it.
+    // Both phases are boxed: the handshake's state is large and short-lived,
+    // and the task, which lives on as the session, then holds neither.
     let Some(up) = Box::pin(handshake(&mut io, peer, tls, &ctx)).await else {
         return;
     };
-    let sessions = ctx.sessions.clone();
-    let drain = sessions.drain_signal(ctx.server.drain_spread);
+    let session = session(io, peer, up, &ctx);
     // A session keeps its own route and policy, not the whole config generation.
     drop(ctx);
+    session.await;
+}
+
+/// The session of an accepted upgrade, ready to run; it logs itself when done.
+fn session(
+    io: Transport,
+    peer: SocketAddr,
+    up: Upgraded,
+    ctx: &Context,
+) -> Pin<Box<impl Future<Output = ()>>> {
+    let sessions = ctx.sessions.clone();
+    let drain = sessions.drain_signal(ctx.server.drain_spread);
     let Accepted {
         upstream,
         route,
@@ -86,22 +97,26 @@ pub async fn serve(mut io: Transport, peer: SocketAddr, tls: bool, ctx: Arc<Cont
         server,
     } = up.accepted;
     let (client_gate, upstream_gate) = admitted.gates();
-    // Held for the session's whole life, released on every way out.
-    let _slots = admitted.slots;
-    let started = Instant::now();
+    let slots = admitted.slots;
     let client = Stream::new(io, up.client_early);
-    let session = Session::new(client, upstream, &route.policy, Some(drain))
+    let mut session = Session::new(client, upstream, &route.policy, Some(drain))
         .gated(client_gate, upstream_gate);
-    let summary = sessions.track(session.run()).await;
-    sessions.ended(summary.clean);
-    crate::log::session(
-        peer,
-        &route.label,
-        &up.path,
-        &server,
-        started.elapsed(),
-        &summary,
-    );
+    let path = up.path;
+    Box::pin(async move {
+        // Held for the session's whole life, released on every way out.
+        let _slots = slots;
+        let started = Instant::now();
+        let summary = sessions.track(session.run()).await;
+        sessions.ended(summary.clean);
+        crate::log::session(
+            peer,
+            &route.label,
+            &path,
+            &server,
+            started.elapsed(),
+            &summary,
+        );
+    })
 }
 
 /// Reads requests and answers them until one is upgraded (`Some`, once the

@@ -277,14 +277,23 @@ where
     }
 
     /// Relays until both legs are closed, then shuts both sockets down.
-    pub async fn run(mut self) -> Summary {
+    pub async fn run(&mut self) -> Summary {
         poll_fn(|cx| self.poll_relay(cx)).await;
         let clean = self.expired == 0;
-        let shutdown = async {
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.client.io).await;
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.upstream.io).await;
-        };
-        let _ = tokio::time::timeout(self.close_timeout, shutdown).await;
+        // Shutting down is bounded by the close timeout too, on the
+        // session's own timer (a session carries one timer, not two).
+        self.arm(Instant::now() + self.close_timeout);
+        let (mut client_done, mut upstream_done) = (false, false);
+        poll_fn(|cx| {
+            client_done = client_done || Pin::new(&mut self.client.io).poll_shutdown(cx).is_ready();
+            upstream_done =
+                upstream_done || Pin::new(&mut self.upstream.io).poll_shutdown(cx).is_ready();
+            if client_done && upstream_done {
+                return Poll::Ready(());
+            }
+            self.timer.as_mut().expect("armed above").as_mut().poll(cx)
+        })
+        .await;
         Summary {
             ending: self.state.ending,
             client_to_upstream: self.client.counts,
