@@ -430,7 +430,7 @@ impl Out {
         in_key: Option<[u8; 4]>,
     ) {
         let n = payload.len();
-        let out_key = self.toward.masks().then(rand::random::<[u8; 4]>);
+        let out_key = self.toward.masks().then(mask::key);
         let header = FrameHeader {
             is_final: fin,
             rsv1: false,
@@ -460,7 +460,7 @@ impl Out {
 
 /// Appends a whole control frame for `toward` (masked when that is the upstream).
 pub fn control_frame(out: &mut Vec<u8>, toward: Side, opcode: OpCode, payload: &[u8]) {
-    let key = toward.masks().then(rand::random::<[u8; 4]>);
+    let key = toward.masks().then(mask::key);
     let header = FrameHeader {
         is_final: true,
         rsv1: false,

@@ -1,4 +1,29 @@
-//! RFC 6455 masking, a machine word at a time.
+//! RFC 6455 masking, a machine word at a time, and the keys it uses.
+
+use std::cell::RefCell;
+
+use rand::RngCore;
+
+/// Keys drawn from the thread's CSPRNG at a time: RFC 6455 §5.3 wants
+/// every frame's key unpredictable, and one draw per frame costs more than
+/// masking a small frame does.
+const POOL: usize = 64;
+
+thread_local! {
+    static KEYS: RefCell<([[u8; 4]; POOL], usize)> = const { RefCell::new(([[0; 4]; POOL], POOL)) };
+}
+
+/// A fresh masking key for a frame toward the upstream.
+pub fn key() -> [u8; 4] {
+    KEYS.with_borrow_mut(|(keys, next)| {
+        if *next == POOL {
+            rand::rng().fill_bytes(keys.as_flattened_mut());
+            *next = 0;
+        }
+        *next += 1;
+        keys[*next - 1]
+    })
+}
 
 /// The key as it applies to a payload that starts `offset` bytes into a frame.
 pub fn rotate(key: [u8; 4], offset: u64) -> [u8; 4] {
@@ -28,6 +53,14 @@ pub fn combine(a: [u8; 4], b: [u8; 4]) -> [u8; 4] {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keys_do_not_repeat_across_a_refill() {
+        let keys: std::collections::HashSet<_> =
+            (0..3 * super::POOL).map(|_| super::key()).collect();
+        // 192 draws of 32 random bits: a repeat would be a 1-in-a-million fluke.
+        assert!(keys.len() >= 3 * super::POOL - 1);
+    }
+
     use super::*;
 
     fn naive(buf: &mut [u8], key: [u8; 4], offset: usize) {
