@@ -85,7 +85,8 @@ def main():
           f"({took} s, best of {rounds} round(s); "
           f"idle: {int(idle) if idle else 'no'} connections held)")
     print()
-    print("framegate `--workers 1`, default policy, access log to a file; nginx: the classic"
+    print("framegate `--workers 1`, default policy, access log on (stdout, sent to /dev/null);"
+          " nginx: the classic"
           " WebSocket proxy (`load-tests/nginx.conf`: proxy_http_version 1.1, Upgrade/Connection"
           " headers, proxy_read_timeout 3600s, `worker_processes 1`, default buffers, access log"
           " on); HAProxy: `load-tests/haproxy.cfg` (`mode http`, `nbthread 1`, `timeout tunnel"

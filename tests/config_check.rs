@@ -167,6 +167,7 @@ servers = ["http://127.0.0.1:1"]
 fn more_semantic_errors_are_reported_at_their_lines() {
     let bad = r#"[server]
 max_header_bytes = "4KiB"
+max_headers = 100000
 
 [[listener]]
 addr = "127.0.0.1:0"
@@ -205,11 +206,12 @@ builtin = "mirror"
     );
     assert!(!ok);
     assert_reported(&stderr, "bad.toml:2:", "8KiB");
-    assert_reported(&stderr, "bad.toml:12:", "another route");
-    assert_reported(&stderr, "bad.toml:16:", "must start with /");
-    assert_reported(&stderr, "bad.toml:22:", "strip_prefix or rewrite");
-    assert_reported(&stderr, "bad.toml:30:", "either servers or builtin");
-    assert_reported(&stderr, "bad.toml:33:", "mirror");
+    assert_reported(&stderr, "bad.toml:3:", "between 8 and 1024");
+    assert_reported(&stderr, "bad.toml:13:", "another route");
+    assert_reported(&stderr, "bad.toml:17:", "must start with /");
+    assert_reported(&stderr, "bad.toml:23:", "strip_prefix or rewrite");
+    assert_reported(&stderr, "bad.toml:31:", "either servers or builtin");
+    assert_reported(&stderr, "bad.toml:34:", "mirror");
 }
 
 #[test]

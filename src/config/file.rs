@@ -46,9 +46,9 @@ pub struct ServerSection {
     /// Largest request head (request line + headers) accepted; at least 8KiB.
     #[serde(default = "defaults::max_header_bytes")]
     pub max_header_bytes: Spanned<ByteSize>,
-    /// Most request headers accepted.
+    /// Most request headers accepted (8 to 1024).
     #[serde(default = "defaults::max_headers")]
-    pub max_headers: usize,
+    pub max_headers: Spanned<usize>,
     /// On SIGTERM/SIGINT, how long sessions get to finish their close
     /// handshakes before the rest are cut and the process exits.
     #[serde(default = "defaults::drain_timeout")]
@@ -496,8 +496,8 @@ pub mod defaults {
     pub fn max_header_bytes() -> Spanned<ByteSize> {
         Spanned::new(0..0, ByteSize(16 << 10))
     }
-    pub fn max_headers() -> usize {
-        64
+    pub fn max_headers() -> Spanned<usize> {
+        Spanned::new(0..0, 64)
     }
     pub fn path() -> Spanned<String> {
         Spanned::new(0..0, "/".into())

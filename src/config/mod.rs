@@ -303,11 +303,15 @@ impl<'a> Checker<'a> {
                 "max_header_bytes must be at least 8KiB",
             );
         }
+        let max_headers = *s.max_headers.get_ref();
+        if !(8..=1024).contains(&max_headers) {
+            self.err(&s.max_headers, "max_headers must be between 8 and 1024");
+        }
         ServerSettings {
             request_timeout: s.request_timeout.0,
             tls_handshake_timeout: s.tls_handshake_timeout.0,
             max_header_bytes: header_bytes.max(8192) as usize,
-            max_headers: s.max_headers,
+            max_headers: max_headers.clamp(8, 1024),
             drain_timeout: s.drain_timeout.0,
             drain_spread: s.drain_spread.0,
             admission: self.server_rules(s),
