@@ -106,8 +106,15 @@ fn session(
         // Held for the session's whole life, released on every way out.
         let _slots = slots;
         let started = Instant::now();
-        let summary = sessions.track(session.run()).await;
-        sessions.ended(summary.clean);
+        // Counted as ended before it stops being tracked: the drain report,
+        // read once nothing is tracked, must include it.
+        let summary = sessions
+            .track(async {
+                let summary = session.run().await;
+                sessions.ended(summary.clean);
+                summary
+            })
+            .await;
         crate::log::session(
             peer,
             &route.label,
