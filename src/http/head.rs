@@ -185,8 +185,11 @@ pub fn encode_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> 
 }
 
 /// A `GET` request head for `target`.
-pub fn encode_get(target: &str, headers: &HeaderMap) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + target.len() + 40 * headers.len());
+pub fn encode_get<'a>(
+    target: &str,
+    headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512 + target.len());
     out.extend_from_slice(b"GET ");
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
@@ -194,7 +197,10 @@ pub fn encode_get(target: &str, headers: &HeaderMap) -> Vec<u8> {
     out
 }
 
-fn encode_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+fn encode_headers<'a>(
+    out: &mut Vec<u8>,
+    headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) {
     for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");

@@ -98,10 +98,15 @@ pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> 
 pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11
         && !has_token(headers, header::CONNECTION, "close")
-        && !headers.contains_key(header::TRANSFER_ENCODING)
-        && headers
+        && !has_body(headers)
+}
+
+/// Whether a request says a body follows its head.
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
             .get(header::CONTENT_LENGTH)
-            .is_none_or(|v| v.as_bytes() == b"0")
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// Checks an upgrade request; `Err` says what to answer instead.
@@ -163,11 +168,7 @@ pub fn validate(method: &Method, version: Version, headers: &HeaderMap) -> Resul
         Some(_) => {}
     }
     // What would follow a body is WebSocket data; a body has no place here.
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
-    {
+    if has_body(headers) {
         return Err(Reject::new(
             S::BAD_REQUEST,
             "a WebSocket upgrade request has no body",
@@ -284,6 +285,27 @@ mod tests {
             .unwrap_err()
             .answer_headers();
         assert_eq!(answer[header::SEC_WEBSOCKET_VERSION], "13");
+    }
+
+    #[test]
+    fn a_refused_request_keeps_the_connection_only_without_a_body_or_a_close() {
+        assert!(keeps_alive(Version::HTTP_11, &good()));
+        assert!(!keeps_alive(Version::HTTP_10, &good()));
+        let mut h = good();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, close"),
+        );
+        assert!(!keeps_alive(Version::HTTP_11, &h));
+        let mut h = good();
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(!keeps_alive(Version::HTTP_11, &h));
+        let mut h = good();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert!(keeps_alive(Version::HTTP_11, &h));
     }
 
     #[test]

@@ -232,7 +232,9 @@ impl Server {
             why: why.to_owned(),
         };
         let key = tungstenite::handshake::client::generate_key();
-        let mut h = req.headers.clone();
+        // The handshake's own headers; `req.headers` has none of them (they
+        // are per hop), so both are written as they are, without a merged copy.
+        let mut h = HeaderMap::with_capacity(6);
         h.insert(
             header::HOST,
             req.host.clone().unwrap_or_else(|| self.authority.clone()),
@@ -257,7 +259,7 @@ impl Server {
             server: self.url.clone(),
             source,
         };
-        io.write_all(&head::encode_get(&req.path, &h))
+        io.write_all(&head::encode_get(&req.path, req.headers.iter().chain(&h)))
             .await
             .map_err(broken)?;
         let answer = head::read_response(&mut io, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
