@@ -88,6 +88,11 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// The refusal of an upgrade to `path` carrying `token` as a bearer token.
+async fn refused_bearer(gw: std::net::SocketAddr, path: &str, token: &str) -> Refused {
+    refused(gw, "127.0.0.1", path, &[("authorization", &bearer(token))]).await
+}
+
 fn assert_invalid(r: &Refused, reason: &str) {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{r:?}");
     let challenge = r.headers["www-authenticate"].to_str().unwrap();
@@ -186,13 +191,7 @@ async fn bad_tokens_are_refused_before_the_upstream_sees_them() {
         b64(&json!({ "sub": "a", "exp": now() + 600 }).to_string())
     );
     assert_invalid(
-        &refused(
-            gw.addr,
-            "127.0.0.1",
-            "/hs",
-            &[("authorization", &bearer(&none))],
-        )
-        .await,
+        &refused_bearer(gw.addr, "/hs", &none).await,
         "invalid token",
     );
 
@@ -204,13 +203,7 @@ async fn bad_tokens_are_refused_before_the_upstream_sees_them() {
         good_rs.clone(),
     );
     assert_invalid(
-        &refused(
-            gw.addr,
-            "127.0.0.1",
-            "/rs",
-            &[("authorization", &bearer(&confused))],
-        )
-        .await,
+        &refused_bearer(gw.addr, "/rs", &confused).await,
         "algorithm not accepted",
     );
     // The same claims properly signed pass.
@@ -237,31 +230,13 @@ async fn bad_tokens_are_refused_before_the_upstream_sees_them() {
         (json!({ "iss": "https://evil.test/" }), "wrong issuer"),
     ] {
         let t = rs_with(claims);
-        assert_invalid(
-            &refused(
-                gw.addr,
-                "127.0.0.1",
-                "/rs",
-                &[("authorization", &bearer(&t))],
-            )
-            .await,
-            reason,
-        );
+        assert_invalid(&refused_bearer(gw.addr, "/rs", &t).await, reason);
     }
     // A token without the configured iss is not let through for lacking it.
     let mut no_iss = good_rs.clone();
     no_iss.as_object_mut().unwrap().remove("iss");
     let t = sign(Algorithm::RS256, &rsa, None, no_iss);
-    assert_invalid(
-        &refused(
-            gw.addr,
-            "127.0.0.1",
-            "/rs",
-            &[("authorization", &bearer(&t))],
-        )
-        .await,
-        "no iss claim",
-    );
+    assert_invalid(&refused_bearer(gw.addr, "/rs", &t).await, "no iss claim");
 
     // Signed with another key.
     let (other, _) = key_pair(&rcgen::PKCS_RSA_SHA256);
@@ -271,16 +246,7 @@ async fn bad_tokens_are_refused_before_the_upstream_sees_them() {
         None,
         good_rs.clone(),
     );
-    assert_invalid(
-        &refused(
-            gw.addr,
-            "127.0.0.1",
-            "/rs",
-            &[("authorization", &bearer(&t))],
-        )
-        .await,
-        "bad signature",
-    );
+    assert_invalid(&refused_bearer(gw.addr, "/rs", &t).await, "bad signature");
 
     // Malformed.
     for junk in ["abc", "a.b.c", "eyJhbGciOiJIUzI1NiJ9.%%%.x"] {
@@ -309,13 +275,7 @@ async fn bad_tokens_are_refused_before_the_upstream_sees_them() {
     .await;
     let t = sign(Algorithm::ES256, &ec, Some("ec-2"), claims);
     assert_invalid(
-        &refused(
-            gw.addr,
-            "127.0.0.1",
-            "/jwks",
-            &[("authorization", &bearer(&t))],
-        )
-        .await,
+        &refused_bearer(gw.addr, "/jwks", &t).await,
         "unknown key id",
     );
 

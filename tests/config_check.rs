@@ -29,6 +29,17 @@ fn run(dir: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Checks `bad.toml` (with an empty default policy), asserts it is
+/// refused, and returns what was printed.
+fn refused(bad: &str) -> String {
+    let (ok, _, stderr) = check(
+        "bad.toml",
+        &[("bad.toml", bad), ("policies/default.toml", "")],
+    );
+    assert!(!ok, "accepted:\n{bad}");
+    stderr
+}
+
 /// Asserts a line starting `prefix` (e.g. `bad.toml:7:`) mentions `needle`.
 fn assert_reported(stderr: &str, prefix: &str, needle: &str) {
     assert!(
@@ -73,11 +84,7 @@ upstraem = "echo"
 [upstream.echo]
 builtin = "echo"
 "#;
-    let (ok, _, stderr) = check(
-        "bad.toml",
-        &[("bad.toml", bad), ("policies/default.toml", "")],
-    );
-    assert!(!ok);
+    let stderr = refused(bad);
     assert_reported(&stderr, "bad.toml:6:", "upstraem");
 }
 
@@ -96,11 +103,7 @@ upstream = "echo"
 [upstream.echo]
 builtin = "echo"
 "#;
-    let (ok, _, stderr) = check(
-        "bad.toml",
-        &[("bad.toml", bad), ("policies/default.toml", "")],
-    );
-    assert!(!ok);
+    let stderr = refused(bad);
     assert_reported(&stderr, "bad.toml:3:", "5 parsecs");
 }
 
@@ -200,11 +203,7 @@ builtin = "echo"
 [upstream.odd]
 builtin = "mirror"
 "#;
-    let (ok, _, stderr) = check(
-        "bad.toml",
-        &[("bad.toml", bad), ("policies/default.toml", "")],
-    );
-    assert!(!ok);
+    let stderr = refused(bad);
     assert_reported(&stderr, "bad.toml:2:", "8KiB");
     assert_reported(&stderr, "bad.toml:3:", "between 8 and 1024");
     assert_reported(&stderr, "bad.toml:13:", "another route");
@@ -226,11 +225,7 @@ upstream = "empty"
 [upstream.empty]
 servers = []
 "#;
-    let (ok, _, stderr) = check(
-        "bad.toml",
-        &[("bad.toml", bad), ("policies/default.toml", "")],
-    );
-    assert!(!ok);
+    let stderr = refused(bad);
     assert!(stderr.contains("empty"), "{stderr}");
     assert!(
         stderr.lines().any(
@@ -256,11 +251,7 @@ upstream = "nowhere"
 [upstream.echo]
 builtin = "echo"
 "#;
-    let (ok, _, stderr) = check(
-        "bad.toml",
-        &[("bad.toml", bad), ("policies/default.toml", "")],
-    );
-    assert!(!ok);
+    let stderr = refused(bad);
     assert_reported(&stderr, "bad.toml:6:", "missing.pem");
     // Collected together with the other semantic error.
     assert_reported(&stderr, "bad.toml:9:", "nowhere");

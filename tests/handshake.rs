@@ -271,21 +271,26 @@ async fn upstream_port_closed_is_502() {
     assert_refused(&resp, 502);
 }
 
-#[tokio::test]
-async fn upstream_that_never_answers_is_504_after_handshake_timeout() {
-    let (addr, mut accepted) = silent_server().await;
+/// Starts the gateway in front of `addr` with `[upstream]` policy settings
+/// `upstream`, asserts an upgrade is refused with 504, and returns how long
+/// the answer took.
+async fn answered_504_after(addr: std::net::SocketAddr, upstream: &str) -> Duration {
+    let policy = format!("[upstream]\n{upstream}");
     let gw = start_with(
         &with_policy(&format!("ws://{addr}")),
-        &[(
-            "policies/test.toml",
-            "[upstream]\nhandshake_timeout = \"300ms\"\n",
-        )],
+        &[("policies/test.toml", &policy)],
     )
     .await;
     let started = Instant::now();
     let resp = http(gw.addr, &upgrade_request("/", &[])).await;
     assert_refused(&resp, 504);
-    let took = started.elapsed();
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn upstream_that_never_answers_is_504_after_handshake_timeout() {
+    let (addr, mut accepted) = silent_server().await;
+    let took = answered_504_after(addr, "handshake_timeout = \"300ms\"\n").await;
     assert!(
         took >= Duration::from_millis(250) && took < Duration::from_secs(3),
         "answered after {took:?}; the policy says 300ms"
@@ -309,18 +314,11 @@ async fn upstream_that_never_accepts_is_504_after_connect_timeout() {
     )
     .await
     .unwrap();
-    let gw = start_with(
-        &with_policy(&format!("ws://{addr}")),
-        &[(
-            "policies/test.toml",
-            "[upstream]\nconnect_timeout = \"300ms\"\nhandshake_timeout = \"3s\"\n",
-        )],
+    let took = answered_504_after(
+        addr,
+        "connect_timeout = \"300ms\"\nhandshake_timeout = \"3s\"\n",
     )
     .await;
-    let started = Instant::now();
-    let resp = http(gw.addr, &upgrade_request("/", &[])).await;
-    assert_refused(&resp, 504);
-    let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(250) && took < Duration::from_millis(2500),
         "answered after {took:?}; connect_timeout is 300ms"
