@@ -45,12 +45,16 @@ pub mod stream;
 pub mod tls;
 pub mod upstream;
 
-use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc};
+use std::{collections::HashMap, future::Future, net::SocketAddr, num::NonZeroUsize, sync::Arc};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use tokio::{net::TcpListener, sync::OnceCell};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch, OnceCell},
+};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use admission::{Admission, Stats};
 use config::{Config, ServerSpec, UpstreamConfig};
@@ -59,8 +63,15 @@ use shutdown::{DrainReport, Sessions};
 use upstream::Upstream;
 
 /// A gateway with its sockets bound, ready to serve.
+///
+/// It runs as one or more workers. A worker is one thread with a
+/// current-thread runtime and its own socket for every listener; a session
+/// stays on the worker that accepted it, so its wake-ups never cross
+/// threads. Config, limits, and the drain are shared by all workers.
 pub struct Gateway {
-    listeners: Vec<TcpListener>,
+    /// Per worker, one socket per configured listener, in config order.
+    /// Worker 0 runs on the caller's runtime, the others on threads of their own.
+    workers: Vec<Vec<std::net::TcpListener>>,
     handle: Handle,
 }
 
@@ -83,8 +94,8 @@ struct Inner {
 }
 
 impl Gateway {
-    /// Starts built-in upstreams and binds every listener.
-    pub async fn bind(config: Config) -> anyhow::Result<Gateway> {
+    /// Starts built-in upstreams and binds every listener once per worker.
+    pub async fn bind(config: Config, workers: NonZeroUsize) -> anyhow::Result<Gateway> {
         tls::install_provider();
         let inner = Inner {
             current: Arc::new(ArcSwap::from_pointee(http::Context {
@@ -104,17 +115,18 @@ impl Gateway {
             addrs: config.listeners.iter().map(|l| l.addr).collect(),
             echo: OnceCell::new(),
         };
-        let mut listeners = Vec::new();
+        let mut sockets: Vec<Vec<_>> = (0..workers.get()).map(|_| Vec::new()).collect();
         for l in &config.listeners {
-            let socket = TcpListener::bind(l.addr)
-                .await
+            let bound = listener::bind(l.addr, workers)
                 .with_context(|| format!("cannot listen on {}", l.addr))?;
-            listeners.push(socket);
+            for (worker, socket) in sockets.iter_mut().zip(bound) {
+                worker.push(socket);
+            }
         }
         let ctx = inner.context(config).await?;
         inner.current.store(Arc::new(ctx));
         Ok(Gateway {
-            listeners,
+            workers: sockets,
             handle: Handle {
                 inner: Arc::new(inner),
             },
@@ -123,7 +135,7 @@ impl Gateway {
 
     /// The bound addresses, in config order (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
+        self.workers[0]
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
@@ -137,9 +149,7 @@ impl Gateway {
     /// every session gets 1001 and `drain_timeout` to finish closing.
     pub async fn run(self, stop: impl Future<Output = ()>) -> DrainReport {
         let inner = &self.handle.inner;
-        let (tx, rx) = tokio::sync::watch::channel(());
-        let mut tasks = Vec::new();
-        for (index, socket) in self.listeners.into_iter().enumerate() {
+        for (index, socket) in self.workers[0].iter().enumerate() {
             if let Ok(addr) = socket.local_addr() {
                 let tls = inner
                     .current
@@ -147,24 +157,51 @@ impl Gateway {
                     .tls
                     .get(index)
                     .is_some_and(Option::is_some);
-                tracing::info!(addr = %addr, scheme = if tls { "wss" } else { "ws" }, "listening");
+                tracing::info!(
+                    addr = %addr,
+                    scheme = if tls { "wss" } else { "ws" },
+                    workers = self.workers.len(),
+                    "listening"
+                );
             }
-            let mut rx = rx.clone();
-            let stopped = async move {
-                let _ = rx.changed().await;
-            };
-            tasks.push(tokio::spawn(listener::serve(
-                index,
-                socket,
-                inner.current.clone(),
-                stopped,
-            )));
         }
-        stop.await;
-        drop(tx);
-        for t in tasks {
-            let _ = t.await;
+        let (stop_accepting, accepting) = watch::channel(());
+        // Each worker thread ends its runtime (dropping whatever sessions the
+        // drain cut) once `finished` is cancelled, then drops its `exited`.
+        let finished = CancellationToken::new();
+        let (exited, mut all_exited) = mpsc::channel::<()>(1);
+        let mut workers = self.workers.into_iter();
+        let own = workers.next().unwrap_or_default();
+        for (n, sockets) in workers.enumerate() {
+            let current = inner.current.clone();
+            let accepting = accepting.clone();
+            let finished = finished.clone();
+            let exited = exited.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("framegate-worker-{}", n + 1))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
+                    match runtime {
+                        Ok(rt) => rt.block_on(async {
+                            accept(sockets, current, accepting).await;
+                            finished.cancelled().await;
+                        }),
+                        Err(e) => tracing::error!(error = %e, "cannot start a worker's runtime"),
+                    }
+                    drop(exited);
+                });
+            if let Err(e) = thread {
+                tracing::error!(error = %e, "cannot start a worker thread; serving with fewer");
+            }
         }
+        drop(exited);
+        let own = accept(own, inner.current.clone(), accepting);
+        tokio::join!(own, async {
+            stop.await;
+            drop(stop_accepting);
+        });
         let timeout = inner.current.load().server.drain_timeout;
         tracing::info!(
             sessions = inner.sessions.active(),
@@ -172,6 +209,8 @@ impl Gateway {
             "draining"
         );
         let report = inner.sessions.drain(timeout).await;
+        finished.cancel();
+        let _ = all_exited.recv().await;
         tracing::info!(
             sessions = report.sessions,
             closed_cleanly = report.clean,
@@ -180,6 +219,37 @@ impl Gateway {
             "drained"
         );
         report
+    }
+}
+
+/// One worker's accept loops, one per listener, until `accepting` closes.
+async fn accept(
+    sockets: Vec<std::net::TcpListener>,
+    current: Arc<ArcSwap<http::Context>>,
+    accepting: watch::Receiver<()>,
+) {
+    let mut loops = Vec::new();
+    for (index, socket) in sockets.into_iter().enumerate() {
+        let socket = match TcpListener::from_std(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot register a listening socket");
+                continue;
+            }
+        };
+        let mut accepting = accepting.clone();
+        let stopped = async move {
+            let _ = accepting.changed().await;
+        };
+        loops.push(tokio::spawn(listener::serve(
+            index,
+            socket,
+            current.clone(),
+            stopped,
+        )));
+    }
+    for l in loops {
+        let _ = l.await;
     }
 }
 

@@ -2,10 +2,10 @@
 //! listener expects one), the TLS handshake (with a deadline), then the
 //! HTTP side. One task per connection; a failure in one never touches another.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, io, net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsStream};
 
 use crate::{
@@ -13,6 +13,44 @@ use crate::{
     http::{self, Context},
     stream::Transport,
 };
+
+/// Pending connections a listening socket queues before the kernel refuses
+/// more (what tokio's own `TcpListener::bind` asks for).
+const BACKLOG: u32 = 1024;
+
+/// Binds `addr` once per worker, each socket for a runtime of its own.
+///
+/// Several workers share the port with SO_REUSEPORT: the kernel spreads new
+/// connections over their accept queues, with no lock or hand-off between
+/// workers. Sharing is opt-in per socket, so a plain bind goes first: a
+/// second framegate started on a port already served fails with "address
+/// in use" instead of quietly taking a share of the first one's clients.
+/// That bind also fixes the port when `addr` asks for port 0.
+pub fn bind(addr: SocketAddr, workers: NonZeroUsize) -> io::Result<Vec<std::net::TcpListener>> {
+    let socket = |shared: bool| {
+        let s = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        s.set_reuseaddr(true)?;
+        s.set_reuseport(shared)?;
+        io::Result::Ok(s)
+    };
+    let listen = |s: TcpSocket, at: SocketAddr| {
+        s.bind(at)?;
+        s.listen(BACKLOG)?.into_std()
+    };
+    if workers.get() == 1 {
+        return Ok(vec![listen(socket(false)?, addr)?]);
+    }
+    let probe = socket(false)?;
+    probe.bind(addr)?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    (0..workers.get())
+        .map(|_| listen(socket(true)?, addr))
+        .collect()
+}
 
 /// Accepts on listener number `index` until `stop` resolves, serving each
 /// connection with the config current when it arrived. Returning drops the

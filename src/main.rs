@@ -1,6 +1,6 @@
 //! `framegate`: run the gateway, or check a config.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, num::NonZeroUsize, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -14,7 +14,8 @@ struct Cli {
     /// The config file (TOML). Policies are looked up relative to it.
     #[arg(long, short, global = true, default_value = "framegate.toml")]
     config: PathBuf,
-    /// Worker threads; 0 means one per core, 1 runs everything on one thread.
+    /// Workers: threads, each with its own runtime and its own socket per
+    /// listener (SO_REUSEPORT). 0 means one per core.
     #[arg(long, default_value_t = 0)]
     workers: usize,
     #[command(subcommand)]
@@ -67,21 +68,16 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, path: PathBuf, workers: usize) -> anyhow::Result<()> {
-    // One worker is one thread: a current-thread runtime has no work
-    // stealing and no cross-thread wake-ups to pay for.
-    let mut rt = match workers {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            if n > 0 {
-                rt.worker_threads(n);
-            }
-            rt
-        }
-    };
-    let rt = rt.enable_all().build().context("starting the runtime")?;
+    let workers = NonZeroUsize::new(workers)
+        .or_else(|| std::thread::available_parallelism().ok())
+        .unwrap_or(NonZeroUsize::MIN);
+    // This thread is worker 0; signals, reloads and the drain run here too.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(async {
-        let gateway = Gateway::bind(config).await?;
+        let gateway = Gateway::bind(config, workers).await?;
         tokio::spawn(reload_on_sighup(gateway.handle(), path));
         let report = gateway.run(shutdown_signal()).await;
         tracing::info!(cut = report.cut, "stopped");

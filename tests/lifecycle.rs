@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use support::*;
@@ -192,7 +192,9 @@ async fn draining_gateway(upstream: &str, server: &str) -> Draining {
         &[("framegate.toml", &config), ("policies/default.toml", "")],
     );
     let config = framegate::config::Config::load(&dir.path().join("framegate.toml")).unwrap();
-    let gw = framegate::Gateway::bind(config).await.unwrap();
+    let gw = framegate::Gateway::bind(config, NonZeroUsize::MIN)
+        .await
+        .unwrap();
     let addr = gw.local_addrs()[0];
     let (stop, stopped) = oneshot::channel::<()>();
     let done = tokio::spawn(gw.run(async move {
@@ -296,7 +298,9 @@ async fn reload_serves_new_certificates_to_new_handshakes_only() {
     files(&old);
     install_crypto();
     let load = || framegate::config::Config::load(&dir.path().join("framegate.toml")).unwrap();
-    let gw = framegate::Gateway::bind(load()).await.unwrap();
+    let gw = framegate::Gateway::bind(load(), NonZeroUsize::MIN)
+        .await
+        .unwrap();
     let (addr, handle) = (gw.local_addrs()[0], gw.handle());
     tokio::spawn(gw.run(std::future::pending()));
 

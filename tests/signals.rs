@@ -1,10 +1,11 @@
 //! The real binary under signals: SIGTERM drains and exits 0, SIGHUP
 //! reloads without touching live sessions (or changes nothing when the new
-//! config is invalid).
+//! config is invalid). Each runs several workers, so the drain and the
+//! reload are shown to reach sessions on every one of them.
 
 mod support;
 
-use std::{net::SocketAddr, path::Path, process::Stdio, sync::Arc};
+use std::{collections::HashMap, net::SocketAddr, path::Path, process::Stdio, sync::Arc};
 
 use futures_util::SinkExt;
 use support::*;
@@ -20,13 +21,16 @@ struct Binary {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
     addr: SocketAddr,
+    /// The `listening` log line.
+    listening: String,
 }
 
 impl Binary {
-    async fn start(config: &Path) -> Binary {
+    async fn start(config: &Path, workers: usize) -> Binary {
         let mut child = Command::new(env!("CARGO_BIN_EXE_framegate"))
             .arg("--config")
             .arg(config)
+            .args(["--workers", &workers.to_string()])
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -44,9 +48,11 @@ impl Binary {
             child,
             lines,
             addr: "0.0.0.0:0".parse().unwrap(),
+            listening: String::new(),
         };
-        let line = bin.wait_for("listening").await;
-        let addr = line
+        bin.listening = bin.wait_for("listening").await;
+        let addr = bin
+            .listening
             .split("addr=")
             .nth(1)
             .unwrap()
@@ -70,6 +76,31 @@ impl Binary {
         .await
     }
 
+    /// Context switches so far of each worker thread, by thread id. A worker
+    /// that accepts nothing sleeps in epoll_wait and never adds to its count.
+    fn worker_switches(&self) -> HashMap<String, u64> {
+        let pid = self.child.id().expect("still running");
+        let mut switches = HashMap::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let task = task.unwrap().path();
+            let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+            let Some(name) = status.lines().next() else {
+                continue;
+            };
+            if !name.contains("framegate") {
+                continue;
+            }
+            let count: u64 = status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum();
+            let tid = task.file_name().unwrap().to_string_lossy().into_owned();
+            switches.insert(tid, count);
+        }
+        switches
+    }
+
     fn signal(&self, name: &str) {
         let pid = self.child.id().expect("still running").to_string();
         let ok = std::process::Command::new("kill")
@@ -91,17 +122,29 @@ fn config_for(dir: &Path, upstream: &str) {
 }
 
 #[tokio::test]
-async fn sigterm_closes_every_session_with_1001_and_exits_zero() {
+async fn sigterm_closes_every_session_on_every_worker_with_1001_and_exits_zero() {
     let mut backend = backend().await;
     let dir = tempfile::tempdir().unwrap();
     config_for(dir.path(), &backend.url());
-    let mut gw = Binary::start(&dir.path().join("framegate.toml")).await;
-    let mut sessions = open_sessions(gw.addr, &mut backend, 100).await;
+    let mut gw = Binary::start(&dir.path().join("framegate.toml"), 3).await;
+    assert!(gw.listening.contains("workers=3"), "{}", gw.listening);
+    // Counted after a first batch, so no thread is still starting up.
+    let mut first = open_sessions(gw.addr, &mut backend, 100).await;
+    let before = gw.worker_switches();
+    assert_eq!(before.len(), 3, "one thread per worker: {before:?}");
+    let mut second = open_sessions(gw.addr, &mut backend, 100).await;
+    for (tid, switches) in gw.worker_switches() {
+        assert!(
+            switches > before[&tid],
+            "worker thread {tid} was never woken: the kernel gave it no connection"
+        );
+    }
     gw.signal("TERM");
-    sessions.expect_going_away().await;
+    first.expect_going_away().await;
+    second.expect_going_away().await;
     let drained = gw.wait_for("drained").await;
     assert!(
-        drained.contains("closed_cleanly=100") && drained.contains("cut_at_deadline=0"),
+        drained.contains("closed_cleanly=200") && drained.contains("cut_at_deadline=0"),
         "{drained}"
     );
     let status = guard("the process to exit", gw.child.wait()).await.unwrap();
@@ -113,7 +156,7 @@ async fn sighup_with_an_invalid_config_changes_nothing() {
     let url = echo_backend().await;
     let dir = tempfile::tempdir().unwrap();
     config_for(dir.path(), &url);
-    let mut gw = Binary::start(&dir.path().join("framegate.toml")).await;
+    let mut gw = Binary::start(&dir.path().join("framegate.toml"), 2).await;
     let mut before = connect(gw.addr, "/").await;
 
     write_files(
@@ -147,7 +190,7 @@ async fn sighup_under_load_loses_no_frame_and_closes_no_session() {
     new.named_echo_all("new");
     let dir = tempfile::tempdir().unwrap();
     config_for(dir.path(), &old_url);
-    let mut gw = Binary::start(&dir.path().join("framegate.toml")).await;
+    let mut gw = Binary::start(&dir.path().join("framegate.toml"), 2).await;
 
     let (reloaded_tx, reloaded) = watch::channel(false);
     let reloaded = Arc::new(reloaded);
@@ -210,4 +253,39 @@ async fn sighup_under_load_loses_no_frame_and_closes_no_session() {
             "the session ended by its own close, not the reload"
         );
     }
+}
+
+#[tokio::test]
+async fn a_second_gateway_on_a_served_port_refuses_to_start() {
+    let url = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    config_for(dir.path(), &url);
+    let first = Binary::start(&dir.path().join("framegate.toml"), 2).await;
+
+    let second = tempfile::tempdir().unwrap();
+    config_for(second.path(), &url);
+    let config = std::fs::read_to_string(second.path().join("framegate.toml")).unwrap();
+    let config = config.replace("127.0.0.1:0", &first.addr.to_string());
+    write_files(second.path(), &[("framegate.toml", &config)]);
+    let out = Command::new(env!("CARGO_BIN_EXE_framegate"))
+        .arg("--config")
+        .arg(second.path().join("framegate.toml"))
+        .args(["--workers", "2"])
+        .kill_on_drop(true)
+        .output();
+    let out = guard("the second gateway to exit", out).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the second gateway started: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("cannot listen on {}", first.addr))
+            && stderr.contains("Address already in use"),
+        "{stderr}"
+    );
+
+    let mut ws = connect(first.addr, "/").await;
+    ws.send(Message::text("still mine")).await.unwrap();
+    assert_eq!(next_msg(&mut ws).await, Message::text("still mine"));
 }

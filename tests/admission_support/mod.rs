@@ -15,6 +15,7 @@ pub use ports::closed_port;
 
 use std::{
     net::{IpAddr, SocketAddr},
+    num::NonZeroUsize,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -74,7 +75,11 @@ pub async fn start(files: &[(&str, &[u8])]) -> Gw {
         std::fs::write(dir.path().join(name), contents).unwrap();
     }
     let config = Config::load(&dir.path().join("framegate.toml")).unwrap_or_else(|e| panic!("{e}"));
-    let gw = Gateway::bind(config).await.unwrap();
+    // Two workers, as a multi-core host runs by default: sessions land on
+    // both, so limits, reloads and the drain are tested across threads.
+    let gw = Gateway::bind(config, NonZeroUsize::new(2).unwrap())
+        .await
+        .unwrap();
     let addrs = gw.local_addrs();
     let addr = addrs[0];
     let handle = gw.handle();

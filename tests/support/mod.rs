@@ -15,6 +15,7 @@ pub use ports::closed_port;
 use std::{
     future::Future,
     net::SocketAddr,
+    num::NonZeroUsize,
     path::Path,
     sync::{Arc, Mutex},
     time::Duration,
@@ -98,7 +99,11 @@ pub async fn start_in(dir: TempDir, config: &str, files: &[(&str, &str)]) -> Gat
     write_files(dir.path(), files);
     let config = framegate::config::Config::load(&dir.path().join("framegate.toml"))
         .unwrap_or_else(|e| panic!("test config does not load:\n{e}"));
-    let gw = framegate::Gateway::bind(config).await.expect("bind");
+    // Two workers, as a multi-core host runs by default: sessions land on
+    // both, so limits, reloads and the drain are tested across threads.
+    let gw = framegate::Gateway::bind(config, NonZeroUsize::new(2).unwrap())
+        .await
+        .expect("bind");
     let addrs = gw.local_addrs();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(gw.run(async move {
