@@ -63,6 +63,10 @@ struct Target {
     /// the kernel pick), so many connections don't run out of ports.
     #[arg(long, default_value_t = 0)]
     sources: u8,
+    /// An extra header for the upgrade request, `Name: value` (repeatable):
+    /// e.g. the bearer token of a gateway that checks one.
+    #[arg(long = "header")]
+    headers: Vec<String>,
 }
 
 #[derive(Args)]
@@ -168,6 +172,8 @@ struct Url {
     authority: String,
     path: String,
     sources: u8,
+    /// Extra header lines, each ending in CRLF.
+    headers: String,
 }
 
 impl Url {
@@ -188,6 +194,7 @@ impl Url {
             authority: authority.to_owned(),
             path: path.to_owned(),
             sources: t.sources,
+            headers: t.headers.iter().map(|h| format!("{h}\r\n")).collect(),
         })
     }
 
@@ -218,8 +225,8 @@ async fn connect(url: &Url, source: Option<IpAddr>) -> anyhow::Result<(TcpStream
     let key = tungstenite::handshake::client::generate_key();
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        url.path, url.authority
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+        url.path, url.authority, url.headers
     );
     s.write_all(request.as_bytes()).await?;
     let mut buf = Vec::with_capacity(512);

@@ -3,8 +3,8 @@
 # on the same machine in the same run. Prints a markdown table of absolute
 # numbers and ratios to direct. See load-tests/README.md for the method.
 #
-#   load-tests/run.sh            # the full comparison, best of 2 rounds (~4 minutes once built)
-#   load-tests/run.sh --quick    # a smoke run: one short round, 1,000 idle connections (~1 minute)
+#   load-tests/run.sh            # the full comparison, best of 2 rounds (~6 minutes once built)
+#   load-tests/run.sh --quick    # a smoke run: one short round, 1,000 idle connections (~3 minutes)
 #
 # The proxy runs alone on core 0; the echo backend and the load generator
 # share core 1. Every proxy gets one worker (framegate --workers 1,
@@ -30,7 +30,7 @@ if [ "$quick" = 1 ]; then
 else
   rounds=2; tp_secs=4; lat_secs=3; hs_secs=3; warmup=1; idle_conns=9000
 fi
-targets=(direct framegate nginx haproxy)
+targets=(direct framegate guarded nginx haproxy)
 started=$(date +%s)
 
 if [ "$(nproc)" -lt 2 ]; then
@@ -107,6 +107,11 @@ start() {
       render framegate.toml
       RUST_LOG=info taskset -c 0 "$bin/framegate" --workers 1 --config "$work/framegate.toml" \
         > /dev/null 2>> "$work/framegate.log" &
+      ;;
+    guarded)
+      render framegate-guarded.toml
+      FRAMEGATE_LOADTEST_JWT=$jwt_secret RUST_LOG=info taskset -c 0 "$bin/framegate" --workers 1 \
+        --config "$work/framegate-guarded.toml" > /dev/null 2>> "$work/framegate.log" &
       ;;
     nginx)
       render nginx.conf
@@ -189,6 +194,22 @@ fill_time_wait() {
   done
 }
 
+# Every target gets the same upgrade request, bearer token included: only
+# `guarded` (framegate with policies/guarded.toml) checks it.
+jwt_secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+token=$(FRAMEGATE_LOADTEST_JWT=$jwt_secret python3 - << 'EOF'
+import base64, hashlib, hmac, json, os, time
+def b64(d):
+    return base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+claims = b64(json.dumps({"sub": "loadtest", "exp": int(time.time()) + 86400}).encode())
+key = os.environ["FRAMEGATE_LOADTEST_JWT"].encode()
+sig = b64(hmac.new(key, f"{head}.{claims}".encode(), hashlib.sha256).digest())
+print(f"{head}.{claims}.{sig}")
+EOF
+)
+auth=(--header "Authorization: Bearer $token")
+
 echo "load-tests: backend on :$backend_port; $(uptime)"
 for round in $(seq "$rounds"); do
   # Every run leaves kernel state behind (TIME_WAIT sockets, grown slabs)
@@ -202,24 +223,24 @@ for round in $(seq "$rounds"); do
   for size in 64 1024 16384; do
     echo "round $round: throughput, 64 connections x 16 in flight, $size B"
     for t in "${order[@]}"; do
-      measure "$t" "tp$size" "${loadgen[@]}" throughput --url @URL@ --cpu-pid @WATCH@ \
+      measure "$t" "tp$size" "${loadgen[@]}" throughput --url @URL@ "${auth[@]}" --cpu-pid @WATCH@ \
         --size "$size" --conns 64 --window 16 --secs "$tp_secs" --warmup "$warmup"
     done
   done
   echo "round $round: latency, one connection, 32 B ping-pong"
   for t in "${order[@]}"; do
-    measure "$t" latency "${loadgen[@]}" latency --url @URL@ --secs "$lat_secs" --warmup "$warmup"
+    measure "$t" latency "${loadgen[@]}" latency --url @URL@ "${auth[@]}" --secs "$lat_secs" --warmup "$warmup"
   done
   echo "round $round: handshakes, 32 workers: connect + upgrade + close"
   fill_time_wait
   for t in "${order[@]}"; do
-    measure "$t" handshakes "${loadgen[@]}" handshakes --url @URL@ --cpu-pid @WATCH@ \
+    measure "$t" handshakes "${loadgen[@]}" handshakes --url @URL@ "${auth[@]}" --cpu-pid @WATCH@ \
       --workers 32 --sources 8 --secs "$hs_secs" --warmup "$warmup"
   done
 done
 echo "idle, $idle_conns connections held from 8 source addresses"
 for t in "${targets[@]:1}"; do
-  measure "$t" idle "${loadgen[@]}" idle --url @URL@ --conns "$idle_conns" --sources 8 \
+  measure "$t" idle "${loadgen[@]}" idle --url @URL@ "${auth[@]}" --conns "$idle_conns" --sources 8 \
     --rss-pid @WATCH@
 done
 

@@ -10,8 +10,9 @@ import datetime
 import os
 import sys
 
-TARGETS = ["direct", "framegate", "nginx", "haproxy"]
-NAMES = {"direct": "direct", "framegate": "framegate", "nginx": "nginx", "haproxy": "HAProxy"}
+TARGETS = ["direct", "framegate", "guarded", "nginx", "haproxy"]
+NAMES = {"direct": "direct", "framegate": "framegate", "guarded": "framegate, guarded",
+         "nginx": "nginx", "haproxy": "HAProxy"}
 SIZES = [("tp64", "64 B"), ("tp1024", "1 KiB"), ("tp16384", "16 KiB")]
 
 
@@ -86,6 +87,9 @@ def main():
           f"idle: {int(idle) if idle else 'no'} connections held)")
     print()
     print("framegate `--workers 1`, default policy, access log on (stdout, sent to /dev/null);"
+          " framegate, guarded: the same with `load-tests/policies/guarded.toml` (a JWT checked"
+          " on every upgrade, connection limits per IP, subject and route, a handshake rate,"
+          " frame and byte rates on both legs, all far above the load);"
           " nginx: the classic"
           " WebSocket proxy (`load-tests/nginx.conf`: proxy_http_version 1.1, Upgrade/Connection"
           " headers, proxy_read_timeout 3600s, `worker_processes 1`, default buffers, access log"
@@ -97,14 +101,16 @@ def main():
     print("|---|" + "---|" * len(TARGETS))
     print("\n".join(rows))
     print()
-    print("framegate against the targets of issue 5:")
-    for line in check(r):
-        print(f"- {line}")
+    for target in ("framegate", "guarded"):
+        print()
+        print(f"{NAMES[target]} against the targets of issue 5:")
+        for line in check(r, target):
+            print(f"- {line}")
 
 
-def check(r):
+def check(r, target):
     def ratio(scenario, key):
-        fg, d = get(r, "framegate", scenario, key), get(r, "direct", scenario, key)
+        fg, d = get(r, target, scenario, key), get(r, "direct", scenario, key)
         return fg / d if fg is not None and d else None
 
     def verdict(ok):
@@ -116,21 +122,21 @@ def check(r):
         if x is not None:
             out.append(f"msgs/s {label} ≥ {want:.2f}× direct: {x:.2f}× — {verdict(x >= want)}")
     for scenario, label in SIZES:
-        fg = get(r, "framegate", scenario, "cpu_s_per_1m")
+        fg = get(r, target, scenario, "cpu_s_per_1m")
         anchors = [get(r, t, scenario, "cpu_s_per_1m") for t in ("nginx", "haproxy")]
         anchors = [a for a in anchors if a]
         if fg is not None and anchors:
             x = fg / min(anchors)
             out.append(f"CPU per message {label} ≤ 0.80× best anchor: {x:.2f}× — "
                        f"{verdict(x <= 0.80)}")
-    kib = get(r, "framegate", "idle", "kib_per_conn")
+    kib = get(r, target, "idle", "kib_per_conn")
     if kib is not None:
         out.append(f"RSS per idle connection ≤ 4 KiB: {kib:.1f} KiB — {verdict(kib <= 4.0)}")
-    fg, hap = get(r, "framegate", "handshakes", "per_s"), get(r, "haproxy", "handshakes", "per_s")
+    fg, hap = get(r, target, "handshakes", "per_s"), get(r, "haproxy", "handshakes", "per_s")
     if fg is not None and hap:
         out.append(f"handshakes/s ≥ HAProxy: {fg / hap:.2f}× — {verdict(fg >= hap)}")
     for key, label in (("p50_us", "p50"), ("p99_us", "p99")):
-        fg, ng = get(r, "framegate", "latency", key), get(r, "nginx", "latency", key)
+        fg, ng = get(r, target, "latency", key), get(r, "nginx", "latency", key)
         if fg is not None and ng:
             out.append(f"RTT {label} ≤ nginx: {fg:.1f} vs {ng:.1f} µs — {verdict(fg <= ng)}")
     return out

@@ -187,7 +187,7 @@ fn rate(c: &mut PolicyCheck<'_>, r: &RateSection, side: &str) -> Option<RateSpec
         match u32::try_from(v.get_ref().0).ok().and_then(NonZeroU32::new) {
             Some(n) => Some(n),
             None => {
-                c.err(v.span(), "must be between 1 byte and 4GiB");
+                c.err(v.span(), "must be at least 1 byte and below 4GiB");
                 None
             }
         }
