@@ -173,24 +173,12 @@ impl Gateway {
         let mut workers = self.workers.into_iter();
         let own = workers.next().unwrap_or_default();
         for (n, sockets) in workers.enumerate() {
-            let current = inner.current.clone();
-            let accepting = accepting.clone();
-            let finished = finished.clone();
-            let exited = exited.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("framegate-worker-{}", n + 1))
-                .spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build();
-                    match runtime {
-                        Ok(rt) => rt.block_on(async {
-                            accept(sockets, current, accepting).await;
-                            finished.cancelled().await;
-                        }),
-                        Err(e) => tracing::error!(error = %e, "cannot start a worker's runtime"),
-                    }
-                    drop(exited);
+                .spawn({
+                    let (current, accepting) = (inner.current.clone(), accepting.clone());
+                    let (finished, exited) = (finished.clone(), exited.clone());
+                    move || worker(sockets, current, accepting, finished, exited)
                 });
             if let Err(e) = thread {
                 tracing::error!(error = %e, "cannot start a worker thread; serving with fewer");
@@ -219,6 +207,27 @@ impl Gateway {
             "drained"
         );
         report
+    }
+}
+
+/// A worker thread: its own runtime, accepting until `accepting` closes and
+/// kept alive (its sessions draining) until `finished`.
+fn worker(
+    sockets: Vec<std::net::TcpListener>,
+    current: Arc<ArcSwap<http::Context>>,
+    accepting: watch::Receiver<()>,
+    finished: CancellationToken,
+    _exited: mpsc::Sender<()>,
+) {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(async {
+            accept(sockets, current, accepting).await;
+            finished.cancelled().await;
+        }),
+        Err(e) => tracing::error!(error = %e, "cannot start a worker's runtime"),
     }
 }
 
