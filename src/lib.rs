@@ -84,8 +84,9 @@ pub struct Handle {
 struct Inner {
     current: Arc<ArcSwap<http::Context>>,
     sessions: Arc<Sessions>,
-    /// Connection counts and admission events, kept across reloads so the
-    /// sessions already open still count against the new limits.
+    /// Connection counts, admission events and handshake rate limiters,
+    /// kept across reloads: the sessions already open still count against
+    /// the new limits, and an unchanged rate keeps what clients used of it.
     admission: Arc<admission::Shared>,
     /// Listener addresses as configured; a reload cannot change them.
     addrs: Vec<SocketAddr>,

@@ -237,3 +237,35 @@ async fn a_reload_keeps_the_counts_of_open_sessions() {
     eventually("the counts to drain", || gw.stats().open == 0).await;
     assert_eq!(gw.stats().counted_keys, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_what_clients_used_of_an_unchanged_handshake_rate() {
+    let up = upstream().await;
+    let gw = gateway(&up, "").await;
+    let reload = || async {
+        let config =
+            framegate::config::Config::load(&gw.dir.path().join("framegate.toml")).unwrap();
+        gw.handle.reload(config).await.unwrap();
+    };
+    for _ in 0..3 {
+        accepted(gw.addr, "127.0.0.1", "/rate", &[]).await;
+    }
+    reload().await;
+    let r = refused(gw.addr, "127.0.0.1", "/rate", &[]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the reload handed the client a fresh burst"
+    );
+    assert_eq!(gw.stats().rate_limited_clients, 1);
+
+    // A different rate is a new limiter, which starts afresh.
+    std::fs::write(
+        gw.dir.path().join("policies/rate.toml"),
+        "[limits]\nhandshakes_per_second = 1\nhandshake_burst = 5\n",
+    )
+    .unwrap();
+    reload().await;
+    assert_eq!(gw.stats().rate_limited_clients, 0);
+    accepted(gw.addr, "127.0.0.1", "/rate", &[]).await;
+}

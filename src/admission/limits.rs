@@ -148,6 +148,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct HandshakeLimiter {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
+    quota: Quota,
     cap: usize,
     last_sweep: Mutex<Instant>,
 }
@@ -156,9 +157,16 @@ impl HandshakeLimiter {
     pub fn new(quota: Quota, cap: usize) -> Self {
         HandshakeLimiter {
             limiter: DefaultKeyedRateLimiter::dashmap(quota),
+            quota,
             cap: cap.max(1),
             last_sweep: Mutex::new(Instant::now()),
         }
+    }
+
+    /// Whether this limiter enforces `quota` over at most `cap` clients, so
+    /// a reloaded config asking for the same can keep it.
+    pub fn is_for(&self, quota: Quota, cap: usize) -> bool {
+        self.quota == quota && self.cap == cap.max(1)
     }
 
     /// `Err(wait)` when `client` must wait before its next upgrade.

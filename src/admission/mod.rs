@@ -25,7 +25,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -85,11 +85,14 @@ pub struct Stats {
 }
 
 /// What outlives a config reload: the counts of open sessions (they still
-/// count against the new limits) and the event counters.
+/// count against the new limits), the event counters, and the handshake
+/// rate limiters of routes that keep their host, path and rate, so a reload
+/// does not hand every client a fresh burst.
 #[derive(Debug, Default)]
 pub struct Shared {
     counters: Arc<Counters>,
     events: Arc<Events>,
+    handshakes: Mutex<HashMap<String, Arc<HandshakeLimiter>>>,
 }
 
 /// Per-route runtime state.
@@ -98,7 +101,7 @@ struct RouteState {
     /// The route's label, which its counts are kept under: a route that
     /// keeps its host and path across a reload keeps its counts.
     key: Arc<str>,
-    handshakes: Option<HandshakeLimiter>,
+    handshakes: Option<Arc<HandshakeLimiter>>,
 }
 
 /// The gateway's admission control for one generation of the config.
@@ -112,26 +115,34 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Sets up the per-route state of `routes`, counting in `shared`.
-    /// Handshake rate limiters start afresh with each generation.
+    /// Sets up the per-route state of `routes`, counting in `shared`. A
+    /// route whose label and handshake rate are unchanged keeps its limiter.
     pub fn new<'a>(
         server: ServerRules,
         routes: impl IntoIterator<Item = &'a Route>,
         shared: &Shared,
     ) -> Self {
+        let mut limiters = shared.handshakes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = HashMap::new();
         let routes = routes
             .into_iter()
             .map(|r| {
-                let handshakes = r
-                    .policy
-                    .admission
-                    .limits
-                    .handshakes
-                    .map(|q| HandshakeLimiter::new(q, server.max_tracked_clients));
+                let cap = server.max_tracked_clients;
+                let handshakes = r.policy.admission.limits.handshakes.map(|q| {
+                    let limiter = limiters
+                        .get(&r.label)
+                        .filter(|l| l.is_for(q, cap))
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(HandshakeLimiter::new(q, cap)));
+                    kept.insert(r.label.clone(), limiter.clone());
+                    limiter
+                });
                 let key = Arc::from(r.label.as_str());
                 (r.label.clone(), RouteState { key, handshakes })
             })
             .collect();
+        *limiters = kept;
+        drop(limiters);
         Admission {
             server,
             counters: shared.counters.clone(),
@@ -223,7 +234,7 @@ impl Admission {
             rate_limited_clients: self
                 .routes
                 .values()
-                .filter_map(|r| r.handshakes.as_ref())
+                .filter_map(|r| r.handshakes.as_deref())
                 .map(HandshakeLimiter::tracked)
                 .sum(),
             throttled: self.events.throttled.load(Ordering::Relaxed),
