@@ -100,7 +100,7 @@ async fn connection(
         },
     };
     match tls {
-        None => http::serve(Transport::Tcp(stream), peer, false, ctx).await,
+        None => http::serve(Transport::Left(stream), peer, false, ctx).await,
         // A TLS session's state is kilobytes: boxed, it is not part of every
         // plain connection's task (which tokio::spawn allocates and moves).
         Some(acceptor) => Box::pin(serve_tls(stream, peer, acceptor, ctx)).await,
@@ -112,7 +112,7 @@ async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, c
     let limit = ctx.server.tls_handshake_timeout;
     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
-            let tls = Transport::Tls(Box::new(TlsStream::Server(tls)));
+            let tls = Transport::Right(Box::new(TlsStream::Server(tls)));
             http::serve(tls, peer, true, ctx).await
         }
         Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),

@@ -189,7 +189,7 @@ impl Server {
             .map_err(unreachable)?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => self.handshake(Transport::Tcp(tcp), req, policy).await,
+            None => self.handshake(Transport::Left(tcp), req, policy).await,
             // Boxed: TLS state is kilobytes, and every plain upgrade's
             // future would otherwise carry (and move) room for it.
             Some((connector, name)) => {
@@ -198,7 +198,7 @@ impl Server {
                         .await
                         .map_err(|_| timed_out("complete TLS"))?
                         .map_err(unreachable)?;
-                    let tls = Transport::Tls(Box::new(TlsStream::Client(tls)));
+                    let tls = Transport::Right(Box::new(TlsStream::Client(tls)));
                     self.handshake(tls, req, policy).await
                 })
                 .await
