@@ -160,7 +160,11 @@ async fn handshake(
         let mut early = request.early;
         // A client that hangs up meanwhile abandons the upstream handshake at
         // once, instead of holding a backend connection until its timeout.
+        // Biased: an upstream handshake that has finished is always taken,
+        // so a backend that already sent its 101 gets a close frame (below,
+        // when the 101 to the client cannot be written), never a bare close.
         let answer = tokio::select! {
+            biased;
             answer = upgrade_request(request.head, peer, tls, ctx) => answer,
             () = hung_up(io, &mut early) => {
                 tracing::debug!(client = %peer, "client left during the upstream handshake");
