@@ -4,15 +4,10 @@
 
 mod support;
 
-use std::{
-    io::BufRead,
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
-};
+use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
 use support::*;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 const BIG: usize = 16 << 20;
@@ -28,44 +23,20 @@ fn checksum(data: &[u8]) -> u64 {
     })
 }
 
-/// Kills the gateway process (by its PID) however the test ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Peak resident set size of `pid`, in KiB.
-fn vm_hwm_kib(pid: u32) -> u64 {
+/// A `/proc/PID/status` memory field of `pid` (`VmRSS`, the current resident
+/// set; `VmHWM`, its peak), in KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
+        .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
 }
 
-/// Waits for a log line containing `needle`.
-async fn log_line(lines: &mut mpsc::UnboundedReceiver<String>, needle: &str) -> String {
-    loop {
-        let line = guard("a gateway log line", lines.recv())
-            .await
-            .unwrap_or_else(|| panic!("gateway stdout ended before `{needle}`"));
-        if line.contains(needle) {
-            return line;
-        }
-    }
-}
-
-/// Runs the gateway binary on port 0 in front of `url` with a route policy of
-/// `policy_text`; the address comes from its `listening` line.
-async fn spawn_binary(
-    url: &str,
-    policy_text: &str,
-) -> (Killed, SocketAddr, mpsc::UnboundedReceiver<String>) {
+/// Runs the gateway binary (two workers) on port 0 in front of `url` with a
+/// route policy of `policy_text`.
+async fn spawn_binary(url: &str, policy_text: &str) -> Binary {
     let dir = tempfile::tempdir().unwrap();
     write_files(
         dir.path(),
@@ -74,53 +45,15 @@ async fn spawn_binary(
             ("policies/p.toml", policy_text),
         ],
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_framegate"))
-        .arg("--config")
-        .arg(dir.path().join("framegate.toml"))
-        .args(["--workers", "2"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the gateway binary");
-    let stdout = child.stdout.take().unwrap();
-    let gateway = Killed(child);
-    let (tx, mut lines) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let listening = log_line(&mut lines, "listening").await;
-    let addr = listening
-        .split("addr=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {listening}"));
-    // The config (and its directory) were read at start.
-    drop(dir);
-    (gateway, addr, lines)
-}
-
-/// Current resident set size of `pid`, in KiB.
-fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
+    // The config (and its directory) are read at start.
+    Binary::start(&dir.path().join("framegate.toml"), &["--workers", "2"]).await
 }
 
 #[tokio::test]
 async fn idle_sessions_hold_no_buffers() {
     let url = echo_backend().await;
-    let (gateway, addr, _lines) = spawn_binary(&url, "").await;
-    let pid = gateway.0.id();
+    let gateway = spawn_binary(&url, "").await;
+    let (addr, pid) = (gateway.addr, gateway.pid());
 
     // Each session relays 100 KB each way (so its buffers were used), then idles.
     async fn busy_then_idle(addr: SocketAddr) -> Client {
@@ -133,12 +66,12 @@ async fn idle_sessions_hold_no_buffers() {
     for _ in 0..20 {
         clients.push(busy_then_idle(addr).await);
     }
-    let before = vm_rss_kib(pid);
+    let before = status_kib(pid, "VmRSS");
     const N: u64 = 200;
     for _ in 0..N {
         clients.push(busy_then_idle(addr).await);
     }
-    let after = vm_rss_kib(pid);
+    let after = status_kib(pid, "VmRSS");
     let per_session = after.saturating_sub(before) * 1024 / N;
     eprintln!("VmRSS {before} -> {after} KiB: {per_session} bytes per idle session");
     // A read buffer per leg would be 128 KiB per session.
@@ -178,8 +111,8 @@ async fn sixteen_mib_message_relayed_with_bounded_memory() {
     });
 
     let policy = "[client]\nmax_frame_size = \"16MiB\"\nmax_message_size = \"16MiB\"\n";
-    let (gateway, addr, mut lines) = spawn_binary(&url, policy).await;
-    let pid = gateway.0.id();
+    let mut gateway = spawn_binary(&url, policy).await;
+    let (addr, pid) = (gateway.addr, gateway.pid());
 
     let mut client = connect(addr, "/big?token=SECRET-IN-QUERY").await;
     // Warm up: the session, its buffers and both worker threads' scratch space.
@@ -201,7 +134,7 @@ async fn sixteen_mib_message_relayed_with_bounded_memory() {
             Message::binary(pattern(100_000))
         );
     }
-    let before = vm_hwm_kib(pid);
+    let before = status_kib(pid, "VmHWM");
 
     // Client to backend.
     let payload = pattern(BIG);
@@ -211,7 +144,7 @@ async fn sixteen_mib_message_relayed_with_bounded_memory() {
         next_msg(&mut client).await,
         Message::text(format!("got {BIG} {sum}"))
     );
-    let after_up = vm_hwm_kib(pid);
+    let after_up = status_kib(pid, "VmHWM");
     // Backend to client.
     client
         .send(Message::text(format!("send {BIG}")))
@@ -224,7 +157,7 @@ async fn sixteen_mib_message_relayed_with_bounded_memory() {
         }
         other => panic!("{other:?}"),
     }
-    let after_down = vm_hwm_kib(pid);
+    let after_down = status_kib(pid, "VmHWM");
     eprintln!("VmHWM {before} -> {after_up} -> {after_down} KiB");
     for (direction, after) in [
         ("client to backend", after_up),
@@ -241,7 +174,7 @@ async fn sixteen_mib_message_relayed_with_bounded_memory() {
     // One access-log line per session, without the query string.
     client.close(None).await.unwrap();
     while let Some(Ok(_)) = guard("client close", client.next()).await {}
-    let access = log_line(&mut lines, "session ended").await;
+    let access = gateway.wait_for("session ended").await;
     assert!(
         access.contains("path=\"/big\"") || access.contains("path=/big"),
         "{access}"

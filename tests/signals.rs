@@ -5,110 +5,38 @@
 
 mod support;
 
-use std::{collections::HashMap, net::SocketAddr, path::Path, process::Stdio, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use futures_util::SinkExt;
 use support::*;
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
+    process::Command,
     sync::{mpsc, watch},
 };
 use tokio_tungstenite::tungstenite::Message;
 
-/// The gateway binary, its log lines, and its address.
-struct Binary {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    addr: SocketAddr,
-    /// The `listening` log line.
-    listening: String,
-}
-
-impl Binary {
-    async fn start(config: &Path, workers: usize) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_framegate"))
-            .arg("--config")
-            .arg(config)
-            .args(["--workers", &workers.to_string()])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the framegate binary starts");
-        let (tx, lines) = mpsc::unbounded_channel();
-        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = out.next_line().await {
-                let _ = tx.send(line);
-            }
-        });
-        let mut bin = Binary {
-            child,
-            lines,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            listening: String::new(),
+/// Context switches so far of each worker thread of `gw`, by thread id. A
+/// worker that accepts nothing sleeps in epoll_wait and never adds to its count.
+fn worker_switches(gw: &Binary) -> HashMap<String, u64> {
+    let mut switches = HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", gw.pid())).unwrap() {
+        let task = task.unwrap().path();
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        let Some(name) = status.lines().next() else {
+            continue;
         };
-        bin.listening = bin.wait_for("listening").await;
-        let addr = bin
-            .listening
-            .split("addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
-        bin.addr = addr.parse().unwrap();
-        bin
-    }
-
-    /// The next log line containing `needle`.
-    async fn wait_for(&mut self, needle: &str) -> String {
-        guard(needle, async {
-            loop {
-                let line = self.lines.recv().await.expect("gateway output ended");
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-        })
-        .await
-    }
-
-    /// Context switches so far of each worker thread, by thread id. A worker
-    /// that accepts nothing sleeps in epoll_wait and never adds to its count.
-    fn worker_switches(&self) -> HashMap<String, u64> {
-        let pid = self.child.id().expect("still running");
-        let mut switches = HashMap::new();
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-            let task = task.unwrap().path();
-            let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
-            let Some(name) = status.lines().next() else {
-                continue;
-            };
-            if !name.contains("framegate") {
-                continue;
-            }
-            let count: u64 = status
-                .lines()
-                .filter(|l| l.contains("ctxt_switches"))
-                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-                .sum();
-            let tid = task.file_name().unwrap().to_string_lossy().into_owned();
-            switches.insert(tid, count);
+        if !name.contains("framegate") {
+            continue;
         }
-        switches
+        let count: u64 = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum();
+        let tid = task.file_name().unwrap().to_string_lossy().into_owned();
+        switches.insert(tid, count);
     }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("still running").to_string();
-        let ok = std::process::Command::new("kill")
-            .args(["-s", name, &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
+    switches
 }
 
 fn config_for(dir: &Path, upstream: &str) {
@@ -126,14 +54,14 @@ async fn sigterm_closes_every_session_on_every_worker_with_1001_and_exits_zero()
     let mut backend = backend().await;
     let dir = tempfile::tempdir().unwrap();
     config_for(dir.path(), &backend.url());
-    let mut gw = Binary::start(&dir.path().join("framegate.toml"), 3).await;
+    let mut gw = Binary::start(&dir.path().join("framegate.toml"), &["--workers", "3"]).await;
     assert!(gw.listening.contains("workers=3"), "{}", gw.listening);
     // Counted after a first batch, so no thread is still starting up.
     let mut first = open_sessions(gw.addr, &mut backend, 100).await;
-    let before = gw.worker_switches();
+    let before = worker_switches(&gw);
     assert_eq!(before.len(), 3, "one thread per worker: {before:?}");
     let mut second = open_sessions(gw.addr, &mut backend, 100).await;
-    for (tid, switches) in gw.worker_switches() {
+    for (tid, switches) in worker_switches(&gw) {
         assert!(
             switches > before[&tid],
             "worker thread {tid} was never woken: the kernel gave it no connection"
@@ -156,7 +84,7 @@ async fn sighup_with_an_invalid_config_changes_nothing() {
     let url = echo_backend().await;
     let dir = tempfile::tempdir().unwrap();
     config_for(dir.path(), &url);
-    let mut gw = Binary::start(&dir.path().join("framegate.toml"), 2).await;
+    let mut gw = Binary::start(&dir.path().join("framegate.toml"), &["--workers", "2"]).await;
     let mut before = connect(gw.addr, "/").await;
 
     write_files(
@@ -190,7 +118,7 @@ async fn sighup_under_load_loses_no_frame_and_closes_no_session() {
     new.named_echo_all("new");
     let dir = tempfile::tempdir().unwrap();
     config_for(dir.path(), &old_url);
-    let mut gw = Binary::start(&dir.path().join("framegate.toml"), 2).await;
+    let mut gw = Binary::start(&dir.path().join("framegate.toml"), &["--workers", "2"]).await;
 
     let (reloaded_tx, reloaded) = watch::channel(false);
     let reloaded = Arc::new(reloaded);
@@ -260,7 +188,7 @@ async fn a_second_gateway_on_a_served_port_refuses_to_start() {
     let url = echo_backend().await;
     let dir = tempfile::tempdir().unwrap();
     config_for(dir.path(), &url);
-    let first = Binary::start(&dir.path().join("framegate.toml"), 2).await;
+    let first = Binary::start(&dir.path().join("framegate.toml"), &["--workers", "2"]).await;
 
     let second = tempfile::tempdir().unwrap();
     config_for(second.path(), &url);

@@ -7,8 +7,11 @@
 
 #![allow(dead_code)]
 
+mod binary;
 mod ports;
 // Each test crate uses a subset of the support code.
+#[allow(unused_imports)]
+pub use binary::Binary;
 #[allow(unused_imports)]
 pub use ports::closed_port;
 
