@@ -9,7 +9,8 @@
 //!
 //! The data path, in the order a connection meets it:
 //!
-//! - [`listener`]: accept, TCP options, TLS handshake with a deadline.
+//! - [`listener`]: one socket per worker (SO_REUSEPORT), accept, TCP
+//!   options, TLS handshake with a deadline.
 //! - [`tls`]: rustls configs; certificates chosen by SNI.
 //! - [`http`]: reads the upgrade request ([`http::head`]), checks it
 //!   ([`http::upgrade`], RFC 6455), builds the upstream request's headers

@@ -1,6 +1,6 @@
 //! Configuration: parsed once, checked once, then immutable.
 //!
-//! [`file`] holds the serde structs the operator writes; [`Config::load`]
+//! [`file`](mod@file) holds the serde structs the operator writes; [`Config::load`]
 //! turns them into the typed values the data path uses, collecting every
 //! problem it can find as `file:line: what is wrong` instead of stopping at
 //! the first.
