@@ -10,7 +10,7 @@ use tokio_rustls::{TlsAcceptor, TlsStream};
 
 use crate::{
     admission::client_ip,
-    http::{self, Context},
+    http::{self, Context, Peer},
     stream::Transport,
 };
 
@@ -91,16 +91,24 @@ async fn connection(
     ctx: Arc<Context>,
 ) {
     let _ = stream.set_nodelay(true);
-    let peer = match proxied {
-        false => peer,
+    let (addr, vouches) = match proxied {
+        false => (peer, true),
         // Boxed, like TLS below: only PROXY protocol listeners pay for its state.
         true => match Box::pin(proxied_peer(&mut stream, peer, &ctx)).await {
-            Some(p) => p,
+            Some(Some(source)) => (source, true),
+            // The header named no client (`UNKNOWN`, v2 `LOCAL`): the proxy
+            // itself is the client, and vouches for nothing it relays.
+            Some(None) => (peer, false),
             None => return,
         },
     };
+    let peer = Peer {
+        addr,
+        tls: tls.is_some(),
+        vouches,
+    };
     match tls {
-        None => http::serve(Transport::Left(stream), peer, false, ctx).await,
+        None => http::serve(Transport::Left(stream), peer, ctx).await,
         // A TLS session's state is kilobytes: boxed, it is not part of every
         // plain connection's task (which tokio::spawn allocates and moves).
         Some(acceptor) => Box::pin(serve_tls(stream, peer, acceptor, ctx)).await,
@@ -108,33 +116,33 @@ async fn connection(
 }
 
 /// The TLS handshake (with its deadline), then the HTTP side.
-async fn serve_tls(stream: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, ctx: Arc<Context>) {
+async fn serve_tls(stream: TcpStream, peer: Peer, acceptor: TlsAcceptor, ctx: Arc<Context>) {
     let limit = ctx.server.tls_handshake_timeout;
     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             let tls = Transport::Right(Box::new(TlsStream::Server(tls)));
-            http::serve(tls, peer, true, ctx).await
+            http::serve(tls, peer, ctx).await
         }
-        Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+        Ok(Err(e)) => tracing::debug!(client = %peer.addr, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(client = %peer.addr, "TLS handshake timed out"),
     }
 }
 
-/// The client a PROXY protocol header names (or the socket peer, for a
-/// header that names none). `None` closes the connection: the header is
-/// missing or bad, or the peer is not a trusted proxy and so may not speak for anyone.
+/// The client a PROXY protocol header names (`Some(None)` for a header
+/// that names none). `None` closes the connection: the header is missing or
+/// bad, or the peer is not a trusted proxy and so may not speak for anyone.
 async fn proxied_peer(
     stream: &mut TcpStream,
     peer: SocketAddr,
     ctx: &Context,
-) -> Option<SocketAddr> {
+) -> Option<Option<SocketAddr>> {
     if !ctx.admission.trusts(peer.ip()) {
         tracing::info!(client = %peer, "refused: PROXY protocol listener, peer not in trusted_proxies");
         return None;
     }
     let limit = ctx.server.request_timeout;
     match tokio::time::timeout(limit, client_ip::read_proxy_header(stream)).await {
-        Ok(Ok(source)) => Some(source.unwrap_or(peer)),
+        Ok(Ok(source)) => Some(source),
         Ok(Err(e)) => {
             tracing::info!(client = %peer, error = %e, "refused: bad PROXY protocol header");
             None

@@ -152,8 +152,16 @@ impl Admission {
     }
 
     /// Who the client of a request from `peer` is.
-    pub fn client(&self, peer: std::net::IpAddr, headers: &HeaderMap) -> ClientIp {
-        client_ip::resolve(peer, headers, &self.server.trusted_proxies)
+    /// The client of a request from `peer`; `vouches` is false when the
+    /// peer's PROXY header said it is the client itself, so even a trusted
+    /// proxy's `X-Forwarded-For` is then the client's own writing.
+    pub fn client(&self, peer: std::net::IpAddr, headers: &HeaderMap, vouches: bool) -> ClientIp {
+        let nobody = TrustedProxies::default();
+        let trusted = match vouches {
+            true => &self.server.trusted_proxies,
+            false => &nobody,
+        };
+        client_ip::resolve(peer, headers, trusted)
     }
 
     /// Whether `peer` may send a PROXY protocol header.

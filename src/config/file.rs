@@ -75,6 +75,22 @@ pub struct ServerSection {
     /// limits still apply) rather than refused.
     #[serde(default = "defaults::max_tracked_clients")]
     pub max_tracked_clients: usize,
+    /// Connections still in their TLS handshake or request head, on the whole
+    /// gateway; past it new connections are closed at accept. Bounds what a
+    /// flood of half-open connections can hold before any limit sees a request.
+    #[serde(default = "defaults::max_pending_connections")]
+    pub max_pending_connections: Spanned<u32>,
+    /// Connections still in their TLS handshake or request head from one
+    /// client IP (the socket peer; `trusted_proxies` are exempt); past it that
+    /// IP's new connections are closed at accept.
+    #[serde(default = "defaults::max_pending_per_ip")]
+    pub max_pending_per_ip: Spanned<u32>,
+    /// Forward request headers whose names contain `_` (nginx's
+    /// `underscores_in_headers`). Off by default: CGI-style backends read
+    /// `X_Auth_Subject` as `X-Auth-Subject`, which would let a client spoof
+    /// the headers the gateway sets.
+    #[serde(default)]
+    pub underscores_in_headers: bool,
 }
 
 impl Default for ServerSection {
@@ -90,6 +106,9 @@ impl Default for ServerSection {
             trusted_proxies: Vec::new(),
             client_ipv6_prefix: defaults::client_ipv6_prefix(),
             max_tracked_clients: defaults::max_tracked_clients(),
+            max_pending_connections: defaults::max_pending_connections(),
+            max_pending_per_ip: defaults::max_pending_per_ip(),
+            underscores_in_headers: false,
         }
     }
 }
@@ -550,6 +569,12 @@ pub mod defaults {
     }
     pub fn max_tracked_clients() -> usize {
         100_000
+    }
+    pub fn max_pending_connections() -> Spanned<u32> {
+        Spanned::new(0..0, 4096)
+    }
+    pub fn max_pending_per_ip() -> Spanned<u32> {
+        Spanned::new(0..0, 64)
     }
     pub fn jwks_refresh() -> Timeout {
         Timeout(Duration::from_secs(600))

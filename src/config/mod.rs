@@ -49,6 +49,11 @@ pub struct ServerSettings {
     pub max_headers: usize,
     pub drain_timeout: Duration,
     pub drain_spread: Option<Duration>,
+    /// Connections in TLS or request-head phase: on the whole gateway, and per client IP.
+    pub max_pending_connections: u32,
+    pub max_pending_per_ip: u32,
+    /// Forward request headers whose names contain `_`.
+    pub underscores_in_headers: bool,
     /// Trusted proxies, the global connection limit, client grouping.
     pub admission: crate::admission::ServerRules,
 }
@@ -307,7 +312,18 @@ impl<'a> Checker<'a> {
         if !(8..=1024).contains(&max_headers) {
             self.err(&s.max_headers, "max_headers must be between 8 and 1024");
         }
+        for (value, name) in [
+            (&s.max_pending_connections, "max_pending_connections"),
+            (&s.max_pending_per_ip, "max_pending_per_ip"),
+        ] {
+            if *value.get_ref() == 0 {
+                self.err(value, format!("{name} must be at least 1"));
+            }
+        }
         ServerSettings {
+            max_pending_connections: (*s.max_pending_connections.get_ref()).max(1),
+            max_pending_per_ip: (*s.max_pending_per_ip.get_ref()).max(1),
+            underscores_in_headers: s.underscores_in_headers,
             request_timeout: s.request_timeout.0,
             tls_handshake_timeout: s.tls_handshake_timeout.0,
             max_header_bytes: header_bytes.max(8192) as usize,

@@ -107,7 +107,8 @@ pub async fn read_response<S: AsyncRead + Unpin>(
     .await
 }
 
-fn parse_request(buf: &[u8], max_headers: usize) -> Parsed<Request<()>> {
+/// Parses a complete request head at the start of `buf`; `None` while incomplete.
+pub fn parse_request(buf: &[u8], max_headers: usize) -> Parsed<Request<()>> {
     let mut slots = vec![httparse::EMPTY_HEADER; max_headers];
     let mut req = httparse::Request::new(&mut slots);
     let len = match req.parse(buf).map_err(|e| parse_error(e, max_headers))? {

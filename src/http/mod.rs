@@ -51,6 +51,20 @@ pub struct Context {
     pub sessions: Arc<Sessions>,
 }
 
+/// Who a connection is from, as the listener learned it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The socket peer, or the source a PROXY protocol header named.
+    pub addr: SocketAddr,
+    /// The connection came in over TLS.
+    pub tls: bool,
+    /// Whether this peer's `X-Forwarded-For` may be believed (it still has
+    /// to be a trusted proxy). False when its PROXY header said it is the
+    /// client itself (`UNKNOWN`, v2 `LOCAL`): then nobody vouched for the
+    /// headers the client wrote.
+    pub vouches: bool,
+}
+
 /// An upgrade both sides accepted: what the session needs.
 struct Upgraded {
     /// Bytes the client sent behind its request.
@@ -69,13 +83,13 @@ struct Accepted {
 }
 
 /// Serves one client connection (already past TLS, if any).
-pub async fn serve(mut io: Transport, peer: SocketAddr, tls: bool, ctx: Arc<Context>) {
+pub async fn serve(mut io: Transport, peer: Peer, ctx: Arc<Context>) {
     // Both phases are boxed: the handshake's state is large and short-lived,
     // and the task, which lives on as the session, then holds neither.
-    let Some(up) = Box::pin(handshake(&mut io, peer, tls, &ctx)).await else {
+    let Some(up) = Box::pin(handshake(&mut io, peer, &ctx)).await else {
         return;
     };
-    let session = session(io, peer, up, &ctx);
+    let session = session(io, peer.addr, up, &ctx);
     // A session keeps its own route and policy, not the whole config generation.
     drop(ctx);
     session.await;
@@ -129,12 +143,8 @@ fn session(
 /// Reads requests and answers them until one is upgraded (`Some`, once the
 /// client has its 101) or the connection is done. A refused request leaves
 /// the connection open for another, as HTTP/1.1 keep-alive would.
-async fn handshake(
-    io: &mut Transport,
-    peer: SocketAddr,
-    tls: bool,
-    ctx: &Context,
-) -> Option<Upgraded> {
+async fn handshake(io: &mut Transport, client: Peer, ctx: &Context) -> Option<Upgraded> {
+    let peer = client.addr;
     let limits = &ctx.server;
     let mut pending = Vec::new();
     loop {
@@ -165,7 +175,7 @@ async fn handshake(
         // when the 101 to the client cannot be written), never a bare close.
         let answer = tokio::select! {
             biased;
-            answer = upgrade_request(request.head, peer, tls, ctx) => answer,
+            answer = upgrade_request(request.head, client, ctx) => answer,
             () = hung_up(io, &mut early) => {
                 tracing::debug!(client = %peer, "client left during the upstream handshake");
                 return None;
@@ -265,10 +275,10 @@ async fn refuse(
 /// `Ok` holds the 101 to send and the session's parts.
 async fn upgrade_request(
     req: Request<()>,
-    peer: SocketAddr,
-    tls: bool,
+    conn: Peer,
     ctx: &Context,
 ) -> Result<(Vec<u8>, Accepted), Reject> {
+    let (peer, tls) = (conn.addr, conn.tls);
     let host = req
         .headers()
         .get(header::HOST)
@@ -287,7 +297,7 @@ async fn upgrade_request(
             "shutting down; retry",
         ));
     }
-    let client = ctx.admission.client(peer.ip(), req.headers());
+    let client = ctx.admission.client(peer.ip(), req.headers(), conn.vouches);
     let admitted = ctx
         .admission
         .admit(&route, &client, req.headers(), req.uri(), &up.protocols)
