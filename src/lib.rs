@@ -9,9 +9,12 @@
 //!
 //! The data path, in the order a connection meets it:
 //!
-//! - [`listener`]: one socket per worker (SO_REUSEPORT), accept, TCP
+//! - [`listener`]: one socket per worker (SO_REUSEPORT), accept (with the
+//!   caps on connections not yet upgraded, [`admission::pending`]), TCP
 //!   options, TLS handshake with a deadline.
 //! - [`tls`]: rustls configs; certificates chosen by SNI.
+//! - [`proto`]: pure protocol rules: the request target normalised once,
+//!   the `Host` validated.
 //! - [`http`]: reads the upgrade request ([`http::head`]), checks it
 //!   ([`http::upgrade`], RFC 6455), builds the upstream request's headers
 //!   ([`http::forwarded`]), answers, and runs the session in the same task.
@@ -39,6 +42,7 @@ pub mod echo;
 pub mod http;
 pub mod listener;
 pub mod log;
+pub mod proto;
 pub mod relay;
 pub mod route;
 pub mod shutdown;
@@ -57,7 +61,10 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use admission::{Admission, Stats};
+use admission::{
+    pending::{Pending, PendingStats},
+    Admission, Stats,
+};
 use config::{Config, ServerSpec, UpstreamConfig};
 use route::{Route, RouteTable};
 use shutdown::{DrainReport, Sessions};
@@ -89,6 +96,9 @@ struct Inner {
     /// kept across reloads: the sessions already open still count against
     /// the new limits, and an unchanged rate keeps what clients used of it.
     admission: Arc<admission::Shared>,
+    /// Connections accepted and not yet upgraded, in all, and per client IP;
+    /// kept across reloads like `admission` (the caps are the current config's).
+    pending: Arc<Pending>,
     /// Listener addresses as configured; a reload cannot change them.
     addrs: Vec<SocketAddr>,
     /// The built-in echo backend, started once and kept across reloads.
@@ -114,6 +124,7 @@ impl Gateway {
             })),
             sessions: Arc::default(),
             admission: Arc::default(),
+            pending: Arc::default(),
             addrs: config.listeners.iter().map(|l| l.addr).collect(),
             echo: OnceCell::new(),
         };
@@ -180,14 +191,15 @@ impl Gateway {
                 .spawn({
                     let (current, accepting) = (inner.current.clone(), accepting.clone());
                     let (finished, exited) = (finished.clone(), exited.clone());
-                    move || worker(sockets, current, accepting, finished, exited)
+                    let pending = inner.pending.clone();
+                    move || worker(sockets, current, pending, accepting, finished, exited)
                 });
             if let Err(e) = thread {
                 tracing::error!(error = %e, "cannot start a worker thread; serving with fewer");
             }
         }
         drop(exited);
-        let own = accept(own, inner.current.clone(), accepting);
+        let own = accept(own, inner.current.clone(), inner.pending.clone(), accepting);
         tokio::join!(own, async {
             stop.await;
             drop(stop_accepting);
@@ -217,6 +229,7 @@ impl Gateway {
 fn worker(
     sockets: Vec<std::net::TcpListener>,
     current: Arc<ArcSwap<http::Context>>,
+    pending: Arc<Pending>,
     accepting: watch::Receiver<()>,
     finished: CancellationToken,
     _exited: mpsc::Sender<()>,
@@ -226,7 +239,7 @@ fn worker(
         .build()
     {
         Ok(rt) => rt.block_on(async {
-            accept(sockets, current, accepting).await;
+            accept(sockets, current, pending, accepting).await;
             finished.cancelled().await;
         }),
         Err(e) => tracing::error!(error = %e, "cannot start a worker's runtime"),
@@ -237,6 +250,7 @@ fn worker(
 async fn accept(
     sockets: Vec<std::net::TcpListener>,
     current: Arc<ArcSwap<http::Context>>,
+    pending: Arc<Pending>,
     accepting: watch::Receiver<()>,
 ) {
     let mut loops = Vec::new();
@@ -256,6 +270,7 @@ async fn accept(
             index,
             socket,
             current.clone(),
+            pending.clone(),
             stopped,
         )));
     }
@@ -289,6 +304,18 @@ impl Handle {
     /// Admission's live counts; every one returns to zero when no session is open.
     pub fn admission_stats(&self) -> Stats {
         self.inner.current.load().admission.stats()
+    }
+
+    /// Connections accepted and not yet upgraded (in their TLS handshake,
+    /// request head, admission or upstream handshake).
+    pub fn pending_connections(&self) -> u64 {
+        self.inner.pending.stats().open
+    }
+
+    /// The pending-connection counts, and how many connections the caps
+    /// closed at accept since start.
+    pub fn pending_stats(&self) -> PendingStats {
+        self.inner.pending.stats()
     }
 }
 

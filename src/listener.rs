@@ -1,15 +1,26 @@
-//! Accepting connections: TCP options, the PROXY protocol header (when the
-//! listener expects one), the TLS handshake (with a deadline), then the
-//! HTTP side. One task per connection; a failure in one never touches another.
+//! Accepting connections: the pending-connection caps, TCP options, the
+//! PROXY protocol header (when the listener expects one), the TLS handshake
+//! (with a deadline), then the HTTP side. One task per connection; a
+//! failure in one never touches another.
 
-use std::{future::Future, io, net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    num::NonZeroUsize,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsStream};
 
 use crate::{
-    admission::client_ip,
+    admission::{
+        client_ip,
+        pending::{Inflight, Pending},
+    },
     http::{self, Context, Peer},
     stream::Transport,
 };
@@ -52,16 +63,27 @@ pub fn bind(addr: SocketAddr, workers: NonZeroUsize) -> io::Result<Vec<std::net:
         .collect()
 }
 
+/// How long the accept loop pauses after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// While accepts keep failing, a warning at most this often.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// Accepts on listener number `index` until `stop` resolves, serving each
 /// connection with the config current when it arrived. Returning drops the
 /// socket, so new connections are refused at once.
+///
+/// A connection is first counted in `pending` (see
+/// [`crate::admission::pending`]); one over the caps is closed here, before
+/// it gets a task. The count is held until its upgrade succeeds.
 pub async fn serve(
     index: usize,
     listener: TcpListener,
     current: Arc<ArcSwap<Context>>,
+    pending: Arc<Pending>,
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
+    let mut failing = AcceptFailures::default();
     loop {
         let accepted = tokio::select! {
             _ = &mut stop => return,
@@ -69,16 +91,85 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                failing.recovered();
                 let ctx = current.load_full();
+                let inflight = match pending.admit(peer.ip(), &ctx.server) {
+                    Ok(inflight) => inflight,
+                    Err(over) => {
+                        tracing::debug!(client = %peer, limit = %over, "closed at accept: too many connections not yet upgraded");
+                        // A reset: nothing lingers on our side (no FIN_WAIT or
+                        // TIME_WAIT socket per refused connection of a flood).
+                        // A flood cannot hold the worker in this loop either:
+                        // `accept` draws on tokio's cooperative budget, so the
+                        // task yields to the sessions every so many accepts.
+                        let _ = stream.set_zero_linger();
+                        continue;
+                    }
+                };
                 let tls = ctx.tls.get(index).cloned().flatten();
                 let proxied = ctx.proxy_protocol.get(index).copied().unwrap_or(false);
-                tokio::spawn(connection(stream, peer, tls, proxied, ctx));
+                tokio::spawn(connection(stream, peer, tls, proxied, ctx, inflight));
             }
             Err(e) => {
-                // Usually out of file descriptors: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Usually out of file descriptors (EMFILE, ENFILE): pause
+                // instead of spinning. The pause is a timer, so this worker's
+                // sessions run meanwhile (and free descriptors as they end);
+                // the kernel keeps new connections in the backlog until then.
+                failing.failed(&e);
+                tokio::select! {
+                    _ = &mut stop => return,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
             }
+        }
+    }
+}
+
+/// A run of failed accepts, logged once when it starts, then at most every
+/// [`ACCEPT_WARN_EVERY`] while it lasts, and once when it ends, rather
+/// than once per retry.
+#[derive(Default)]
+struct AcceptFailures {
+    /// When the run started, and when it was last logged.
+    since: Option<(Instant, Instant)>,
+    count: u64,
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, e: &io::Error) {
+        self.count += 1;
+        let now = Instant::now();
+        match &mut self.since {
+            None => {
+                self.since = Some((now, now));
+                tracing::warn!(
+                    error = %e,
+                    retry_ms = ACCEPT_BACKOFF.as_millis() as u64,
+                    "accept failed; retrying (logged again every {}s while it lasts)",
+                    ACCEPT_WARN_EVERY.as_secs()
+                );
+            }
+            Some((start, logged)) if now.duration_since(*logged) >= ACCEPT_WARN_EVERY => {
+                *logged = now;
+                tracing::warn!(
+                    error = %e,
+                    failures = self.count,
+                    for_s = now.duration_since(*start).as_secs(),
+                    "accept still failing"
+                );
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn recovered(&mut self) {
+        if let Some((start, _)) = self.since.take() {
+            tracing::info!(
+                failures = self.count,
+                after_ms = start.elapsed().as_millis() as u64,
+                "accepting again"
+            );
+            self.count = 0;
         }
     }
 }
@@ -89,6 +180,7 @@ async fn connection(
     tls: Option<TlsAcceptor>,
     proxied: bool,
     ctx: Arc<Context>,
+    inflight: Inflight,
 ) {
     let _ = stream.set_nodelay(true);
     let (addr, vouches) = match proxied {
@@ -108,20 +200,26 @@ async fn connection(
         vouches,
     };
     match tls {
-        None => http::serve(Transport::Left(stream), peer, ctx).await,
+        None => http::serve(Transport::Left(stream), peer, ctx, inflight).await,
         // A TLS session's state is kilobytes: boxed, it is not part of every
         // plain connection's task (which tokio::spawn allocates and moves).
-        Some(acceptor) => Box::pin(serve_tls(stream, peer, acceptor, ctx)).await,
+        Some(acceptor) => Box::pin(serve_tls(stream, peer, acceptor, ctx, inflight)).await,
     }
 }
 
 /// The TLS handshake (with its deadline), then the HTTP side.
-async fn serve_tls(stream: TcpStream, peer: Peer, acceptor: TlsAcceptor, ctx: Arc<Context>) {
+async fn serve_tls(
+    stream: TcpStream,
+    peer: Peer,
+    acceptor: TlsAcceptor,
+    ctx: Arc<Context>,
+    inflight: Inflight,
+) {
     let limit = ctx.server.tls_handshake_timeout;
     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             let tls = Transport::Right(Box::new(TlsStream::Server(tls)));
-            http::serve(tls, peer, ctx).await
+            http::serve(tls, peer, ctx, inflight).await
         }
         Ok(Err(e)) => tracing::debug!(client = %peer.addr, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(client = %peer.addr, "TLS handshake timed out"),

@@ -4,7 +4,10 @@ use std::{io::IsTerminal, num::NonZeroUsize, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use framegate::{config::Config, Gateway, Handle};
+use framegate::{
+    config::{Config, UpstreamConfig},
+    Gateway, Handle,
+};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// A WebSocket gateway that relays frames, not bytes.
@@ -71,6 +74,7 @@ fn run(config: Config, path: PathBuf, workers: usize) -> anyhow::Result<()> {
     let workers = NonZeroUsize::new(workers)
         .or_else(|| std::thread::available_parallelism().ok())
         .unwrap_or(NonZeroUsize::MIN);
+    raise_fd_limit(&config, workers);
     // This thread is worker 0; signals, reloads and the drain run here too.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -83,6 +87,71 @@ fn run(config: Config, path: PathBuf, workers: usize) -> anyhow::Result<()> {
         tracing::info!(cut = report.cut, "stopped");
         Ok(())
     })
+}
+
+/// Descriptors not counted as room for sessions: stdio, each worker's
+/// runtime (epoll, eventfd), config and certificate reads, JWKS fetches,
+/// the accept that is under way. The listening sockets are added on top.
+const FD_RESERVE: u64 = 64;
+
+/// Raises the soft open-file limit to the hard one (the systemd default
+/// soft limit, 1024, is a few hundred sessions) and says in one line how
+/// many sessions the limit leaves room for, warning when the configured
+/// limits need more.
+fn raise_fd_limit(config: &Config, workers: NonZeroUsize) {
+    let was = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .ok()
+        .map(|(soft, _)| soft);
+    let limit = match (rlimit::increase_nofile_limit(u64::MAX), was) {
+        (Ok(limit), _) => limit,
+        (Err(e), Some(soft)) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            soft
+        }
+        (Err(e), None) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            return;
+        }
+    };
+    let listening = (config.listeners.len() * workers.get()) as u64;
+    let reserve = FD_RESERVE + listening;
+    // A session holds the client's socket and the upstream's; with the
+    // built-in echo backend, the backend's end of the upstream socket and
+    // its own are in this process too.
+    let builtin = config
+        .upstreams
+        .values()
+        .any(|u| matches!(u, UpstreamConfig::BuiltinEcho));
+    let per_session: u64 = if builtin { 4 } else { 2 };
+    let sessions = limit.saturating_sub(reserve) / per_session;
+    tracing::info!(
+        fd_limit = limit,
+        soft_limit_was = was,
+        fds_per_session = per_session,
+        sessions,
+        "open-file limit leaves room for {sessions} sessions"
+    );
+    if let Some(max) = config.server.admission.max_connections {
+        let needed = u64::from(max) * per_session + reserve;
+        if needed > limit {
+            tracing::warn!(
+                max_connections = max,
+                fds_needed = needed,
+                fd_limit = limit,
+                "max_connections needs more file descriptors than the open-file limit allows; \
+                 raise the hard limit (systemd: LimitNOFILE=) or lower max_connections"
+            );
+        }
+    }
+    let pending = u64::from(config.server.max_pending_connections);
+    if pending + reserve > limit {
+        tracing::warn!(
+            max_pending_connections = pending,
+            fd_limit = limit,
+            "max_pending_connections alone can use every file descriptor; \
+             raise the hard limit (systemd: LimitNOFILE=) or lower max_pending_connections"
+        );
+    }
 }
 
 /// SIGHUP: re-read the config, policies and certificates. An invalid config

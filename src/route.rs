@@ -1,6 +1,18 @@
-//! Choosing a route: host first (exact, then wildcard, then any), then the
-//! longest matching path prefix — the order nginx picks `server` then
-//! `location` in. Also the path rewrite.
+//! Choosing a route: host first, then the longest matching path prefix —
+//! the order nginx picks `server` then `location` in. Also the path rewrite.
+//!
+//! Both work on the normalised path ([`crate::proto::target`]) and the
+//! validated host ([`crate::proto::host`]), never on what the client wrote.
+//!
+//! - **Host**: like nginx's `server_name`, the host picks one group of routes
+//!   (an exact name, else the longest matching `*.suffix`, else the routes
+//!   without a host), and only that group is searched: a request for a
+//!   host with routes of its own never falls through to host-agnostic ones.
+//! - **Path**: a prefix matches on segment boundaries. `/chat` matches
+//!   `/chat` and `/chat/…`, not `/chatroom`; `/admin/` matches `/admin/…`
+//!   and also `/admin` itself, so the bare name gets the protected route's
+//!   policy instead of falling through to a shorter prefix (where nginx
+//!   would answer a redirect, which WebSocket clients do not follow).
 
 use std::sync::Arc;
 
@@ -18,7 +30,10 @@ enum HostMatch {
 }
 
 impl HostMatch {
+    /// Parses a route's `host` as written: lower-cased already; a trailing
+    /// dot is folded like a request's.
     fn parse(host: Option<&str>) -> Self {
+        let host = host.map(|h| h.strip_suffix('.').unwrap_or(h));
         match host {
             None => HostMatch::Any,
             Some(h) => match h.strip_prefix('*') {
@@ -37,11 +52,30 @@ impl HostMatch {
         }
     }
 
-    fn rank(&self) -> u8 {
+    /// How specific a match is: exact names, then longer suffixes, then any.
+    fn rank(&self) -> (u8, usize) {
         match self {
-            HostMatch::Any => 0,
-            HostMatch::Suffix(_) => 1,
-            HostMatch::Exact(_) => 2,
+            HostMatch::Any => (0, 0),
+            HostMatch::Suffix(s) => (1, s.len()),
+            HostMatch::Exact(_) => (2, 0),
+        }
+    }
+}
+
+/// How much of `path` the route prefix `prefix` matches, on segment
+/// boundaries; `None` if it does not (see the module doc).
+fn matched(prefix: &str, path: &str) -> Option<usize> {
+    if prefix == "/" {
+        return Some(1);
+    }
+    match prefix.strip_suffix('/') {
+        // `/admin/` matches `/admin/…` and `/admin`.
+        Some(bare) if path == bare => Some(bare.len()),
+        Some(_) => path.starts_with(prefix).then_some(prefix.len()),
+        // `/chat` matches `/chat` and `/chat/…`.
+        None => {
+            let rest = path.strip_prefix(prefix)?;
+            (rest.is_empty() || rest.starts_with('/')).then_some(prefix.len())
         }
     }
 }
@@ -79,19 +113,26 @@ impl Route {
         }
     }
 
-    /// The path and query to request upstream.
+    /// The path and query to request upstream. `uri` is normalised and
+    /// matched this route, so what follows the prefix has no dot-segments
+    /// and starts at a segment boundary: a rewrite cannot leave its target.
     pub fn upstream_path(&self, uri: &Uri) -> String {
         let path = uri.path();
         let mut out = match &self.rewrite {
             None => path.to_owned(),
             Some(replacement) => {
-                let rest = &path[self.prefix.len().min(path.len())..];
-                let joined = format!("{replacement}{rest}");
-                if joined.starts_with('/') {
-                    joined
-                } else {
-                    format!("/{joined}")
+                let rest = path.get(self.prefix.len()..).unwrap_or("");
+                let mut joined = String::with_capacity(replacement.len() + rest.len() + 1);
+                if !replacement.starts_with('/') {
+                    joined.push('/');
                 }
+                joined.push_str(replacement);
+                // One `/` between them: `/v2/` + `/x` is `/v2/x`.
+                match (joined.ends_with('/'), rest.strip_prefix('/')) {
+                    (true, Some(r)) => joined.push_str(r),
+                    _ => joined.push_str(rest),
+                }
+                joined
             }
         };
         if let Some(q) = uri.query() {
@@ -110,28 +151,24 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new(mut routes: Vec<Route>) -> Self {
-        routes.sort_by_key(|r| std::cmp::Reverse((r.host.rank(), r.prefix.len())));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.host.rank()));
         RouteTable {
             routes: routes.into_iter().map(Arc::new).collect(),
         }
     }
 
-    /// The route for a request to `host` (lower-case, no port) and `path`.
+    /// The route for a request to `host` (a validated host, no port) and
+    /// `path` (normalised): the host's group, then its longest prefix.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        let group = &self.routes.iter().find(|r| r.host.matches(host))?.host;
         self.routes
             .iter()
-            .find(|r| r.host.matches(host) && path.starts_with(r.prefix.as_str()))
+            .filter(|r| r.host == *group)
+            .filter_map(|r| Some((matched(&r.prefix, path)?, r)))
+            // The longest match; of equal ones, the prefix that is the path.
+            .max_by_key(|(len, r)| (*len, r.prefix.len() == *len))
+            .map(|(_, r)| r)
     }
-}
-
-/// The request's host, lower-cased and without a port.
-pub fn host_of(authority: &str) -> String {
-    let host = if let Some(rest) = authority.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
-    host.to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -160,6 +197,48 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        let table = RouteTable::new(vec![
+            route(None, "/", None),
+            route(None, "/admin/", None),
+            route(None, "/chat", None),
+        ]);
+        let pick = |p: &str| table.find(None, p).map(|r| r.label.clone()).unwrap();
+        assert_eq!(pick("/admin/"), "/admin/");
+        assert_eq!(pick("/admin/x"), "/admin/");
+        assert_eq!(pick("/admin"), "/admin/");
+        assert_eq!(pick("/administrator"), "/");
+        assert_eq!(pick("/chat"), "/chat");
+        assert_eq!(pick("/chat/room"), "/chat");
+        assert_eq!(pick("/chatroom"), "/");
+        assert_eq!(pick("/chat../x"), "/");
+        let both = RouteTable::new(vec![route(None, "/a", None), route(None, "/a/", None)]);
+        assert_eq!(both.find(None, "/a").unwrap().label, "/a");
+        assert_eq!(both.find(None, "/a/b").unwrap().label, "/a/");
+    }
+
+    #[test]
+    fn a_host_with_routes_never_falls_through() {
+        let table = RouteTable::new(vec![
+            route(None, "/", None),
+            route(Some("secure.example.com"), "/admin/", None),
+            route(Some("*.example.com"), "/api/", None),
+            route(Some("*.b.example.com"), "/b/", None),
+        ]);
+        let pick = |h: &str, p: &str| table.find(Some(h), p).map(|r| r.label.clone());
+        assert_eq!(pick("secure.example.com", "/other"), None);
+        assert_eq!(pick("x.example.com", "/other"), None);
+        assert_eq!(pick("x.b.example.com", "/api/"), None);
+        assert_eq!(
+            pick("x.b.example.com", "/b/").as_deref(),
+            Some("*.b.example.com/b/")
+        );
+        assert_eq!(pick("other.test", "/other").as_deref(), Some("/"));
+        let dotted = RouteTable::new(vec![route(Some("a.test."), "/", None)]);
+        assert!(dotted.find(Some("a.test"), "/").is_some());
+    }
+
+    #[test]
     fn host_then_longest_prefix() {
         let table = RouteTable::new(vec![
             route(None, "/", None),
@@ -177,6 +256,7 @@ mod tests {
             pick(Some("a.example.com"), "/api/x").as_deref(),
             Some("*.example.com/api/")
         );
+        assert_eq!(pick(Some("a.example.com"), "/chat"), None);
         assert_eq!(
             pick(Some("example.com"), "/api/x").as_deref(),
             Some("/api/")
@@ -195,12 +275,20 @@ mod tests {
         assert_eq!(exact.upstream_path(&uri), "/?room=1");
         let keep = route(None, "/services/", None);
         assert_eq!(keep.upstream_path(&uri), "/services/myservice/chat?room=1");
-    }
-
-    #[test]
-    fn hosts_lose_their_port() {
-        assert_eq!(host_of("WS.Example.com:8443"), "ws.example.com");
-        assert_eq!(host_of("[::1]:80"), "::1");
-        assert_eq!(host_of("localhost"), "localhost");
+        let bare: Uri = "/services/myservice".parse().unwrap();
+        assert_eq!(v2.upstream_path(&bare), "/v2/");
+        let noslash = route(None, "/rwnoslash", Some("/v3"));
+        let uri: Uri = "/rwnoslash/secret".parse().unwrap();
+        assert_eq!(noslash.upstream_path(&uri), "/v3/secret");
+        let uri: Uri = "/rwnoslash".parse().unwrap();
+        assert_eq!(noslash.upstream_path(&uri), "/v3");
+        let strip = route(None, "/noslash", Some(""));
+        let uri: Uri = "/noslash/chat".parse().unwrap();
+        assert_eq!(strip.upstream_path(&uri), "/chat");
+        let uri: Uri = "/noslash".parse().unwrap();
+        assert_eq!(strip.upstream_path(&uri), "/");
+        let into_dir = route(None, "/p", Some("/v2/"));
+        let uri: Uri = "/p/x".parse().unwrap();
+        assert_eq!(into_dir.upstream_path(&uri), "/v2/x");
     }
 }

@@ -337,3 +337,124 @@ fn b64(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
 }
+
+/// Now as fractional seconds since the epoch, for float `exp`/`nbf`.
+fn now_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// An HS256 token with `claims` and, if given, a `crit` header.
+fn hs256_with(crit: Option<&[&str]>, claims: serde_json::Value) -> String {
+    let header = jsonwebtoken::Header {
+        crit: crit.map(|c| c.iter().map(|s| s.to_string()).collect()),
+        ..jsonwebtoken::Header::new(Algorithm::HS256)
+    };
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+}
+
+/// `Date.now()/1000 + 3600` gives a float `exp`: it must close the session
+/// when it passes, as an integer one does (it was read as an integer only,
+/// so such a session was never closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_float_exp_closes_the_session_with_4001() {
+    let up = upstream().await;
+    let config = format!(
+        "[[listener]]\naddr = \"127.0.0.1:0\"\n\
+         [[route]]\npath = \"/expiring\"\nupstream = \"up\"\npolicy = \"expiring\"\n\
+         [upstream.up]\nservers = [\"ws://{}\"]\n",
+        up.addr
+    );
+    let gw = start(&[
+        ("framegate.toml", config.as_bytes()),
+        (
+            "policies/expiring.toml",
+            b"[auth]\nalgorithms = [\"HS256\"]\nsecret_file = \"hs.key\"\nleeway = \"0s\"\nclose_on_expiry = true\n",
+        ),
+        ("hs.key", SECRET),
+    ])
+    .await;
+    let exp = now_f64() + 2.5;
+    let token = hs256_with(None, json!({ "sub": "s", "exp": exp }));
+    let mut ws = accepted(
+        gw.addr,
+        "127.0.0.1",
+        "/expiring",
+        &[("authorization", &bearer(&token))],
+    )
+    .await;
+    echo(&mut ws, "still valid").await;
+    let (code, reason) = close_code(&mut ws).await;
+    assert_eq!((code, reason.as_str()), (4001, "token expired"));
+    assert_eq!(gw.stats().expired, 1);
+}
+
+/// Float `exp`/`nbf` at the handshake: compared as numbers, fractional
+/// seconds included; a negative or non-numeric one refuses the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn float_exp_and_nbf_are_checked_at_the_handshake() {
+    let up = upstream().await;
+    let (gw, _) = gateway(&up).await;
+
+    // An exp a millisecond before now: expired (leeway 0s on /hs). Rounded
+    // to the nearest second and compared with a floored now, as
+    // jsonwebtoken does, it was still valid for the rest of the second.
+    let t = hs256_with(None, json!({ "sub": "a", "exp": now_f64() - 0.001 }));
+    assert_invalid(&refused_bearer(gw.addr, "/hs", &t).await, "expired");
+
+    let future = now_f64() + 600.5;
+    for (claims, reason) in [
+        (json!({ "exp": now_f64() - 10.5 }), "expired"),
+        (json!({ "exp": future, "nbf": future }), "not yet valid"),
+        (json!({ "exp": -1.5 }), "malformed exp claim"),
+        (json!({ "exp": future.to_string() }), "malformed exp claim"),
+        (json!({ "exp": future, "nbf": -0.5 }), "malformed nbf claim"),
+    ] {
+        let t = hs256_with(None, claims);
+        assert_invalid(&refused_bearer(gw.addr, "/hs", &t).await, reason);
+    }
+    assert_eq!(up.count(), 0);
+
+    // Float exp ahead and float nbf behind: admitted.
+    let t = hs256_with(
+        None,
+        json!({ "sub": "a", "exp": future, "nbf": now_f64() - 10.5 }),
+    );
+    let mut ws = accepted(
+        gw.addr,
+        "127.0.0.1",
+        "/hs",
+        &[("authorization", &bearer(&t))],
+    )
+    .await;
+    echo(&mut ws, "hi").await;
+    assert_eq!(up.count(), 1);
+}
+
+/// RFC 7515 §4.1.11: the gateway understands no extension, so a token whose
+/// header marks any as critical is refused, whatever it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crit_header_is_refused() {
+    let up = upstream().await;
+    let (gw, _) = gateway(&up).await;
+    let claims = json!({ "sub": "a", "exp": now() + 600 });
+    for crit in [&["exp"][..], &["foo"][..]] {
+        let t = hs256_with(Some(crit), claims.clone());
+        assert_invalid(
+            &refused_bearer(gw.addr, "/hs", &t).await,
+            "unsupported crit header",
+        );
+    }
+    assert_eq!(up.count(), 0);
+    let t = hs256_with(None, claims);
+    accepted(
+        gw.addr,
+        "127.0.0.1",
+        "/hs",
+        &[("authorization", &bearer(&t))],
+    )
+    .await;
+    assert_eq!(up.count(), 1);
+}

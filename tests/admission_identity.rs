@@ -176,16 +176,53 @@ async fn proxy_protocol_names_the_client_only_for_trusted_peers() {
     assert_eq!(up.count(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_header_that_names_no_client_makes_the_proxy_the_client() {
+    let up = upstream().await;
+    let gw = gateway(&up).await;
+    let proxied = gw.addrs[1];
+    let local = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Local,
+        ppp::v2::Protocol::Unspecified,
+        ppp::v2::Addresses::Unspecified,
+    )
+    .build()
+    .unwrap();
+    for header in [b"PROXY UNKNOWN\r\n".to_vec(), local] {
+        // The trusted balancer says "this connection is mine": what the
+        // client wrote in X-Forwarded-For must not become the client.
+        let (status, _tcp) =
+            upgrade_behind_proxy_with(proxied, "127.0.0.3", header, "X-Forwarded-For: 6.6.6.6\r\n")
+                .await;
+        assert_eq!(status, 101);
+        let seen = up.last();
+        assert_eq!(seen.header("x-real-ip").as_deref(), Some("127.0.0.3"));
+        assert_eq!(seen.header("x-forwarded-for").as_deref(), Some("127.0.0.3"));
+    }
+}
+
 /// A PROXY header, then an upgrade, on one connection from `from`.
 async fn upgrade_behind_proxy(
     gw: std::net::SocketAddr,
     from: &str,
     header: Vec<u8>,
 ) -> (u16, tokio::net::TcpStream) {
+    upgrade_behind_proxy_with(gw, from, header, "").await
+}
+
+/// [`upgrade_behind_proxy`] with `extra` header lines (each ending in CRLF).
+async fn upgrade_behind_proxy_with(
+    gw: std::net::SocketAddr,
+    from: &str,
+    header: Vec<u8>,
+    extra: &str,
+) -> (u16, tokio::net::TcpStream) {
     let mut tcp = tcp_from(from, gw).await;
     tcp.write_all(&header).await.unwrap();
-    let req = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-               Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {

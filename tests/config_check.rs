@@ -214,6 +214,57 @@ builtin = "mirror"
 }
 
 #[test]
+fn request_path_settings_are_checked_at_their_lines() {
+    let bad = r#"[server]
+max_pending_connections = 0
+max_pending_per_ip = 0
+
+[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/a/../b/"
+upstream = "echo"
+
+[[route]]
+path = "/c%2fd"
+upstream = "echo"
+
+[[route]]
+host = "evil.test/x"
+upstream = "echo"
+
+[[route]]
+host = "a.test:8080"
+upstream = "echo"
+
+[[route]]
+path = "/e/"
+rewrite = "/v2/../x"
+upstream = "echo"
+
+[upstream.echo]
+builtin = "echo"
+"#;
+    let stderr = refused(bad);
+    assert_reported(
+        &stderr,
+        "bad.toml:2:",
+        "max_pending_connections must be at least 1",
+    );
+    assert_reported(
+        &stderr,
+        "bad.toml:3:",
+        "max_pending_per_ip must be at least 1",
+    );
+    assert_reported(&stderr, "bad.toml:9:", "write `/b/`");
+    assert_reported(&stderr, "bad.toml:13:", "encoded /");
+    assert_reported(&stderr, "bad.toml:17:", "must be a host name");
+    assert_reported(&stderr, "bad.toml:21:", "without a port");
+    assert_reported(&stderr, "bad.toml:26:", "normalised path");
+}
+
+#[test]
 fn an_upstream_without_servers_is_reported_at_its_table() {
     let bad = r#"[[listener]]
 addr = "127.0.0.1:0"

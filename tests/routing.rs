@@ -66,10 +66,13 @@ async fn longest_prefix_wins() {
     for (path, expect) in [
         ("/", "root /"),
         ("/chat", "root /chat"),
-        ("/api", "root /api"),
+        // `/api/` also takes `/api`, so the bare name gets its policy.
+        ("/api", "api /api"),
+        ("/apix", "root /apix"),
         ("/api/", "api /api/"),
         ("/api/x?q=1", "api /api/x?q=1"),
-        ("/api/v2", "api /api/v2"),
+        ("/api/v2", "v2 /api/v2"),
+        ("/api/v2x", "api /api/v2x"),
         ("/api/v2/x", "v2 /api/v2/x"),
     ] {
         assert_eq!(reached(&gw, "any.test", path).await, expect, "{path}");
@@ -89,12 +92,19 @@ async fn host_specific_route_wins() {
         ("a.wild.test", "/api/v2/x", "wild /api/v2/x"),
         ("a.b.wild.test", "/", "wild /"),
         ("wild.test", "/", "root /"),
-        // Exact beats wildcard, but only where its path matches.
         ("exact.wild.test", "/api/x", "exact /api/x"),
-        ("exact.wild.test", "/other", "wild /other"),
     ] {
         assert_eq!(reached(&gw, host, path).await, expect, "{host}{path}");
     }
+    // A host picks its routes like nginx's server_name: exact.wild.test has
+    // routes of its own, so a path none of them matches is 404, never the
+    // wildcard's or the host-agnostic route.
+    let resp = http(
+        gw.addr,
+        &upgrade_request_to("exact.wild.test", "/other", &[]),
+    )
+    .await;
+    assert_eq!(resp.status, 404);
 }
 
 #[tokio::test]

@@ -6,6 +6,9 @@
 //! removed before the request goes upstream, so the backend and its logs
 //! never see the token unless the route forwards it on purpose. The token
 //! itself is never logged: errors carry fixed reasons, not token text.
+//!
+//! `exp` and `nbf` are checked here rather than by jsonwebtoken: see
+//! `NumericDate` for why.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -48,7 +51,10 @@ pub struct Auth {
     pub(crate) query_param: String,
     pub(crate) cookie: String,
     pub(crate) subprotocol_prefix: String,
-    /// Signature algorithms, `exp`/`nbf` with leeway, `iss`, `aud`.
+    /// Signature algorithms, `iss`, `aud`, and which of `exp`/`nbf` are
+    /// required and checked. jsonwebtoken is handed a copy without the
+    /// `exp`/`nbf` part ([`Auth::authenticate`] checks those itself, see
+    /// [`NumericDate`]).
     pub(crate) validation: Validation,
     pub(crate) keys: Keys,
     /// Claims that must be present (beyond the registered ones) → 403.
@@ -59,6 +65,8 @@ pub struct Auth {
     pub(crate) forward_token: bool,
     /// Close the session when `exp` (plus leeway) passes.
     pub close_on_expiry: bool,
+    /// Clock skew allowed for `exp` and `nbf`, at the handshake and for
+    /// `close_on_expiry` alike.
     pub leeway: Duration,
 }
 
@@ -67,7 +75,8 @@ pub struct Auth {
 pub struct Identity {
     /// `sub`, for per-subject limits.
     pub subject: Option<String>,
-    /// `exp`.
+    /// `exp`, fractional seconds kept (clamped to the year 9999). The
+    /// handshake refused the token if this plus the leeway had already passed.
     pub expires: Option<SystemTime>,
     /// The `forward_claims` headers to send upstream.
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -117,6 +126,80 @@ impl AuthError {
     }
 }
 
+/// A NumericDate claim (RFC 7519 §2: seconds since the epoch, "non-integer
+/// values can be represented"), as the time since the epoch.
+///
+/// Why `exp` and `nbf` are checked here and not by jsonwebtoken's
+/// `Validation`: jsonwebtoken 10 does accept a float `exp`/`nbf`, but rounds
+/// it to the nearest second, compares it with the current time floored to a
+/// second and a leeway truncated to whole seconds. The session expiry that
+/// `close_on_expiry` enforces is a [`SystemTime`] plus the exact leeway, so
+/// with jsonwebtoken deciding the handshake the two would read the same
+/// claim differently: a token up to a second and a half past its `exp`
+/// (plus leeway) could be admitted, only for its session to be closed at
+/// once, and one whose `nbf` had just passed could still be refused.
+/// (Before this, the session read `exp` with `Value::as_u64`, which is
+/// `None` for `1764300000.5`: such a token was admitted and its session
+/// never closed.) Here one parse serves both: a token is admitted exactly
+/// when `now < exp + leeway` and `now >= nbf - leeway`, and the session is
+/// closed at `exp + leeway`; fractional seconds are kept.
+///
+/// Integers and floats are accepted; a negative number, a number too large
+/// for a [`Duration`], or anything that is not a number (a string, a
+/// boolean, ...) refuses the token (401, "malformed"). `null` counts as
+/// absent, as it does for jsonwebtoken. JSON has no NaN or infinity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct NumericDate(Duration);
+
+impl NumericDate {
+    /// The claim `name` of `claims`: `Ok(None)` when absent (or `null`),
+    /// `Err` when present but not a non-negative number of seconds.
+    fn claim(claims: &Map<String, Value>, name: &str) -> Result<Option<Self>, ()> {
+        match claims.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(secs) => Ok(Some(NumericDate(Duration::from_secs(secs)))),
+                // A negative integer, or a float: negative, NaN and too
+                // large are all errors of `try_from_secs_f64`.
+                None => n
+                    .as_f64()
+                    .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+                    .map(|d| Some(NumericDate(d)))
+                    .ok_or(()),
+            },
+            Some(_) => Err(()),
+        }
+    }
+
+    /// As a [`SystemTime`], clamped to [`LATEST`] (a later `exp` means the
+    /// same for a session, and could not be represented or added to).
+    fn time(self) -> SystemTime {
+        UNIX_EPOCH + self.0.min(LATEST)
+    }
+}
+
+/// 9999-12-31T23:59:59Z: the latest session expiry kept. jsonwebtoken takes
+/// an `exp` up to `u64::MAX` seconds, which no [`SystemTime`] can hold.
+const LATEST: Duration = Duration::from_secs(253_402_300_799);
+
+/// `exp` and `nbf` at `now` (all since the epoch), with `leeway` either
+/// way: valid while `nbf - leeway <= now < exp + leeway`, so a token is
+/// refused exactly when the session it would open is already due to close.
+fn check_times(
+    exp: Option<NumericDate>,
+    nbf: Option<NumericDate>,
+    now: Duration,
+    leeway: Duration,
+) -> Result<(), &'static str> {
+    if exp.is_some_and(|exp| now >= exp.0.saturating_add(leeway)) {
+        return Err("expired");
+    }
+    if nbf.is_some_and(|nbf| now < nbf.0.saturating_sub(leeway)) {
+        return Err("not yet valid");
+    }
+    Ok(())
+}
+
 /// A fixed reason for each way jsonwebtoken refuses a token.
 fn reason(kind: &ErrorKind) -> &'static str {
     match kind {
@@ -153,6 +236,12 @@ impl Auth {
             .find_map(|s| self.token_from(*s, headers, uri, protocols))
             .ok_or(AuthError::Missing)?;
         let head = decode_header(&token).map_err(|e| AuthError::Invalid(reason(e.kind())))?;
+        // RFC 7515 §4.1.11: a recipient that does not understand every
+        // extension `crit` names must refuse the JWS, and this gateway
+        // implements none. (An empty list is invalid too.)
+        if head.crit.is_some() {
+            return Err(AuthError::Invalid("unsupported crit header"));
+        }
         // Checked before a key is looked up, so an HS256 token cannot make a
         // public key act as an HMAC secret (and `none` never parses at all).
         if !self.validation.algorithms.contains(&head.alg) {
@@ -166,9 +255,29 @@ impl Auth {
                 KeyError::Unknown => AuthError::Invalid("unknown key id"),
                 KeyError::Unavailable => AuthError::KeysUnavailable,
             })?;
-        let claims = decode::<Map<String, Value>>(&token, &key, &self.validation)
+        // Signature, algorithm, `iss` and `aud` by jsonwebtoken; `exp` and
+        // `nbf` below, on the same reading the session expiry uses.
+        let mut validation = self.validation.clone();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation
+            .required_spec_claims
+            .retain(|c| c != "exp" && c != "nbf");
+        let claims = decode::<Map<String, Value>>(&token, &key, &validation)
             .map_err(|e| AuthError::Invalid(reason(e.kind())))?
             .claims;
+        let exp = self.time_claim(&claims, "exp")?;
+        let nbf = self.time_claim(&claims, "nbf")?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        check_times(
+            exp.filter(|_| self.validation.validate_exp),
+            nbf.filter(|_| self.validation.validate_nbf),
+            now,
+            self.leeway,
+        )
+        .map_err(AuthError::Invalid)?;
         for c in &self.required_claims {
             if claims.get(c).is_none_or(Value::is_null) {
                 return Err(AuthError::Insufficient(format!("claim `{c}`")));
@@ -187,13 +296,28 @@ impl Auth {
             .collect();
         Ok(Identity {
             subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
-            expires: claims
-                .get("exp")
-                .and_then(Value::as_u64)
-                .map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+            expires: exp.map(NumericDate::time),
             headers,
             token: self.forward_token.then_some(token),
         })
+    }
+
+    /// The NumericDate claim `name` (`exp` or `nbf`): refused when it is
+    /// malformed, or absent while the route requires it.
+    fn time_claim(
+        &self,
+        claims: &Map<String, Value>,
+        name: &str,
+    ) -> Result<Option<NumericDate>, AuthError> {
+        let (malformed, missing) = match name {
+            "exp" => ("malformed exp claim", "no exp claim"),
+            _ => ("malformed nbf claim", "no nbf claim"),
+        };
+        let value = NumericDate::claim(claims, name).map_err(|()| AuthError::Invalid(malformed))?;
+        if value.is_none() && self.validation.required_spec_claims.contains(name) {
+            return Err(AuthError::Invalid(missing));
+        }
+        Ok(value)
     }
 
     fn token_from(
@@ -428,6 +552,210 @@ mod tests {
         assert_eq!(header_value(&claims["l"]).unwrap(), "x,y");
         assert!(header_value(&claims["o"]).is_none());
         assert!(header_value(&Value::String("a\r\nb".into())).is_none());
+    }
+
+    fn date(claims: Value) -> Result<Option<NumericDate>, ()> {
+        NumericDate::claim(claims.as_object().unwrap(), "exp")
+    }
+
+    fn secs(s: f64) -> NumericDate {
+        NumericDate(Duration::from_secs_f64(s))
+    }
+
+    #[test]
+    fn numeric_dates_are_integers_or_floats() {
+        use serde_json::json;
+        assert_eq!(
+            date(json!({ "exp": 1_764_300_000u64 })),
+            Ok(Some(NumericDate(Duration::from_secs(1_764_300_000))))
+        );
+        // Fractional seconds are kept, not rounded or floored.
+        assert_eq!(
+            date(json!({ "exp": 1_764_300_000.5 })),
+            Ok(Some(NumericDate(Duration::new(1_764_300_000, 500_000_000))))
+        );
+        assert_eq!(
+            date(json!({ "exp": 0 })),
+            Ok(Some(NumericDate(Duration::ZERO)))
+        );
+        assert_eq!(date(json!({})), Ok(None));
+        assert_eq!(date(json!({ "exp": null })), Ok(None));
+        for bad in [
+            json!(-1),
+            json!(-0.5),
+            json!(i64::MIN),
+            json!(1e300),
+            json!("1764300000"),
+            json!(true),
+            json!([1_764_300_000]),
+            json!({ "secs": 1 }),
+        ] {
+            assert_eq!(date(json!({ "exp": bad })), Err(()), "{bad}");
+        }
+        // JSON has no NaN: serde_json writes it as null, which is "absent".
+        assert_eq!(date(json!({ "exp": f64::NAN })), Ok(None));
+    }
+
+    #[test]
+    fn far_future_expiry_is_clamped_not_overflowed() {
+        use serde_json::json;
+        for far in [json!(u64::MAX), json!(1e19)] {
+            let d = date(json!({ "exp": far })).unwrap().unwrap();
+            assert_eq!(d.time(), UNIX_EPOCH + LATEST);
+        }
+        assert_eq!(
+            secs(1_764_300_000.25).time(),
+            UNIX_EPOCH + Duration::from_millis(1_764_300_000_250)
+        );
+    }
+
+    #[test]
+    fn exp_and_nbf_boundaries_are_exact_with_the_leeway() {
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        // exp = 100.5: valid until 100.5 exactly (not rounded to 101 or 100).
+        let exp = Some(secs(100.5));
+        assert_eq!(check_times(exp, None, ms(100_499), s(0)), Ok(()));
+        assert_eq!(check_times(exp, None, ms(100_500), s(0)), Err("expired"));
+        // With leeway, until exp + leeway: the session's deadline.
+        assert_eq!(check_times(exp, None, ms(102_499), s(2)), Ok(()));
+        assert_eq!(check_times(exp, None, ms(102_500), s(2)), Err("expired"));
+        // A sub-second leeway counts (jsonwebtoken's is whole seconds).
+        assert_eq!(check_times(exp, None, ms(100_700), ms(250)), Ok(()));
+        // exp = 100.4 at 100.45: expired (rounding would have said 100, and
+        // a floored now 100: still valid).
+        assert_eq!(
+            check_times(Some(secs(100.4)), None, ms(100_450), s(0)),
+            Err("expired")
+        );
+        // nbf = 100.5: valid from 100.5, or from 99.5 with a second of leeway.
+        let nbf = Some(secs(100.5));
+        assert_eq!(
+            check_times(None, nbf, ms(100_499), s(0)),
+            Err("not yet valid")
+        );
+        assert_eq!(check_times(None, nbf, ms(100_500), s(0)), Ok(()));
+        assert_eq!(
+            check_times(None, nbf, ms(99_499), s(1)),
+            Err("not yet valid")
+        );
+        assert_eq!(check_times(None, nbf, ms(99_500), s(1)), Ok(()));
+        // A leeway larger than the epoch offset neither wraps nor panics.
+        assert_eq!(check_times(exp, nbf, ms(100_000), Duration::MAX), Ok(()));
+        assert_eq!(check_times(None, None, Duration::ZERO, s(0)), Ok(()));
+    }
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef-unit-secret";
+
+    /// An HS256 route as config builds one: `exp` required, `nbf` checked,
+    /// no leeway.
+    fn hs_auth() -> Auth {
+        let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp"]);
+        Auth {
+            sources: vec![TokenSource::Header],
+            query_param: "access_token".into(),
+            cookie: "access_token".into(),
+            subprotocol_prefix: "bearer.".into(),
+            validation,
+            keys: Keys::One(jsonwebtoken::DecodingKey::from_secret(KEY)),
+            required_claims: Vec::new(),
+            required_scopes: Vec::new(),
+            forward_claims: Vec::new(),
+            forward_token: false,
+            close_on_expiry: true,
+            leeway: Duration::ZERO,
+        }
+    }
+
+    fn now_f64() -> f64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    }
+
+    async fn check(header: jsonwebtoken::Header, claims: Value) -> Result<Identity, AuthError> {
+        let key = jsonwebtoken::EncodingKey::from_secret(KEY);
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        hs_auth()
+            .authenticate(&headers, &Uri::from_static("/"), &[])
+            .await
+    }
+
+    async fn claims(claims: Value) -> Result<Identity, AuthError> {
+        check(
+            jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            claims,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn float_exp_and_nbf_are_checked_and_exp_is_the_session_expiry() {
+        use serde_json::json;
+        // A float exp an hour ahead: admitted, and the session expiry is
+        // that instant (it was `None` when read with `as_u64`).
+        let exp = (now_f64() + 3600.0).floor() + 0.25;
+        let id = claims(json!({ "sub": "a", "exp": exp })).await.unwrap();
+        assert_eq!(id.expires, Some(UNIX_EPOCH + Duration::from_secs_f64(exp)));
+        let id = claims(json!({ "exp": 4_000_000_000u64 })).await.unwrap();
+        assert_eq!(
+            id.expires,
+            Some(UNIX_EPOCH + Duration::from_secs(4_000_000_000))
+        );
+        // An exp past what a SystemTime holds: admitted, clamped (the
+        // integer read panicked on `UNIX_EPOCH + u64::MAX s`).
+        let id = claims(json!({ "exp": u64::MAX })).await.unwrap();
+        assert_eq!(id.expires, Some(UNIX_EPOCH + LATEST));
+
+        let past = now_f64() - 3600.5;
+        let future = now_f64() + 3600.5;
+        for (c, why) in [
+            (json!({ "exp": past }), "expired"),
+            (json!({ "exp": future, "nbf": future }), "not yet valid"),
+            (json!({ "exp": -1.5 }), "malformed exp claim"),
+            (json!({ "exp": -1 }), "malformed exp claim"),
+            (json!({ "exp": "4000000000" }), "malformed exp claim"),
+            (json!({ "exp": 1e300 }), "malformed exp claim"),
+            (json!({ "exp": future, "nbf": "0" }), "malformed nbf claim"),
+            (json!({ "exp": future, "nbf": -3.0 }), "malformed nbf claim"),
+            (json!({ "sub": "a" }), "no exp claim"),
+            (json!({ "exp": null }), "no exp claim"),
+        ] {
+            assert_eq!(
+                claims(c.clone()).await.unwrap_err(),
+                AuthError::Invalid(why),
+                "{c}"
+            );
+        }
+        claims(json!({ "exp": future, "nbf": past })).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn any_crit_header_is_refused() {
+        use jsonwebtoken::{Algorithm, Header};
+        let claims = serde_json::json!({ "exp": now_f64() + 3600.0 });
+        for crit in [vec!["exp".to_owned()], vec!["foo".to_owned()], vec![]] {
+            let header = Header {
+                crit: Some(crit.clone()),
+                ..Header::new(Algorithm::HS256)
+            };
+            assert_eq!(
+                check(header, claims.clone()).await.unwrap_err(),
+                AuthError::Invalid("unsupported crit header"),
+                "{crit:?}"
+            );
+        }
+        check(Header::new(Algorithm::HS256), claims).await.unwrap();
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod limits;
 pub mod origin;
+pub mod pending;
 pub mod rate;
 
 use std::{

@@ -75,14 +75,17 @@ pub struct ServerSection {
     /// limits still apply) rather than refused.
     #[serde(default = "defaults::max_tracked_clients")]
     pub max_tracked_clients: usize,
-    /// Connections still in their TLS handshake or request head, on the whole
-    /// gateway; past it new connections are closed at accept. Bounds what a
-    /// flood of half-open connections can hold before any limit sees a request.
+    /// Connections accepted and not yet upgraded (TLS handshake, request head,
+    /// admission, upstream handshake: until the client has its 101), on the
+    /// whole gateway; past it new connections are closed (reset) at accept.
+    /// Bounds what a flood of half-open connections can hold before any
+    /// limit sees a request. Keep it below the open-file limit.
     #[serde(default = "defaults::max_pending_connections")]
     pub max_pending_connections: Spanned<u32>,
-    /// Connections still in their TLS handshake or request head from one
-    /// client IP (the socket peer; `trusted_proxies` are exempt); past it that
-    /// IP's new connections are closed at accept.
+    /// The same, from one client IP: the socket peer (IPv6 grouped by
+    /// `client_ipv6_prefix`); `trusted_proxies` are exempt, as balancers carry
+    /// many clients, but count in `max_pending_connections`. Past it that
+    /// IP's new connections are closed (reset) at accept.
     #[serde(default = "defaults::max_pending_per_ip")]
     pub max_pending_per_ip: Spanned<u32>,
     /// Forward request headers whose names contain `_` (nginx's

@@ -439,6 +439,30 @@ impl<'a> Checker<'a> {
         let path = r.path.get_ref();
         if !path.starts_with('/') {
             self.err(&r.path, format!("path `{path}` must start with /"));
+        } else {
+            // Requests are matched in normalised form, so a route written
+            // otherwise could never match.
+            match crate::proto::target::normalize(path.as_bytes()) {
+                Ok(t) if t.query.is_none() && t.path == *path => {}
+                Ok(t) => self.err(
+                    &r.path,
+                    format!("path `{path}` is not normalised; write `{}`", t.path),
+                ),
+                Err(e) => self.err(&r.path, format!("path `{path}`: {e}")),
+            }
+        }
+        if let Some(h) = &r.host {
+            let name = h.get_ref();
+            let bare = name.strip_prefix("*.").unwrap_or(name);
+            let parsed = crate::proto::host::Authority::parse(bare.as_bytes());
+            if !parsed.is_ok_and(|a| a.port().is_none()) {
+                self.err(
+                    h,
+                    format!(
+                        "host `{name}` must be a host name, or *. and a host name, without a port"
+                    ),
+                );
+            }
         }
         let rewrite = match (&r.rewrite, r.strip_prefix) {
             (Some(rw), true) => {
@@ -446,8 +470,13 @@ impl<'a> Checker<'a> {
                 None
             }
             (Some(rw), false) => {
-                if !rw.get_ref().starts_with('/') {
+                let to = rw.get_ref();
+                if !to.starts_with('/') {
                     self.err(rw, "rewrite must start with /");
+                } else if crate::proto::target::normalize(to.as_bytes())
+                    .map_or(true, |t| t.query.is_some() || t.path != *to)
+                {
+                    self.err(rw, format!("rewrite `{to}` must be a normalised path (no //, . or .. segments, no query)"));
                 }
                 Some(rw.get_ref().clone())
             }

@@ -2,10 +2,19 @@
 //! the rewritten path, and the forwarding headers a backend expects behind
 //! a proxy (`X-Forwarded-For`, `X-Real-IP`, `X-Forwarded-Proto`,
 //! `X-Forwarded-Host`), like nginx's usual WebSocket snippet.
+//!
+//! Two kinds of client header never reach the backend, since a backend
+//! could take them for the gateway's word:
+//! - names with `_` (unless `underscores_in_headers`): CGI, WSGI and Rack
+//!   fold `_` and `-` together, so `X_Auth_Subject` would arrive as the
+//!   `X-Auth-Subject` the gateway sets (nginx drops them by default too);
+//! - from a peer that is not a trusted proxy, every header that names the
+//!   client or the original request ([`CLIENT_CLAIMS`]): only the
+//!   gateway's own `X-Forwarded-*` and `X-Real-IP` describe the client then.
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
-use crate::admission::client_ip::ClientIp;
+use crate::{admission::client_ip::ClientIp, proto::host::Authority};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
 /// the per-hop WebSocket handshake headers the gateway sets itself.
@@ -25,11 +34,74 @@ const PER_HOP: &[HeaderName] = &[
     header::SEC_WEBSOCKET_PROTOCOL,
 ];
 
+/// Headers in which a proxy tells its backend who the client is or what
+/// it asked for. Believed from trusted proxies only; from anyone else they
+/// are dropped (the `X-Forwarded-*` and `X-Real-IP` the gateway sets are
+/// added afresh after).
+pub const CLIENT_CLAIMS: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-url-scheme",
+];
+
 const KEEP_ALIVE: &str = "keep-alive";
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_REAL_IP: &str = "x-real-ip";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// The headers to send upstream for a request from `client` (over TLS if
+/// `tls`) for `host`: the end-to-end ones the client sent, less those a
+/// backend could mistake for the gateway's (see the module doc), plus the
+/// forwarding headers.
+pub fn upstream_headers(
+    from: &HeaderMap,
+    client: &ClientIp,
+    tls: bool,
+    host: Option<&Authority>,
+    underscores: bool,
+) -> HeaderMap {
+    let mut headers = end_to_end(from);
+    headers.remove(header::HOST);
+    if !underscores {
+        let spoofable: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| n.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for name in spoofable {
+            headers.remove(name);
+        }
+    }
+    if !client.peer_trusted {
+        for name in CLIENT_CLAIMS {
+            headers.remove(*name);
+        }
+    }
+    let host = host.map(|h| {
+        HeaderValue::from_str(&h.to_string()).expect("a validated host is a valid header value")
+    });
+    add_forwarding(&mut headers, client, tls, host.as_ref());
+    headers
+}
 
 /// Copies the end-to-end headers of `from`, dropping hop-by-hop ones and
 /// any header the `Connection` header names.
@@ -55,7 +127,7 @@ pub fn end_to_end(from: &HeaderMap) -> HeaderMap {
 /// (`tls`) asking for `host`. The `X-Forwarded-For` chain the client sent
 /// is kept (and the peer appended) only when the peer is a trusted proxy;
 /// from anyone else it is replaced, since it says whatever the client wants.
-pub fn add_forwarding(
+fn add_forwarding(
     headers: &mut HeaderMap,
     client: &ClientIp,
     tls: bool,
@@ -116,6 +188,58 @@ mod tests {
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(out[header::COOKIE], "a=b");
         assert_eq!(out[header::ORIGIN], "https://app.example");
+    }
+
+    #[test]
+    fn spoofable_headers_stay_behind() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x_auth_subject",
+            "x-auth_subject",
+            "x_forwarded_for",
+            "forwarded",
+            "true-client-ip",
+            "x-original-url",
+        ] {
+            h.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static("spoof"),
+            );
+        }
+        h.insert(header::HOST, HeaderValue::from_static("evil.test"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        let direct = ClientIp {
+            peer: "198.51.100.4".parse().unwrap(),
+            ip: "198.51.100.4".parse().unwrap(),
+            peer_trusted: false,
+        };
+        let host = Authority::parse(b"ws.example.com").unwrap();
+        let out = upstream_headers(&h, &direct, false, Some(&host), false);
+        let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "x-app",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-real-ip"
+            ]
+        );
+        assert_eq!(out[X_FORWARDED_HOST], "ws.example.com");
+
+        let out = upstream_headers(&h, &direct, false, None, true);
+        assert!(out.contains_key("x_auth_subject"));
+        assert!(!out.contains_key("forwarded"));
+        let trusted = ClientIp {
+            peer_trusted: true,
+            ..direct
+        };
+        let out = upstream_headers(&h, &trusted, false, None, false);
+        assert_eq!(out["forwarded"], "spoof");
+        assert_eq!(out["true-client-ip"], "spoof");
+        assert!(!out.contains_key("x_forwarded_for"));
     }
 
     #[test]

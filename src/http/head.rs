@@ -6,8 +6,13 @@
 
 use std::io;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http::{
+    header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode,
+    Uri, Version,
+};
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::proto::target::{self, TargetError};
 
 /// First read buffer; most upgrade heads are a few hundred bytes.
 const FIRST_READ: usize = 1024;
@@ -21,6 +26,8 @@ pub enum HeadError {
     TooManyHeaders(usize),
     #[error("malformed HTTP head: {0}")]
     Malformed(&'static str),
+    #[error("{0}")]
+    Target(#[from] TargetError),
     #[error("connection closed before the head was complete")]
     Closed,
     #[error(transparent)]
@@ -107,7 +114,10 @@ pub async fn read_response<S: AsyncRead + Unpin>(
     .await
 }
 
-/// Parses a complete request head at the start of `buf`; `None` while incomplete.
+/// Parses a complete request head at the start of `buf`; `None` while
+/// incomplete. The request's URI is the normalised target
+/// ([`target::normalize`]), and its body framing has been checked
+/// ([`body_framing`]), so nothing after this sees the raw forms.
 pub fn parse_request(buf: &[u8], max_headers: usize) -> Parsed<Request<()>> {
     let mut slots = vec![httparse::EMPTY_HEADER; max_headers];
     let mut req = httparse::Request::new(&mut slots);
@@ -117,17 +127,83 @@ pub fn parse_request(buf: &[u8], max_headers: usize) -> Parsed<Request<()>> {
     };
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
         .map_err(|_| HeadError::Malformed("invalid method"))?;
-    let uri: Uri = req
-        .path
-        .unwrap_or_default()
-        .parse()
-        .map_err(|_| HeadError::Malformed("invalid request target"))?;
+    let target = target::normalize(req.path.unwrap_or_default().as_bytes())?;
     let mut out = Request::new(());
     *out.method_mut() = method;
-    *out.uri_mut() = uri;
+    *out.uri_mut() = uri(&target)?;
     *out.version_mut() = version(req.version);
     *out.headers_mut() = header_map(req.headers)?;
+    body_framing(out.version(), out.headers())?;
     Ok(Some((out, len)))
+}
+
+/// A normalised target as a `Uri`: always valid, since normalising leaves
+/// only printable ASCII; an absolute-form target keeps its authority.
+fn uri(t: &target::Target) -> Result<Uri, HeadError> {
+    let invalid = |_| HeadError::Malformed("invalid request target");
+    let path = PathAndQuery::try_from(t.path_and_query()).map_err(invalid)?;
+    let mut parts = http::uri::Parts::default();
+    if let Some(a) = &t.authority {
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(a.to_string().parse().map_err(invalid)?);
+    }
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).map_err(|_| HeadError::Malformed("invalid request target"))
+}
+
+/// How a request's body is delimited (RFC 9112 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// The body framing a request declares, refusing every ambiguous form a
+/// proxy in front could read differently (request smuggling): differing
+/// `Content-Length` values, `Content-Length` beside `Transfer-Encoding`
+/// (RFC 9112 §6.3 allows refusing it, and that is the safe choice),
+/// `Transfer-Encoding` on HTTP/1.0 or not ending in `chunked`.
+pub fn body_framing(version: Version, headers: &HeaderMap) -> Result<BodyFraming, HeadError> {
+    let has_te = headers.contains_key(header::TRANSFER_ENCODING);
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            let n = (!item.is_empty() && item.len() <= 18 && item.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(item).ok()?.parse::<u64>().ok())
+                .flatten()
+                .ok_or(HeadError::Malformed("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HeadError::Malformed("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    match (has_te, length) {
+        (false, None) => Ok(BodyFraming::None),
+        (false, Some(n)) => Ok(BodyFraming::Length(n)),
+        (true, Some(_)) => Err(HeadError::Malformed(
+            "both Transfer-Encoding and Content-Length",
+        )),
+        (true, None) if version != Version::HTTP_11 => Err(HeadError::Malformed(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        )),
+        (true, None) => {
+            let last = headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+                .rfind(|t| !t.is_empty());
+            match last {
+                Some(t) if t.eq_ignore_ascii_case(b"chunked") => Ok(BodyFraming::Chunked),
+                _ => Err(HeadError::Malformed(
+                    "Transfer-Encoding must end in chunked",
+                )),
+            }
+        }
+    }
 }
 
 fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<(StatusCode, HeaderMap)> {
@@ -264,6 +340,57 @@ mod tests {
             request(b"GET / SPDY/3\r\n\r\n", 1024).await,
             Err(HeadError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn body_framing_is_unambiguous_or_refused() {
+        let framing = |version, headers: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in headers {
+                h.append(*n, HeaderValue::from_static(v));
+            }
+            body_framing(version, &h)
+        };
+        let v11 = Version::HTTP_11;
+        assert_eq!(framing(v11, &[]).unwrap(), BodyFraming::None);
+        assert_eq!(
+            framing(v11, &[("content-length", "5"), ("content-length", "5, 5")]).unwrap(),
+            BodyFraming::Length(5)
+        );
+        assert_eq!(
+            framing(v11, &[("transfer-encoding", "gzip, Chunked")]).unwrap(),
+            BodyFraming::Chunked
+        );
+        for bad in [
+            &[("content-length", "5"), ("content-length", "6")][..],
+            &[("content-length", "5, 6")],
+            &[("content-length", "+5")],
+            &[("content-length", "")],
+            &[("content-length", "99999999999999999999")],
+            &[("content-length", "5"), ("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "chunked, gzip")],
+            &[("transfer-encoding", "xchunked")],
+        ] {
+            assert!(framing(v11, bad).is_err(), "{bad:?}");
+        }
+        assert!(framing(Version::HTTP_10, &[("transfer-encoding", "chunked")]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_target_is_normalised_as_it_is_read() {
+        let got = request(b"GET /x/%2e%2e/admin/?a=1 HTTP/1.1\r\n\r\n", 1024)
+            .await
+            .unwrap();
+        assert_eq!(got.head.uri(), "/admin/?a=1");
+        assert!(matches!(
+            request(b"GET /%2e%2e/ HTTP/1.1\r\n\r\n", 1024).await,
+            Err(HeadError::Target(TargetError::AboveRoot))
+        ));
+        let got = request(b"GET ws://A.test:80/p HTTP/1.1\r\n\r\n", 1024)
+            .await
+            .unwrap();
+        assert_eq!(got.head.uri().authority().unwrap(), "a.test");
+        assert_eq!(got.head.uri().path(), "/p");
     }
 
     #[tokio::test]

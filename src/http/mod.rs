@@ -14,7 +14,7 @@ pub mod upgrade;
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
 
-use http::{header, Request, StatusCode};
+use http::{HeaderValue, Request, StatusCode};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     time::timeout,
@@ -23,8 +23,9 @@ use tokio::{
 use crate::{
     admission::{Admission, Admitted},
     config::ServerSettings,
+    proto::host,
     relay::{close, frame, Session},
-    route::{host_of, Route, RouteTable},
+    route::{Route, RouteTable},
     shutdown::Sessions,
     stream::{Stream, Transport},
     upstream::UpstreamRequest,
@@ -82,13 +83,20 @@ struct Accepted {
     server: String,
 }
 
-/// Serves one client connection (already past TLS, if any).
-pub async fn serve(mut io: Transport, peer: Peer, ctx: Arc<Context>) {
+/// Serves one client connection (already past TLS, if any). `inflight`
+/// counts it as not yet upgraded until the client has its 101.
+pub async fn serve(
+    mut io: Transport,
+    peer: Peer,
+    ctx: Arc<Context>,
+    inflight: crate::admission::pending::Inflight,
+) {
     // Both phases are boxed: the handshake's state is large and short-lived,
     // and the task, which lives on as the session, then holds neither.
     let Some(up) = Box::pin(handshake(&mut io, peer, &ctx)).await else {
         return;
     };
+    drop(inflight);
     let session = session(io, peer.addr, up, &ctx);
     // A session keeps its own route and policy, not the whole config generation.
     drop(ctx);
@@ -249,11 +257,13 @@ async fn refuse(
     keep_alive: bool,
     ctx: &Context,
 ) -> bool {
+    // Strings are logged quoted and escaped (Debug): nothing a client sent
+    // reaches the line raw, not even a control or bidi character.
     tracing::info!(
         client = %peer,
-        path = %path,
+        path,
         status = reject.status.as_u16(),
-        reason = %reject.message,
+        reason = reject.message.as_str(),
         "upgrade refused"
     );
     let answer = reject.encode(keep_alive);
@@ -271,6 +281,12 @@ async fn refuse(
     keep_alive && matches!(written, Ok(Ok(())))
 }
 
+/// The authority of an absolute-form target; [`head`] validated and
+/// normalised it, so it parses again.
+fn authority(uri: &http::Uri) -> Option<host::Authority> {
+    host::Authority::parse(uri.authority()?.as_str().as_bytes()).ok()
+}
+
 /// Checks the request, runs admission, completes the upstream handshake.
 /// `Ok` holds the 101 to send and the session's parts.
 async fn upgrade_request(
@@ -279,15 +295,19 @@ async fn upgrade_request(
     ctx: &Context,
 ) -> Result<(Vec<u8>, Accepted), Reject> {
     let (peer, tls) = (conn.addr, conn.tls);
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .map(host_of);
+    let authority = host::of_request(
+        req.version(),
+        req.headers(),
+        authority(req.uri()).as_ref(),
+        tls,
+    )
+    .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let route = ctx
         .routes
-        .find(host.as_deref(), req.uri().path())
+        .find(
+            authority.as_ref().map(host::Authority::host),
+            req.uri().path(),
+        )
         .ok_or_else(|| Reject::new(StatusCode::NOT_FOUND, "no route for this host and path"))?
         .clone();
     let up = upgrade::validate(req.method(), req.version(), req.headers())?;
@@ -303,19 +323,22 @@ async fn upgrade_request(
         .admit(&route, &client, req.headers(), req.uri(), &up.protocols)
         .await?;
 
-    let mut headers = forwarded::end_to_end(req.headers());
-    headers.remove(header::HOST);
-    forwarded::add_forwarding(&mut headers, &client, tls, req.headers().get(header::HOST));
+    let mut headers = forwarded::upstream_headers(
+        req.headers(),
+        &client,
+        tls,
+        authority.as_ref(),
+        ctx.server.underscores_in_headers,
+    );
     let mut path = route.upstream_path(req.uri());
     let mut protocols = up.protocols.clone();
     admitted.prepare_upstream(&mut headers, &mut path, &mut protocols);
     let upstream_req = UpstreamRequest {
         path,
         headers,
-        host: route
-            .preserve_host
-            .then(|| req.headers().get(header::HOST).cloned())
-            .flatten(),
+        host: authority.filter(|_| route.preserve_host).map(|a| {
+            HeaderValue::from_str(&a.to_string()).expect("a validated host is a valid header value")
+        }),
         protocols: &protocols,
     };
     let connected = route

@@ -142,6 +142,21 @@ pub fn validate(method: &Method, version: Version, headers: &HeaderMap) -> Resul
             "Connection header must include \"Upgrade\"",
         ));
     }
+    // One of each: which of two a backend would read is anybody's guess.
+    for (name, what) in [
+        (
+            header::SEC_WEBSOCKET_KEY,
+            "more than one Sec-WebSocket-Key header",
+        ),
+        (
+            header::SEC_WEBSOCKET_VERSION,
+            "more than one Sec-WebSocket-Version header",
+        ),
+    ] {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(Reject::new(S::BAD_REQUEST, what));
+        }
+    }
     let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
         None => return Err(Reject::new(S::BAD_REQUEST, "missing Sec-WebSocket-Key")),
         Some(k) if !is_valid_key(k.as_bytes()) => {
@@ -277,6 +292,13 @@ mod tests {
         let mut h = good();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         assert_eq!(status(&h), StatusCode::BAD_REQUEST);
+
+        for name in [header::SEC_WEBSOCKET_KEY, header::SEC_WEBSOCKET_VERSION] {
+            let mut h = good();
+            let again = h[&name].clone();
+            h.append(name, again);
+            assert_eq!(status(&h), StatusCode::BAD_REQUEST);
+        }
 
         let mut h = good();
         h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
