@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests
-# (real gateway, real sockets), then the Autobahn TestSuite on both legs.
+# (real gateway, real sockets), the Autobahn TestSuite on both legs, then
+# every fuzz target for a bounded time (tests/fuzz.sh; nightly toolchain).
 # Installs the test peers it needs on first use: Autobahn (in a Python 2.7
 # virtualenv) and Debian's Chromium for the browser test.
 set -euo pipefail
@@ -14,3 +15,4 @@ if ! command -v chromium >/dev/null; then
 fi
 cargo test --test browser -- --ignored
 bash tests/autobahn/run.sh
+bash tests/fuzz.sh

@@ -144,7 +144,12 @@ fn uri(t: &target::Target) -> Result<Uri, HeadError> {
     let path = PathAndQuery::try_from(t.path_and_query()).map_err(invalid)?;
     let mut parts = http::uri::Parts::default();
     if let Some(a) = &t.authority {
-        parts.scheme = Some(http::uri::Scheme::HTTP);
+        // The scheme keeps its default port meaning: `wss://g:443/` is
+        // `https://g/`, never `http://g/` (which would read as port 80).
+        parts.scheme = Some(match t.secure {
+            true => http::uri::Scheme::HTTPS,
+            false => http::uri::Scheme::HTTP,
+        });
         parts.authority = Some(a.to_string().parse().map_err(invalid)?);
     }
     parts.path_and_query = Some(path);
@@ -391,6 +396,14 @@ mod tests {
             .unwrap();
         assert_eq!(got.head.uri().authority().unwrap(), "a.test");
         assert_eq!(got.head.uri().path(), "/p");
+        // Found by the request_head fuzz target: a TLS scheme's default
+        // port folds away and stays folded when the target is read again.
+        let got = request(b"GET wss://g:80/c HTTP/1.1\r\nHost: g\r\n\r\n", 1024)
+            .await
+            .unwrap();
+        let again = format!("GET {} HTTP/1.1\r\n\r\n", got.head.uri());
+        let again = request(again.as_bytes(), 1024).await.unwrap();
+        assert_eq!(again.head.uri(), got.head.uri());
     }
 
     #[tokio::test]

@@ -36,8 +36,11 @@ pub struct Target {
     /// What followed `?`, without the `?`.
     pub query: Option<String>,
     /// The authority of an absolute-form target (`GET ws://host/path`),
-    /// which takes the place of `Host` (RFC 9112 §3.2.2).
+    /// which takes the place of `Host` (RFC 9112 §3.2.2); its scheme's
+    /// default port is folded away.
     pub authority: Option<Authority>,
+    /// The absolute-form target's scheme is `https` or `wss`.
+    pub secure: bool,
 }
 
 impl Target {
@@ -100,11 +103,11 @@ const SCHEMES: &[(&str, bool)] = &[
 
 /// Normalises a request target as it came on the request line.
 pub fn normalize(raw: &[u8]) -> Result<Target, TargetError> {
-    let (authority, rest) = match raw.first() {
-        Some(b'/') => (None, raw),
+    let (authority, secure, rest) = match raw.first() {
+        Some(b'/') => (None, false, raw),
         _ => {
-            let (authority, rest) = split_absolute(raw)?;
-            (Some(authority), rest)
+            let (authority, secure, rest) = split_absolute(raw)?;
+            (Some(authority), secure, rest)
         }
     };
     if rest.contains(&b'#') {
@@ -124,11 +127,12 @@ pub fn normalize(raw: &[u8]) -> Result<Target, TargetError> {
         path: normalize_path(path)?,
         query: query.map(normalize_query).transpose()?,
         authority,
+        secure,
     })
 }
 
-/// `scheme://authority` and what follows it (`/` if nothing does).
-fn split_absolute(raw: &[u8]) -> Result<(Authority, &[u8]), TargetError> {
+/// `scheme://authority`, whether the scheme is TLS, and what follows.
+fn split_absolute(raw: &[u8]) -> Result<(Authority, bool, &[u8]), TargetError> {
     let sep = find(raw, b"://").ok_or(TargetError::Form)?;
     let scheme = &raw[..sep];
     let tls = SCHEMES
@@ -144,7 +148,7 @@ fn split_absolute(raw: &[u8]) -> Result<(Authority, &[u8]), TargetError> {
     let authority = Authority::parse(&after[..end])
         .map_err(TargetError::Authority)?
         .without_default_port(tls);
-    Ok((authority, &after[end..]))
+    Ok((authority, tls, &after[end..]))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
