@@ -9,13 +9,10 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use framegate::{
-    config::FrameLimits,
-    relay::{
-        frame::{Decoder, Side, READ_SIZE, SCRATCH_SIZE},
-        mask,
-        utf8::Utf8,
-    },
+use framegate::proto::{
+    frame::{Decoder, FrameLimits, Side, READ_SIZE, SCRATCH_SIZE},
+    mask,
+    utf8::Utf8,
 };
 
 const SIZES: [usize; 3] = [64, 1024, 16 * 1024];

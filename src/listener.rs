@@ -25,6 +25,23 @@ use crate::{
     stream::Transport,
 };
 
+/// What new connections use, swapped whole on reload: each listener's
+/// own settings and the HTTP side's context. A connection keeps the
+/// generation it was accepted under.
+pub struct Current {
+    /// By listener number, in config order.
+    pub listeners: Vec<Settings>,
+    pub http: Arc<Context>,
+}
+
+/// A listener's settings that a reload may change (its address may not).
+pub struct Settings {
+    /// TLS for a `wss` listener; `None` for plain `ws`.
+    pub tls: Option<TlsAcceptor>,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
+}
+
 /// Pending connections a listening socket queues before the kernel refuses
 /// more (what tokio's own `TcpListener::bind` asks for).
 const BACKLOG: u32 = 1024;
@@ -78,7 +95,7 @@ const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 pub async fn serve(
     index: usize,
     listener: TcpListener,
-    current: Arc<ArcSwap<Context>>,
+    current: Arc<ArcSwap<Current>>,
     pending: Arc<Pending>,
     stop: impl Future<Output = ()>,
 ) {
@@ -92,8 +109,12 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 failing.recovered();
-                let ctx = current.load_full();
-                let inflight = match pending.admit(peer.ip(), &ctx.server) {
+                let current = current.load();
+                let Some(settings) = current.listeners.get(index) else {
+                    continue;
+                };
+                let ctx = current.http.clone();
+                let inflight = match pending.admit(peer.ip(), &ctx.server.admission) {
                     Ok(inflight) => inflight,
                     Err(over) => {
                         tracing::debug!(client = %peer, limit = %over, "closed at accept: too many connections not yet upgraded");
@@ -106,8 +127,8 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let tls = ctx.tls.get(index).cloned().flatten();
-                let proxied = ctx.proxy_protocol.get(index).copied().unwrap_or(false);
+                let tls = settings.tls.clone();
+                let proxied = settings.proxy_protocol;
                 tokio::spawn(connection(stream, peer, tls, proxied, ctx, inflight));
             }
             Err(e) => {

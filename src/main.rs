@@ -143,7 +143,7 @@ fn raise_fd_limit(config: &Config, workers: NonZeroUsize) {
             );
         }
     }
-    let pending = u64::from(config.server.max_pending_connections);
+    let pending = u64::from(config.server.admission.max_pending_connections);
     if pending + reserve > limit {
         tracing::warn!(
             max_pending_connections = pending,

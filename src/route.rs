@@ -18,7 +18,23 @@ use std::sync::Arc;
 
 use http::Uri;
 
-use crate::{config::Policy, upstream::Upstream};
+use crate::{
+    admission,
+    relay::SessionRules,
+    upstream::{Timeouts, Upstream},
+};
+
+/// A policy file after checking: what sessions on a route are held to.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    /// Frame limits, timers and the close timeout of each session.
+    pub session: SessionRules,
+    /// Reaching the upstream.
+    pub upstream: Timeouts,
+    /// Authentication, origins, limits and rates.
+    pub admission: Arc<admission::Rules>,
+}
 
 /// How a route matches the `Host`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,7 +190,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FrameLimits, Policy};
+    use crate::{proto::frame::FrameLimits, relay::SessionRules};
     use std::time::Duration;
 
     fn route(host: Option<&str>, prefix: &str, rewrite: Option<&str>) -> Route {
@@ -184,12 +200,16 @@ mod tests {
         };
         let policy = Arc::new(Policy {
             name: "t".into(),
-            client: limits,
-            upstream: limits,
-            connect_timeout: Duration::from_secs(1),
-            handshake_timeout: Duration::from_secs(1),
-            close_timeout: Duration::from_secs(1),
-            timers: Default::default(),
+            session: SessionRules {
+                client: limits,
+                upstream: limits,
+                close_timeout: Duration::from_secs(1),
+                timers: Default::default(),
+            },
+            upstream: Timeouts {
+                connect: Duration::from_secs(1),
+                handshake: Duration::from_secs(1),
+            },
             admission: Arc::default(),
         });
         let upstream = Arc::new(Upstream::new(prefix.to_owned(), Vec::new()));

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit and integration tests
-# (real gateway, real sockets), the Autobahn TestSuite on both legs, then
-# every fuzz target for a bounded time (tests/fuzz.sh; nightly toolchain).
+# The whole test suite: formatting, the module-cycle check, lints, unit and
+# integration tests (real gateway, real sockets), the Autobahn TestSuite on
+# both legs, then every fuzz target for a bounded time (tests/fuzz.sh;
+# nightly toolchain).
 # Installs the test peers it needs on first use: Autobahn (in a Python 2.7
 # virtualenv) and Debian's Chromium for the browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
+python3 tests/tools/module_cycles.py
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets
 if ! command -v chromium >/dev/null; then

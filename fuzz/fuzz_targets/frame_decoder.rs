@@ -1,4 +1,4 @@
-//! `relay::frame::Decoder`: one direction's WebSocket frame stream, fed in
+//! `proto::frame::Decoder`: one direction's WebSocket frame stream, fed in
 //! reads the way the relay feeds it (`begin`, read into the scratch buffer,
 //! `process`; `park` when the buffer goes to another session). No input may
 //! panic, and what it forwards is checked against an independent parse of
@@ -16,12 +16,9 @@
 //!   are dropped.
 #![no_main]
 
-use framegate::{
-    config::FrameLimits,
-    relay::{
-        close,
-        frame::{Decoder, Side, Stop, READ_SIZE, SCRATCH_SIZE},
-    },
+use framegate::proto::{
+    close,
+    frame::{Decoder, FrameLimits, Side, Stop, READ_SIZE, SCRATCH_SIZE},
 };
 use libfuzzer_sys::fuzz_target;
 

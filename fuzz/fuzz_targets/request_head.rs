@@ -1,9 +1,9 @@
-//! `http::head::parse_request`: the client's upgrade request head, the first
+//! `proto::head::parse_request`: the client's upgrade request head, the first
 //! bytes an unauthenticated peer controls. No input may panic, and a head it
 //! accepts must be self-delimiting and stable under re-parsing.
 #![no_main]
 
-use framegate::http::head::{body_framing, parse_request};
+use framegate::proto::head::{body_framing, parse_request};
 use libfuzzer_sys::fuzz_target;
 
 /// The default `max_headers` of a listener.

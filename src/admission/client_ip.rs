@@ -9,6 +9,8 @@ use std::{
 };
 
 use http::HeaderMap;
+
+pub use crate::proto::forwarded::ClientIp;
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -25,18 +27,6 @@ impl TrustedProxies {
         let ip = ip.to_canonical();
         self.0.iter().any(|n| n.contains(&ip))
     }
-}
-
-/// The client of one request, as far as the gateway can tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientIp {
-    /// Who connected to the gateway (the PROXY protocol source on such a
-    /// listener): the hop appended to `X-Forwarded-For`.
-    pub peer: IpAddr,
-    /// The client that limits count and `X-Real-IP` names.
-    pub ip: IpAddr,
-    /// The peer is a trusted proxy, so the `X-Forwarded-For` it sent is kept.
-    pub peer_trusted: bool,
 }
 
 /// Resolves the client of a request from `peer`: from a trusted peer, the

@@ -17,7 +17,7 @@ use jsonwebtoken::{decode, decode_header, errors::ErrorKind, Validation};
 use serde_json::{Map, Value};
 
 use super::jwks::{KeyError, Keys};
-use crate::http::upgrade::Reject;
+use crate::proto::reject::Reject;
 
 /// Where a token may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,8 @@
 //!
 //! The client address comes from [`client_ip`]. What is admitted holds
 //! [`limits::Slots`], RAII counts released however the session ends. During
-//! the session, [`rate::Gate`] meters each leg and watches the token's expiry.
+//! the session, [`crate::relay::gate::Gate`] meters each leg and watches
+//! the token's expiry; [`Admitted::gates`] builds them.
 
 pub mod client_ip;
 pub mod jwks;
@@ -20,20 +21,19 @@ pub mod jwt;
 pub mod limits;
 pub mod origin;
 pub mod pending;
-pub mod rate;
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{atomic::Ordering, Arc, Mutex},
     time::Duration,
 };
 
 use http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 
-use crate::{http::upgrade::Reject, route::Route};
+use crate::{
+    proto::reject::Reject,
+    relay::gate::{self, Events, Gate},
+};
 use client_ip::{ClientIp, TrustedProxies};
 use jwt::Identity;
 use limits::{Counters, HandshakeLimiter, Key, Over, Slots};
@@ -43,6 +43,10 @@ use limits::{Counters, HandshakeLimiter, Key, Over, Slots};
 pub struct ServerRules {
     /// Sessions open at once on the whole gateway.
     pub max_connections: Option<u32>,
+    /// Connections not yet upgraded, on the whole gateway and per client IP
+    /// (see [`pending`]).
+    pub max_pending_connections: u32,
+    pub max_pending_per_ip: u32,
     pub trusted_proxies: TrustedProxies,
     /// IPv6 clients are one client per network of this length.
     pub client_ipv6_prefix: u8,
@@ -56,18 +60,7 @@ pub struct Rules {
     pub auth: Option<jwt::Auth>,
     pub origin: Option<origin::Origins>,
     pub limits: limits::Limits,
-    pub rate: rate::Rates,
-}
-
-/// Counters of what admission and the relay gates did, for tests and operators.
-#[derive(Debug, Default)]
-pub struct Events {
-    /// Times a leg was paused for sending faster than its rate.
-    pub throttled: AtomicU64,
-    /// Legs closed with 1008 for going over their rate.
-    pub rate_closed: AtomicU64,
-    /// Sessions closed because the token expired.
-    pub expired: AtomicU64,
+    pub rate: gate::Rates,
 }
 
 /// A snapshot of the live admission state.
@@ -116,30 +109,31 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Sets up the per-route state of `routes`, counting in `shared`. A
-    /// route whose label and handshake rate are unchanged keeps its limiter.
+    /// Sets up the per-route state of `routes` (each route's label and
+    /// rules), counting in `shared`. A route whose label and handshake rate
+    /// are unchanged keeps its limiter.
     pub fn new<'a>(
         server: ServerRules,
-        routes: impl IntoIterator<Item = &'a Route>,
+        routes: impl IntoIterator<Item = (&'a str, &'a Rules)>,
         shared: &Shared,
     ) -> Self {
         let mut limiters = shared.handshakes.lock().unwrap_or_else(|e| e.into_inner());
         let mut kept = HashMap::new();
         let routes = routes
             .into_iter()
-            .map(|r| {
+            .map(|(label, rules)| {
                 let cap = server.max_tracked_clients;
-                let handshakes = r.policy.admission.limits.handshakes.map(|q| {
+                let handshakes = rules.limits.handshakes.map(|q| {
                     let limiter = limiters
-                        .get(&r.label)
+                        .get(label)
                         .filter(|l| l.is_for(q, cap))
                         .cloned()
                         .unwrap_or_else(|| Arc::new(HandshakeLimiter::new(q, cap)));
-                    kept.insert(r.label.clone(), limiter.clone());
+                    kept.insert(label.to_owned(), limiter.clone());
                     limiter
                 });
-                let key = Arc::from(r.label.as_str());
-                (r.label.clone(), RouteState { key, handshakes })
+                let key = Arc::from(label);
+                (label.to_owned(), RouteState { key, handshakes })
             })
             .collect();
         *limiters = kept;
@@ -152,7 +146,6 @@ impl Admission {
         }
     }
 
-    /// Who the client of a request from `peer` is.
     /// The client of a request from `peer`; `vouches` is false when the
     /// peer's PROXY header said it is the client itself, so even a trusted
     /// proxy's `X-Forwarded-For` is then the client's own writing.
@@ -170,17 +163,19 @@ impl Admission {
         self.server.trusted_proxies.contains(peer)
     }
 
-    /// Decides whether a validated upgrade request on `route` may go upstream.
+    /// Decides whether a validated upgrade request on the route `label`,
+    /// whose rules are `rules`, may go upstream.
     pub async fn admit(
         &self,
-        route: &Route,
+        label: &str,
+        rules: &Arc<Rules>,
         client: &ClientIp,
         headers: &HeaderMap,
         uri: &Uri,
         protocols: &[String],
     ) -> Result<Admitted, Reject> {
-        let rules = route.policy.admission.clone();
-        let state = &self.routes[&route.label];
+        let rules = rules.clone();
+        let state = &self.routes[label];
         let who = client_ip::client_key(client.ip, self.server.client_ipv6_prefix);
         if let Some(limiter) = &state.handshakes {
             limiter.check(who).map_err(|wait| {
@@ -301,7 +296,7 @@ impl Admitted {
     }
 
     /// The relay's checks for the client leg and the upstream leg.
-    pub fn gates(&self) -> (Option<rate::Gate>, Option<rate::Gate>) {
+    pub fn gates(&self) -> (Option<Gate>, Option<Gate>) {
         let expiry = self
             .rules
             .auth
@@ -310,8 +305,8 @@ impl Admitted {
             .and_then(|a| Some(self.identity.as_ref()?.expires? + a.leeway));
         let rates = &self.rules.rate;
         (
-            rate::Gate::new(rates.client, expiry, self.events.clone()),
-            rate::Gate::new(rates.upstream, None, self.events.clone()),
+            Gate::new(rates.client, expiry, self.events.clone()),
+            Gate::new(rates.upstream, None, self.events.clone()),
         )
     }
 }

@@ -5,7 +5,7 @@
 
 use http::{header, HeaderMap, StatusCode};
 
-use crate::http::upgrade::Reject;
+use crate::proto::reject::Reject;
 
 /// One allowed origin.
 #[derive(Debug, Clone, PartialEq, Eq)]

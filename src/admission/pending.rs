@@ -25,7 +25,7 @@ use std::{
     },
 };
 
-use crate::{admission::client_ip, config::ServerSettings};
+use super::{client_ip, ServerRules};
 
 /// Live counts of connections not yet upgraded.
 #[derive(Debug, Default)]
@@ -90,23 +90,18 @@ impl Pending {
     /// Counts a connection just accepted from `peer`, or says which cap it
     /// is over (and counts that refusal). Peers in `trusted_proxies` (load
     /// balancers, whose connections carry many clients) count only globally.
-    pub fn admit(
-        self: &Arc<Self>,
-        peer: IpAddr,
-        server: &ServerSettings,
-    ) -> Result<Inflight, Over> {
-        let rules = &server.admission;
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, rules: &ServerRules) -> Result<Inflight, Over> {
         let key = (!rules.trusted_proxies.contains(peer))
             .then(|| client_ip::client_key(peer, rules.client_ipv6_prefix));
         let mut counts = self.lock();
-        if counts.total >= server.max_pending_connections {
+        if counts.total >= rules.max_pending_connections {
             drop(counts);
             self.refused_global.fetch_add(1, Ordering::Relaxed);
             return Err(Over::Global);
         }
         if let Some(key) = key {
             let n = counts.per_ip.get(&key).copied().unwrap_or(0);
-            if n >= server.max_pending_per_ip {
+            if n >= rules.max_pending_per_ip {
                 drop(counts);
                 self.refused_per_ip.fetch_add(1, Ordering::Relaxed);
                 return Err(Over::PerIp);

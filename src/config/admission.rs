@@ -21,9 +21,9 @@ use crate::{
         jwt::{Auth, TokenSource},
         limits::{quota, Limits},
         origin::Origins,
-        rate::{RateSpec, Rates},
         Rules, ServerRules,
     },
+    relay::gate::{RateSpec, Rates},
     tls,
 };
 
@@ -73,8 +73,18 @@ impl Checker<'_> {
                     .error(0..0, "[server] max_connections must be at least 1"),
             );
         }
+        for (value, name) in [
+            (&s.max_pending_connections, "max_pending_connections"),
+            (&s.max_pending_per_ip, "max_pending_per_ip"),
+        ] {
+            if *value.get_ref() == 0 {
+                self.err(value, format!("{name} must be at least 1"));
+            }
+        }
         ServerRules {
             max_connections: s.max_connections,
+            max_pending_connections: (*s.max_pending_connections.get_ref()).max(1),
+            max_pending_per_ip: (*s.max_pending_per_ip.get_ref()).max(1),
             trusted_proxies: TrustedProxies::new(nets),
             client_ipv6_prefix: prefix.min(128),
             max_tracked_clients: s.max_tracked_clients,

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::units::{ByteSize, Leeway, Optional, Timeout};
+use crate::relay::gate::RateAction;
 
 /// `framegate.toml`: listeners, routes and upstreams.
 #[derive(Debug, Deserialize)]
@@ -389,17 +390,6 @@ pub struct RateSection {
     /// closes it with 1008.
     #[serde(default)]
     pub action: RateAction,
-}
-
-/// What happens to a leg that sends faster than its rate.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RateAction {
-    /// Stop reading until the bucket refills.
-    #[default]
-    Throttle,
-    /// Close with 1008 Policy Violation.
-    Close,
 }
 
 /// `[client]` in a policy.

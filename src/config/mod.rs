@@ -16,14 +16,20 @@ use std::{
     ops::Range,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
 };
 
 use toml::Spanned;
 
 use crate::{
-    relay::lifecycle::{Keepalive, Rules},
+    http::ServerSettings,
+    proto::frame::FrameLimits,
+    relay::{
+        lifecycle::{Keepalive, Rules},
+        SessionRules,
+    },
+    route::Policy,
     tls,
+    upstream::{ServerSpec, Timeouts},
 };
 use file::{ConfigFile, PolicyFile, RouteSection, UpstreamSection};
 
@@ -38,24 +44,6 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Upstream groups by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
-}
-
-/// See [`file::ServerSection`].
-#[derive(Debug, Clone)]
-pub struct ServerSettings {
-    pub request_timeout: Duration,
-    pub tls_handshake_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    pub drain_timeout: Duration,
-    pub drain_spread: Option<Duration>,
-    /// Connections in TLS or request-head phase: on the whole gateway, and per client IP.
-    pub max_pending_connections: u32,
-    pub max_pending_per_ip: u32,
-    /// Forward request headers whose names contain `_`.
-    pub underscores_in_headers: bool,
-    /// Trusted proxies, the global connection limit, client grouping.
-    pub admission: crate::admission::ServerRules,
 }
 
 /// One socket to accept on.
@@ -81,30 +69,6 @@ pub struct RouteConfig {
     pub preserve_host: bool,
 }
 
-/// Per-direction limits on what one leg may send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameLimits {
-    pub max_frame: u64,
-    pub max_message: u64,
-}
-
-/// A policy file after checking; see [`file::PolicyFile`].
-#[derive(Debug, Clone)]
-pub struct Policy {
-    pub name: String,
-    /// Limits on frames read from the client.
-    pub client: FrameLimits,
-    /// Limits on frames read from the upstream.
-    pub upstream: FrameLimits,
-    pub connect_timeout: Duration,
-    pub handshake_timeout: Duration,
-    pub close_timeout: Duration,
-    /// Keepalive, idle and lifetime timers of sessions on this route.
-    pub timers: Rules,
-    /// Authentication, origins, limits and rates.
-    pub admission: Arc<crate::admission::Rules>,
-}
-
 /// Where an upstream's connections go.
 #[derive(Debug, Clone)]
 pub enum UpstreamConfig {
@@ -112,17 +76,6 @@ pub enum UpstreamConfig {
     Servers(Vec<ServerSpec>),
     /// The gateway's own echo server.
     BuiltinEcho,
-}
-
-/// One backend server.
-#[derive(Debug, Clone)]
-pub struct ServerSpec {
-    /// As written, for logs: `ws://10.0.0.5:8080`.
-    pub url: String,
-    pub host: String,
-    pub port: u16,
-    /// Present for `wss://` servers.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// One problem found in a config or policy file.
@@ -312,17 +265,7 @@ impl<'a> Checker<'a> {
         if !(8..=1024).contains(&max_headers) {
             self.err(&s.max_headers, "max_headers must be between 8 and 1024");
         }
-        for (value, name) in [
-            (&s.max_pending_connections, "max_pending_connections"),
-            (&s.max_pending_per_ip, "max_pending_per_ip"),
-        ] {
-            if *value.get_ref() == 0 {
-                self.err(value, format!("{name} must be at least 1"));
-            }
-        }
         ServerSettings {
-            max_pending_connections: (*s.max_pending_connections.get_ref()).max(1),
-            max_pending_per_ip: (*s.max_pending_per_ip.get_ref()).max(1),
             underscores_in_headers: s.underscores_in_headers,
             request_timeout: s.request_timeout.0,
             tls_handshake_timeout: s.tls_handshake_timeout.0,
@@ -554,8 +497,7 @@ fn certs_of(tls: &file::OneOrMany<file::CertSection>) -> Vec<&file::CertSection>
 
 /// Turns a parsed policy file (and its checked admission rules) into the values sessions use.
 pub fn policy_from(name: &str, p: &PolicyFile, admission: crate::admission::Rules) -> Policy {
-    Policy {
-        name: name.to_owned(),
+    let session = SessionRules {
         client: FrameLimits {
             max_frame: p.client.max_frame_size.0,
             max_message: p.client.max_message_size.0,
@@ -564,8 +506,6 @@ pub fn policy_from(name: &str, p: &PolicyFile, admission: crate::admission::Rule
             max_frame: p.upstream.max_frame_size.0,
             max_message: p.upstream.max_message_size.0,
         },
-        connect_timeout: p.upstream.connect_timeout.0,
-        handshake_timeout: p.upstream.handshake_timeout.0,
         close_timeout: p.session.close_timeout.0,
         timers: Rules {
             client: p.client.ping_interval.0.map(|interval| Keepalive {
@@ -578,6 +518,14 @@ pub fn policy_from(name: &str, p: &PolicyFile, admission: crate::admission::Rule
             }),
             idle_timeout: p.session.idle_timeout.0,
             max_lifetime: p.session.max_lifetime.0,
+        },
+    };
+    Policy {
+        name: name.to_owned(),
+        session,
+        upstream: Timeouts {
+            connect: p.upstream.connect_timeout.0,
+            handshake: p.upstream.handshake_timeout.0,
         },
         admission: Arc::new(admission),
     }

@@ -8,11 +8,13 @@
 //! general HTTP server: no second task, no upgrade hand-off, and the relay
 //! gets the socket itself.
 
-pub mod forwarded;
-pub mod head;
-pub mod upgrade;
-
-use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use http::{HeaderValue, Request, StatusCode};
 use tokio::{
@@ -22,16 +24,19 @@ use tokio::{
 
 use crate::{
     admission::{Admission, Admitted},
-    config::ServerSettings,
-    proto::host,
-    relay::{close, frame, Session},
+    proto::{
+        close, forwarded, frame,
+        head::{self, HeadError},
+        host,
+        reject::Reject,
+        upgrade,
+    },
+    relay::Session,
     route::{Route, RouteTable},
     shutdown::Sessions,
     stream::{Stream, Transport},
     upstream::UpstreamRequest,
 };
-use head::HeadError;
-use upgrade::Reject;
 
 /// How much a client may send ahead of its 101 while the upstream is being
 /// reached; the relay takes it from there.
@@ -42,14 +47,26 @@ const EARLY_LIMIT: usize = 64 * 1024;
 pub struct Context {
     pub routes: RouteTable,
     pub server: ServerSettings,
-    /// TLS for each listener, by index (`None` for plain `ws`).
-    pub tls: Vec<Option<tokio_rustls::TlsAcceptor>>,
-    /// Whether each listener's connections start with a PROXY protocol header, by index.
-    pub proxy_protocol: Vec<bool>,
     /// Admission control; its counts are shared by every generation of the config.
     pub admission: Arc<Admission>,
     /// Shared by every generation of the config.
     pub sessions: Arc<Sessions>,
+}
+
+/// Settings that apply before a route is known (see
+/// `config::file::ServerSection`, where each is documented).
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub request_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub drain_timeout: Duration,
+    pub drain_spread: Option<Duration>,
+    /// Forward request headers whose names contain `_`.
+    pub underscores_in_headers: bool,
+    /// Trusted proxies, connection limits, client grouping.
+    pub admission: crate::admission::ServerRules,
 }
 
 /// Who a connection is from, as the listener learned it.
@@ -121,7 +138,7 @@ fn session(
     let (client_gate, upstream_gate) = admitted.gates();
     let slots = admitted.slots;
     let client = Stream::new(io, up.client_early);
-    let mut session = Session::new(client, upstream, &route.policy, Some(drain))
+    let mut session = Session::new(client, upstream, &route.policy.session, Some(drain))
         .gated(client_gate, upstream_gate);
     let path = up.path;
     Box::pin(async move {
@@ -320,7 +337,14 @@ async fn upgrade_request(
     let client = ctx.admission.client(peer.ip(), req.headers(), conn.vouches);
     let admitted = ctx
         .admission
-        .admit(&route, &client, req.headers(), req.uri(), &up.protocols)
+        .admit(
+            &route.label,
+            &route.policy.admission,
+            &client,
+            req.headers(),
+            req.uri(),
+            &up.protocols,
+        )
         .await?;
 
     let mut headers = forwarded::upstream_headers(
@@ -343,7 +367,7 @@ async fn upgrade_request(
     };
     let connected = route
         .upstream
-        .connect(upstream_req, &route.policy)
+        .connect(upstream_req, &route.policy.upstream)
         .await
         .map_err(|e| {
             tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream handshake failed");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::frame::Side;
+use crate::proto::frame::Side;
 
 /// Keepalive for one leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,11 +9,8 @@
 //! waiting, so a slow reader stops the gateway reading from the other side
 //! (TCP backpressure) instead of growing a queue.
 
-pub mod close;
-pub mod frame;
+pub mod gate;
 pub mod lifecycle;
-pub mod mask;
-pub mod utf8;
 
 use std::{
     cell::RefCell,
@@ -31,9 +28,25 @@ use tokio::{
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
-use crate::{admission::rate::Gate, config::Policy};
-use frame::{Decoder, Side, Stop};
+use crate::proto::{
+    close,
+    frame::{self, Decoder, FrameLimits, Side, Stop},
+};
+use gate::Gate;
 use lifecycle::{Due, Lifecycle};
+
+/// What a session is held to: frame limits per leg, its timers, and how
+/// long a close handshake may take (from the route's policy).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionRules {
+    /// Limits on frames read from the client.
+    pub client: FrameLimits,
+    /// Limits on frames read from the upstream.
+    pub upstream: FrameLimits,
+    pub close_timeout: Duration,
+    /// Keepalive, idle and lifetime timers.
+    pub timers: lifecycle::Rules,
+}
 
 /// A peer whose outbox (relayed data plus pongs it owes) reaches this size is
 /// not read until it takes some: it cannot make the gateway queue pongs without bound.
@@ -111,10 +124,10 @@ struct Leg<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Leg<S> {
-    fn new(side: Side, io: S, policy: &Policy) -> Self {
+    fn new(side: Side, io: S, rules: &SessionRules) -> Self {
         let limits = match side {
-            Side::Client => policy.client,
-            Side::Upstream => policy.upstream,
+            Side::Client => rules.client,
+            Side::Upstream => rules.upstream,
         };
         Leg {
             side,
@@ -238,8 +251,9 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    pub fn new(client: C, upstream: U, policy: &Policy, drain: Option<DrainSignal>) -> Self {
+    pub fn new(client: C, upstream: U, rules: &SessionRules, drain: Option<DrainSignal>) -> Self {
         let now = Instant::now();
+        let policy = rules;
         let mut rules = policy.timers;
         // Each session ends somewhere in the last 10% of its lifetime.
         rules.max_lifetime = rules

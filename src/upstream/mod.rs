@@ -5,6 +5,7 @@
 use std::{
     io,
     sync::atomic::{AtomicUsize, Ordering},
+    sync::Arc,
     time::Duration,
 };
 
@@ -14,14 +15,33 @@ use tokio::{io::AsyncWriteExt, net::TcpStream, time::timeout};
 use tokio_rustls::{TlsConnector, TlsStream};
 
 use crate::{
-    config::{Policy, ServerSpec},
-    http::{
+    proto::{
         forwarded,
         head::{self, HeadError},
         upgrade,
     },
     stream::{Stream, Transport},
 };
+
+/// One backend server.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// As written, for logs: `ws://10.0.0.5:8080`.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// Present for `wss://` servers.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// How long reaching an upstream may take (from the route's policy).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect, and the TLS handshake for `wss://`.
+    pub connect: Duration,
+    /// From the upgrade request to the upstream's 101.
+    pub handshake: Duration,
+}
 
 /// Bounds on the upstream's answer head (its own headers, `Set-Cookie`s and all).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -145,7 +165,7 @@ impl Upstream {
     pub async fn connect(
         &self,
         req: UpstreamRequest<'_>,
-        policy: &Policy,
+        policy: &Timeouts,
     ) -> Result<Connected, UpstreamError> {
         let n = self.servers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -171,9 +191,9 @@ impl Server {
     async fn connect(
         &self,
         req: &UpstreamRequest<'_>,
-        policy: &Policy,
+        policy: &Timeouts,
     ) -> Result<Connected, UpstreamError> {
-        let limit = policy.connect_timeout;
+        let limit = policy.connect;
         let timed_out = |phase| UpstreamError::Timeout {
             server: self.url.clone(),
             phase,
@@ -210,9 +230,9 @@ impl Server {
         &self,
         io: Transport,
         req: &UpstreamRequest<'_>,
-        policy: &Policy,
+        policy: &Timeouts,
     ) -> Result<Connected, UpstreamError> {
-        let limit = policy.handshake_timeout;
+        let limit = policy.handshake;
         timeout(limit, self.exchange(io, req))
             .await
             .map_err(|_| UpstreamError::Timeout {

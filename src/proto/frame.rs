@@ -20,7 +20,13 @@ use tungstenite::protocol::frame::{
 };
 
 use super::{close, mask, utf8::Utf8};
-use crate::config::FrameLimits;
+
+/// Per-direction limits on what one leg may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    pub max_frame: u64,
+    pub max_message: u64,
+}
 
 /// Bytes kept free in front of the read position so a piece's header fits
 /// before its payload.

@@ -14,7 +14,21 @@
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
-use crate::{admission::client_ip::ClientIp, proto::host::Authority};
+use std::net::IpAddr;
+
+use super::host::Authority;
+
+/// The client of one request, as far as the gateway can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp {
+    /// Who connected to the gateway (the PROXY protocol source on such a
+    /// listener): the hop appended to `X-Forwarded-For`.
+    pub peer: IpAddr,
+    /// The client that limits count and `X-Real-IP` names.
+    pub ip: IpAddr,
+    /// The peer is a trusted proxy, so the `X-Forwarded-For` it sent is kept.
+    pub peer_trusted: bool,
+}
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
 /// the per-hop WebSocket handshake headers the gateway sets itself.

@@ -14,7 +14,10 @@ use std::{
     future::Future,
     num::NonZeroU32,
     pin::Pin,
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
@@ -27,9 +30,31 @@ use governor::{
 };
 use tokio::time::{sleep_until, Instant, Sleep};
 
-use super::Events;
-pub use crate::config::file::RateAction;
-use crate::relay::close::{self, Verdict};
+use serde::Deserialize;
+
+use crate::proto::close::{self, Verdict};
+
+/// What happens to a leg that sends faster than its rate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateAction {
+    /// Stop reading until the bucket refills.
+    #[default]
+    Throttle,
+    /// Close with 1008 Policy Violation.
+    Close,
+}
+
+/// Counters of what the relay gates did, for tests and operators.
+#[derive(Debug, Default)]
+pub struct Events {
+    /// Times a leg was paused for sending faster than its rate.
+    pub throttled: AtomicU64,
+    /// Legs closed with 1008 for going over their rate.
+    pub rate_closed: AtomicU64,
+    /// Sessions closed because the token expired.
+    pub expired: AtomicU64,
+}
 
 /// `[rate.client]` or `[rate.upstream]`, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,74 +5,7 @@
 
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 
-use super::head;
-
-/// A request the gateway will not upgrade, and what it answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reject {
-    pub status: StatusCode,
-    pub message: String,
-    /// Extra answer headers that tell the client what to do next
-    /// (`Retry-After`, `WWW-Authenticate`).
-    pub headers: Vec<(header::HeaderName, HeaderValue)>,
-}
-
-impl Reject {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Reject {
-            status,
-            message: message.into(),
-            headers: Vec::new(),
-        }
-    }
-
-    /// Adds a header to the answer.
-    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
-        self.headers.push((name, value));
-        self
-    }
-
-    /// The answer's headers: what the status calls for, plus any added.
-    pub fn answer_headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(self.headers.len() + 4);
-        headers.extend(self.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        match self.status {
-            StatusCode::UPGRADE_REQUIRED => {
-                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                headers.insert(
-                    header::SEC_WEBSOCKET_VERSION,
-                    HeaderValue::from_static("13"),
-                );
-            }
-            StatusCode::METHOD_NOT_ALLOWED => {
-                headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
-            }
-            _ => {}
-        }
-        headers
-    }
-
-    /// The answer on the wire, the message as a one-line body; unless
-    /// `keep_alive`, it says the connection closes after it.
-    pub fn encode(&self, keep_alive: bool) -> Vec<u8> {
-        let body = format!("{}\n", self.message);
-        let mut headers = self.answer_headers();
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        if !keep_alive {
-            let close = match self.status {
-                StatusCode::UPGRADE_REQUIRED => "upgrade, close",
-                _ => "close",
-            };
-            headers.insert(header::CONNECTION, HeaderValue::from_static(close));
-        }
-        head::encode_response(self.status, &headers, body.as_bytes())
-    }
-}
+use super::reject::Reject;
 
 /// The parts of a valid upgrade request the gateway needs later.
 #[derive(Debug, Clone, PartialEq, Eq)]

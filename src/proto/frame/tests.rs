@@ -6,7 +6,6 @@ use tungstenite::protocol::frame::{
 };
 
 use super::*;
-use crate::config::FrameLimits;
 
 const BIG: FrameLimits = FrameLimits {
     max_frame: 64 << 20,

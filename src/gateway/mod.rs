@@ -1,0 +1,345 @@
+//! The gateway: its workers (one thread and runtime each, one socket per
+//! listener), the config turned into what connections use (a generation,
+//! swapped whole on reload), and the state that outlives reloads
+//! (connection counts, rate limiters, the sessions being tracked).
+
+use std::{collections::HashMap, future::Future, net::SocketAddr, num::NonZeroUsize, sync::Arc};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch, OnceCell},
+};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::{
+    pending::{Pending, PendingStats},
+    Admission, Stats,
+};
+use crate::{
+    config::{Config, UpstreamConfig},
+    echo, http, listener,
+    route::{Route, RouteTable},
+    shutdown::{DrainReport, Sessions},
+    tls,
+    upstream::{ServerSpec, Upstream},
+};
+
+/// A gateway with its sockets bound, ready to serve.
+///
+/// It runs as one or more workers. A worker is one thread with a
+/// current-thread runtime and its own socket for every listener; a session
+/// stays on the worker that accepted it, so its wake-ups never cross
+/// threads. Config, limits, and the drain are shared by all workers.
+pub struct Gateway {
+    /// Per worker, one socket per configured listener, in config order.
+    /// Worker 0 runs on the caller's runtime, the others on threads of their own.
+    workers: Vec<Vec<std::net::TcpListener>>,
+    handle: Handle,
+}
+
+/// Controls a running gateway: reload its config, read its state.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// What new connections use; replaced whole by a reload.
+    current: Arc<ArcSwap<listener::Current>>,
+    kept: Kept,
+}
+
+/// What outlives a reload.
+struct Kept {
+    sessions: Arc<Sessions>,
+    /// Connection counts, admission events and handshake rate limiters,
+    /// kept across reloads: the sessions already open still count against
+    /// the new limits, and an unchanged rate keeps what clients used of it.
+    admission: Arc<crate::admission::Shared>,
+    /// Connections accepted and not yet upgraded, in all, and per client IP;
+    /// kept across reloads like `admission` (the caps are the current config's).
+    pending: Arc<Pending>,
+    /// Listener addresses as configured; a reload cannot change them.
+    addrs: Vec<SocketAddr>,
+    /// The built-in echo backend, started once and kept across reloads.
+    echo: OnceCell<SocketAddr>,
+}
+
+impl Gateway {
+    /// Starts built-in upstreams and binds every listener once per worker.
+    pub async fn bind(config: Config, workers: NonZeroUsize) -> anyhow::Result<Gateway> {
+        tls::install_provider();
+        let kept = Kept {
+            sessions: Arc::default(),
+            admission: Arc::default(),
+            pending: Arc::default(),
+            addrs: config.listeners.iter().map(|l| l.addr).collect(),
+            echo: OnceCell::new(),
+        };
+        let mut sockets: Vec<Vec<_>> = (0..workers.get()).map(|_| Vec::new()).collect();
+        for l in &config.listeners {
+            let bound = listener::bind(l.addr, workers)
+                .with_context(|| format!("cannot listen on {}", l.addr))?;
+            for (worker, socket) in sockets.iter_mut().zip(bound) {
+                worker.push(socket);
+            }
+        }
+        let current = kept.generation(config).await?;
+        let inner = Inner {
+            current: Arc::new(ArcSwap::from_pointee(current)),
+            kept,
+        };
+        Ok(Gateway {
+            workers: sockets,
+            handle: Handle {
+                inner: Arc::new(inner),
+            },
+        })
+    }
+
+    /// The bound addresses, in config order (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.workers[0]
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Serves until `stop` resolves, then drains: listeners close at once,
+    /// every session gets 1001 and `drain_timeout` to finish closing.
+    pub async fn run(self, stop: impl Future<Output = ()>) -> DrainReport {
+        let inner = &self.handle.inner;
+        for (index, socket) in self.workers[0].iter().enumerate() {
+            if let Ok(addr) = socket.local_addr() {
+                let tls = inner
+                    .current
+                    .load()
+                    .listeners
+                    .get(index)
+                    .is_some_and(|l| l.tls.is_some());
+                tracing::info!(
+                    addr = %addr,
+                    scheme = if tls { "wss" } else { "ws" },
+                    workers = self.workers.len(),
+                    "listening"
+                );
+            }
+        }
+        let (stop_accepting, accepting) = watch::channel(());
+        // Each worker thread ends its runtime (dropping whatever sessions the
+        // drain cut) once `finished` is cancelled, then drops its `exited`.
+        let finished = CancellationToken::new();
+        let (exited, mut all_exited) = mpsc::channel::<()>(1);
+        let mut workers = self.workers.into_iter();
+        let own = workers.next().unwrap_or_default();
+        for (n, sockets) in workers.enumerate() {
+            let thread = std::thread::Builder::new()
+                .name(format!("framegate-worker-{}", n + 1))
+                .spawn({
+                    let (current, accepting) = (inner.current.clone(), accepting.clone());
+                    let (finished, exited) = (finished.clone(), exited.clone());
+                    let pending = inner.kept.pending.clone();
+                    move || worker(sockets, current, pending, accepting, finished, exited)
+                });
+            if let Err(e) = thread {
+                tracing::error!(error = %e, "cannot start a worker thread; serving with fewer");
+            }
+        }
+        drop(exited);
+        let own = accept(
+            own,
+            inner.current.clone(),
+            inner.kept.pending.clone(),
+            accepting,
+        );
+        tokio::join!(own, async {
+            stop.await;
+            drop(stop_accepting);
+        });
+        let timeout = inner.current.load().http.server.drain_timeout;
+        let sessions = &inner.kept.sessions;
+        tracing::info!(
+            sessions = sessions.active(),
+            timeout_s = timeout.as_secs_f64(),
+            "draining"
+        );
+        let report = sessions.drain(timeout).await;
+        finished.cancel();
+        let _ = all_exited.recv().await;
+        tracing::info!(
+            sessions = report.sessions,
+            closed_cleanly = report.clean,
+            closed_uncleanly = report.unclean,
+            cut_at_deadline = report.cut,
+            "drained"
+        );
+        report
+    }
+}
+
+/// A worker thread: its own runtime, accepting until `accepting` closes and
+/// kept alive (its sessions draining) until `finished`.
+fn worker(
+    sockets: Vec<std::net::TcpListener>,
+    current: Arc<ArcSwap<listener::Current>>,
+    pending: Arc<Pending>,
+    accepting: watch::Receiver<()>,
+    finished: CancellationToken,
+    _exited: mpsc::Sender<()>,
+) {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(async {
+            accept(sockets, current, pending, accepting).await;
+            finished.cancelled().await;
+        }),
+        Err(e) => tracing::error!(error = %e, "cannot start a worker's runtime"),
+    }
+}
+
+/// One worker's accept loops, one per listener, until `accepting` closes.
+async fn accept(
+    sockets: Vec<std::net::TcpListener>,
+    current: Arc<ArcSwap<listener::Current>>,
+    pending: Arc<Pending>,
+    accepting: watch::Receiver<()>,
+) {
+    let mut loops = Vec::new();
+    for (index, socket) in sockets.into_iter().enumerate() {
+        let socket = match TcpListener::from_std(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot register a listening socket");
+                continue;
+            }
+        };
+        let mut accepting = accepting.clone();
+        let stopped = async move {
+            let _ = accepting.changed().await;
+        };
+        loops.push(tokio::spawn(listener::serve(
+            index,
+            socket,
+            current.clone(),
+            pending.clone(),
+            stopped,
+        )));
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+}
+
+impl Handle {
+    /// Serves new connections with `config` from now on. Running sessions
+    /// keep their route, upstream and policy. Listener addresses cannot
+    /// change without a restart.
+    pub async fn reload(&self, config: Config) -> anyhow::Result<()> {
+        let addrs: Vec<_> = config.listeners.iter().map(|l| l.addr).collect();
+        let kept = &self.inner.kept;
+        anyhow::ensure!(
+            addrs == kept.addrs,
+            "listener addresses changed ({:?} -> {:?}); restart to apply",
+            kept.addrs,
+            addrs
+        );
+        let current = kept.generation(config).await?;
+        self.inner.current.store(Arc::new(current));
+        Ok(())
+    }
+
+    /// Sessions currently open.
+    pub fn active_sessions(&self) -> usize {
+        self.inner.kept.sessions.active()
+    }
+
+    /// Admission's live counts; every one returns to zero when no session is open.
+    pub fn admission_stats(&self) -> Stats {
+        self.inner.current.load().http.admission.stats()
+    }
+
+    /// Connections accepted and not yet upgraded (in their TLS handshake,
+    /// request head, admission or upstream handshake).
+    pub fn pending_connections(&self) -> u64 {
+        self.inner.kept.pending.stats().open
+    }
+
+    /// The pending-connection counts, and how many connections the caps
+    /// closed at accept since start.
+    pub fn pending_stats(&self) -> PendingStats {
+        self.inner.kept.pending.stats()
+    }
+}
+
+impl Kept {
+    /// Builds what new connections use from a checked config.
+    async fn generation(&self, config: Config) -> anyhow::Result<listener::Current> {
+        let mut upstreams = HashMap::new();
+        for (name, spec) in config.upstreams {
+            let servers = match spec {
+                UpstreamConfig::Servers(servers) => servers,
+                UpstreamConfig::BuiltinEcho => {
+                    let addr = *self
+                        .echo
+                        .get_or_try_init(echo::spawn)
+                        .await
+                        .context("starting the built-in echo upstream")?;
+                    vec![ServerSpec {
+                        url: format!("ws://{addr} (builtin echo)"),
+                        host: addr.ip().to_string(),
+                        port: addr.port(),
+                        tls: None,
+                    }]
+                }
+            };
+            upstreams.insert(name.clone(), Arc::new(Upstream::new(name, servers)));
+        }
+        let routes: Vec<Route> = config
+            .routes
+            .iter()
+            .map(|r| {
+                Route::new(
+                    r.host.as_deref(),
+                    &r.path,
+                    r.rewrite.as_deref(),
+                    upstreams[&r.upstream].clone(),
+                    r.policy.clone(),
+                    r.preserve_host,
+                )
+            })
+            .collect();
+        let admission = Admission::new(
+            config.server.admission.clone(),
+            routes
+                .iter()
+                .map(|r| (r.label.as_str(), &*r.policy.admission)),
+            &self.admission,
+        );
+        let http = http::Context {
+            routes: RouteTable::new(routes),
+            server: config.server,
+            sessions: self.sessions.clone(),
+            admission: Arc::new(admission),
+        };
+        Ok(listener::Current {
+            listeners: config
+                .listeners
+                .into_iter()
+                .map(|l| listener::Settings {
+                    tls: l.tls.map(TlsAcceptor::from),
+                    proxy_protocol: l.proxy_protocol,
+                })
+                .collect(),
+            http: Arc::new(http),
+        })
+    }
+}
