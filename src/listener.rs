@@ -3,17 +3,13 @@
 //! (with a deadline), then the HTTP side. One task per connection; a
 //! failure in one never touches another.
 
-use std::{
-    future::Future,
-    io,
-    net::SocketAddr,
-    num::NonZeroUsize,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{future::Future, io, net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    time::Instant,
+};
 use tokio_rustls::{TlsAcceptor, TlsStream};
 
 use crate::{

@@ -14,8 +14,20 @@ use std::{
     time::Duration,
 };
 
-use governor::{clock::Clock, DefaultKeyedRateLimiter, Quota};
+use governor::{
+    clock::Clock, middleware::NoOpMiddleware, state::keyed::DashMapStateStore, Quota, RateLimiter,
+};
 use tokio::time::Instant;
+
+use crate::relay::gate::TokioClock;
+
+/// Keyed GCRA on tokio's clock, so a paused clock drives it in tests.
+type KeyedLimiter = RateLimiter<
+    IpAddr,
+    DashMapStateStore<IpAddr>,
+    TokioClock,
+    NoOpMiddleware<<TokioClock as Clock>::Instant>,
+>;
 
 /// A policy's `[limits]`, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +159,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// and refusing would lock out everyone else. Connection limits still apply.
 #[derive(Debug)]
 pub struct HandshakeLimiter {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    limiter: KeyedLimiter,
     quota: Quota,
     cap: usize,
     last_sweep: Mutex<Instant>,
@@ -156,7 +168,7 @@ pub struct HandshakeLimiter {
 impl HandshakeLimiter {
     pub fn new(quota: Quota, cap: usize) -> Self {
         HandshakeLimiter {
-            limiter: DefaultKeyedRateLimiter::dashmap(quota),
+            limiter: RateLimiter::dashmap_with_clock(quota, TokioClock),
             quota,
             cap: cap.max(1),
             last_sweep: Mutex::new(Instant::now()),
@@ -275,13 +287,13 @@ mod tests {
         assert_eq!(l.tracked(), 3);
     }
 
-    #[test]
-    fn idle_clients_are_forgotten() {
+    #[tokio::test(start_paused = true)]
+    async fn idle_clients_are_forgotten() {
         let q = quota(NonZeroU32::new(1000).unwrap(), None);
         let l = HandshakeLimiter::new(q, 2);
         assert!(l.check(ip("192.0.2.1")).is_ok());
         assert!(l.check(ip("192.0.2.2")).is_ok());
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::advance(Duration::from_millis(20)).await;
         // Both are back at a full burst: the sweep on a full limiter drops them.
         assert!(l.check(ip("192.0.2.3")).is_ok());
         assert_eq!(l.tracked(), 1);

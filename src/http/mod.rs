@@ -8,18 +8,12 @@
 //! general HTTP server: no second task, no upgrade hand-off, and the relay
 //! gets the socket itself.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    pin::Pin,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use http::{HeaderValue, Request, StatusCode};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    time::timeout,
+    time::{timeout, Instant},
 };
 
 use crate::{
