@@ -40,22 +40,30 @@
 //!   state that outlives reloads.
 //!
 //! `echo` is the built-in backend used by the default config.
+//!
+//! Public are only what `main`, the tests, the benches and the fuzz targets
+//! use: [`Gateway`] and [`Handle`], [`config`], [`admission`] (its stats and
+//! the PROXY header reader), [`shutdown::DrainReport`], [`tls`], and the
+//! pure [`proto`] codecs.
 
 #![forbid(unsafe_code)]
+// The map above is for those who work on the crate, and links its private
+// modules: `cargo doc --document-private-items` renders all of it.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admission;
 pub mod config;
 mod echo;
-pub mod gateway;
-pub mod http;
-pub mod listener;
-pub mod log;
+mod gateway;
+mod http;
+mod listener;
+mod log;
 pub mod proto;
-pub mod relay;
-pub mod route;
+mod relay;
+mod route;
 pub mod shutdown;
-pub mod stream;
+mod stream;
 pub mod tls;
-pub mod upstream;
+mod upstream;
 
 pub use gateway::{Gateway, Handle};
