@@ -47,6 +47,7 @@
 //! pure [`proto`] codecs.
 
 #![forbid(unsafe_code)]
+#![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 // The map above is for those who work on the crate, and links its private
 // modules: `cargo doc --document-private-items` renders all of it.
 #![allow(rustdoc::private_intra_doc_links)]

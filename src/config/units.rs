@@ -43,7 +43,7 @@ impl<'de> Deserialize<'de> for ByteSize {
         struct V;
         impl de::Visitor<'_> for V {
             type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a size such as 4096 or \"16MiB\"")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
