@@ -1,100 +1,46 @@
 //! Upstream groups: pick a server, connect (TCP, optional TLS) and complete
 //! the WebSocket handshake *before* the client gets its 101, so a client
 //! never sees a successful upgrade to a backend that is down.
+//!
+//! Its parts, each a module; an attempt at one server is two steps, [`dial`]
+//! then [`ws`], each with its own timeout:
+//!
+//! - [`endpoint`]: what a server is (its label, address and TLS settings),
+//!   resolved once per config.
+//! - [`balance`]: which servers to try, in order ([`RoundRobin`] today).
+//! - [`dial`]: TCP, then TLS with SNI for `wss://`, to a
+//!   [`Transport`](crate::stream::Transport) (`connect_timeout` for each).
+//! - [`ws`]: the client handshake over that transport: the upgrade request,
+//!   the 101 and its checks (`handshake_timeout`).
+//! - [`error`]: why an attempt failed, what the client is told, and whether
+//!   another server may be tried ([`Retry`](error::Retry)).
+//!
+//! This module is the group: it takes the balancer's candidates in order,
+//! dials and handshakes each, and moves on to the next while its failover
+//! rule ([`Upstream::connect`]) allows.
 
-use std::{
-    io,
-    sync::atomic::{AtomicUsize, Ordering},
-    sync::Arc,
-    time::Duration,
-};
+mod balance;
+mod dial;
+mod endpoint;
+mod error;
+mod ws;
 
-use http::{header, HeaderMap, HeaderValue, StatusCode};
-use rustls_pki_types::ServerName;
-use tokio::{io::AsyncWriteExt, net::TcpStream, time::timeout};
-use tokio_rustls::{TlsConnector, TlsStream};
+use std::{io, time::Duration};
 
-use crate::{
-    proto::{
-        forwarded,
-        head::{self, HeadError},
-        upgrade,
-    },
-    stream::{Stream, Transport},
-};
+use http::{HeaderMap, HeaderValue};
 
-/// One backend server.
-#[derive(Debug, Clone)]
-pub struct ServerSpec {
-    /// As written, for logs: `ws://10.0.0.5:8080`.
-    pub url: String,
-    pub host: String,
-    pub port: u16,
-    /// Present for `wss://` servers.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-}
+use self::{balance::RoundRobin, endpoint::Endpoint, error::Phase};
+pub use self::{endpoint::ServerSpec, error::UpstreamError, ws::UpstreamRequest};
+use crate::stream::Stream;
 
 /// How long reaching an upstream may take (from the route's policy).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    /// TCP connect, and the TLS handshake for `wss://`.
+    /// TCP connect, and then the TLS handshake for `wss://` (each has the
+    /// whole of it).
     pub connect: Duration,
     /// From the upgrade request to the upstream's 101.
     pub handshake: Duration,
-}
-
-/// Bounds on the upstream's answer head (its own headers, `Set-Cookie`s and all).
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-const MAX_RESPONSE_HEADERS: usize = 100;
-
-/// Why the upstream handshake failed; decides the client's status code.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("cannot reach {server}: {source}")]
-    Unreachable { server: String, source: io::Error },
-    #[error("{server} did not {phase} within {limit:?}")]
-    Timeout {
-        server: String,
-        phase: &'static str,
-        limit: Duration,
-    },
-    #[error("{server} answered {status} to the upgrade")]
-    Refused { server: String, status: StatusCode },
-    #[error("{server} broke the handshake: {why}")]
-    Invalid { server: String, why: String },
-}
-
-impl UpstreamError {
-    /// 504 for timeouts, 502 for everything else.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::BAD_GATEWAY,
-        }
-    }
-
-    /// The one line the client is told; the details stay in the log.
-    pub fn public_message(&self) -> &'static str {
-        match self {
-            UpstreamError::Unreachable { .. } => "bad gateway: upstream unreachable",
-            UpstreamError::Timeout { .. } => "gateway timeout: upstream did not answer in time",
-            UpstreamError::Refused { .. } => "bad gateway: upstream refused the WebSocket upgrade",
-            UpstreamError::Invalid { .. } => "bad gateway: upstream sent an invalid handshake",
-        }
-    }
-}
-
-/// What to ask the upstream for, built from the client's request.
-pub struct UpstreamRequest<'a> {
-    /// Path and query after the route's rewrite.
-    pub path: String,
-    /// End-to-end and forwarding headers (no Host, no handshake headers).
-    pub headers: HeaderMap,
-    /// The client's `Host`, when the route preserves it; otherwise the
-    /// server's own `host:port` is sent.
-    pub host: Option<HeaderValue>,
-    /// The subprotocols the client offered.
-    pub protocols: &'a [String],
 }
 
 /// A finished upstream handshake.
@@ -112,68 +58,34 @@ pub struct Connected {
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
-    servers: Vec<Server>,
-    next: AtomicUsize,
-}
-
-struct Server {
-    url: String,
-    host: String,
-    port: u16,
-    authority: HeaderValue,
-    tls: Option<(TlsConnector, ServerName<'static>)>,
-}
-
-impl std::fmt::Debug for Server {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.url)
-    }
+    endpoints: Vec<Endpoint>,
+    balance: RoundRobin,
 }
 
 impl Upstream {
     pub fn new(name: String, specs: Vec<ServerSpec>) -> Self {
-        let servers = specs
-            .into_iter()
-            .map(|s| {
-                let authority = match (s.host.contains(':'), s.port) {
-                    (true, port) => format!("[{}]:{port}", s.host),
-                    (false, port) => format!("{}:{port}", s.host),
-                };
-                let tls = s.tls.map(|cfg| {
-                    let name = ServerName::try_from(s.host.clone())
-                        .expect("host was validated as a URI authority");
-                    (TlsConnector::from(cfg), name)
-                });
-                Server {
-                    url: s.url,
-                    host: s.host,
-                    port: s.port,
-                    authority: HeaderValue::from_str(&authority).expect("authority is header-safe"),
-                    tls,
-                }
-            })
-            .collect();
         Upstream {
             name,
-            servers,
-            next: AtomicUsize::new(0),
+            endpoints: specs.into_iter().map(Endpoint::new).collect(),
+            balance: RoundRobin::new(),
         }
     }
 
-    /// Connects to the next server; a server that cannot be reached is
-    /// skipped for the next one (as nginx's `proxy_next_upstream error`).
+    /// Connects to the next server, failing over to the ones after it while
+    /// the failover rule (`fails_over`, below) allows; each server is tried
+    /// at most once, and the last failure is the answer when none succeeds.
+    ///
+    /// There is no deadline across attempts yet: each has its own timeouts,
+    /// so failing over is bounded by the number of servers.
     pub async fn connect(
         &self,
         req: UpstreamRequest<'_>,
         policy: &Timeouts,
     ) -> Result<Connected, UpstreamError> {
-        let n = self.servers.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = None;
-        for i in 0..n {
-            let server = &self.servers[(start + i) % n];
-            match server.connect(&req, policy).await {
-                Err(e @ UpstreamError::Unreachable { .. }) => {
+        for endpoint in self.balance.candidates(&self.endpoints) {
+            match attempt(endpoint, &req, policy).await {
+                Err(e) if fails_over(&e) => {
                     tracing::warn!(upstream = %self.name, error = %e, "server unreachable, trying the next one");
                     last = Some(e);
                 }
@@ -182,154 +94,289 @@ impl Upstream {
         }
         Err(last.unwrap_or_else(|| UpstreamError::Unreachable {
             server: self.name.clone(),
+            phase: Phase::Connect,
             source: io::Error::other("no servers"),
         }))
     }
 }
 
-impl Server {
-    async fn connect(
-        &self,
-        req: &UpstreamRequest<'_>,
-        policy: &Timeouts,
-    ) -> Result<Connected, UpstreamError> {
-        let limit = policy.connect;
-        let timed_out = |phase| UpstreamError::Timeout {
-            server: self.url.clone(),
-            phase,
-            limit,
-        };
-        let unreachable = |source| UpstreamError::Unreachable {
-            server: self.url.clone(),
-            source,
-        };
-        let tcp = timeout(limit, TcpStream::connect((self.host.as_str(), self.port)))
-            .await
-            .map_err(|_| timed_out("accept the connection"))?
-            .map_err(unreachable)?;
-        let _ = tcp.set_nodelay(true);
-        match &self.tls {
-            None => self.handshake(Transport::Left(tcp), req, policy).await,
-            // Boxed: TLS state is kilobytes, and every plain upgrade's
-            // future would otherwise carry (and move) room for it.
-            Some((connector, name)) => {
-                Box::pin(async {
-                    let tls = timeout(limit, connector.connect(name.clone(), tcp))
-                        .await
-                        .map_err(|_| timed_out("complete TLS"))?
-                        .map_err(unreachable)?;
-                    let tls = Transport::Right(Box::new(TlsStream::Client(tls)));
-                    self.handshake(tls, req, policy).await
-                })
-                .await
-            }
-        }
-    }
+/// Whether the upgrade request counts as idempotent when deciding if it may
+/// be repeated on another server ([`Retry::allows`](error::Retry::allows)).
+/// It is a `GET`, which HTTP calls idempotent, and nginx's
+/// `proxy_next_upstream` treats it so; a backend that acts on the upgrade
+/// itself (registers a session, say) may see it twice. Today's behaviour;
+/// the next policy revisits it.
+const UPGRADE_IS_IDEMPOTENT: bool = true;
 
-    async fn handshake(
-        &self,
-        io: Transport,
-        req: &UpstreamRequest<'_>,
-        policy: &Timeouts,
-    ) -> Result<Connected, UpstreamError> {
-        let limit = policy.handshake;
-        timeout(limit, self.exchange(io, req))
-            .await
-            .map_err(|_| UpstreamError::Timeout {
-                server: self.url.clone(),
-                phase: "answer the upgrade",
-                limit,
-            })?
-    }
+/// Whether a failed attempt moves on to the next server: when a retry is
+/// safe ([`UpstreamError::retry`], with the upgrade taken as idempotent)
+/// *and* the server could not be reached or broke the connection before a
+/// complete answer (an I/O error or a close, in any [`Phase`]), as nginx's
+/// `proxy_next_upstream error` does for a `GET`.
+///
+/// Not after a timeout, though one in TCP or TLS is safe to retry: each
+/// attempt would cost the client its whole timeout again, and there is no
+/// deadline across attempts yet. Not after an answer, a refusal or an
+/// invalid 101: the server is up and said what it meant.
+fn fails_over(e: &UpstreamError) -> bool {
+    e.retry().allows(UPGRADE_IS_IDEMPOTENT) && matches!(e, UpstreamError::Unreachable { .. })
+}
 
-    async fn exchange(
-        &self,
-        mut io: Transport,
-        req: &UpstreamRequest<'_>,
-    ) -> Result<Connected, UpstreamError> {
-        let invalid = |why: &str| UpstreamError::Invalid {
-            server: self.url.clone(),
-            why: why.to_owned(),
-        };
-        let key = tungstenite::handshake::client::generate_key();
-        // The handshake's own headers; `req.headers` has none of them (they
-        // are per hop), so both are written as they are, without a merged copy.
-        let mut h = HeaderMap::with_capacity(6);
-        h.insert(
-            header::HOST,
-            req.host.clone().unwrap_or_else(|| self.authority.clone()),
-        );
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        h.insert(
-            header::SEC_WEBSOCKET_KEY,
-            HeaderValue::from_str(&key).expect("base64 key is header-safe"),
-        );
-        if !req.protocols.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&req.protocols.join(", ")) {
-                h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
-            }
-        }
+/// One server: dial, then handshake.
+async fn attempt(
+    endpoint: &Endpoint,
+    req: &UpstreamRequest<'_>,
+    policy: &Timeouts,
+) -> Result<Connected, UpstreamError> {
+    let io = dial::dial(endpoint, policy.connect).await?;
+    let done = ws::handshake(io, endpoint, req, policy.handshake).await?;
+    Ok(Connected {
+        io: Stream::new(done.io, done.early),
+        protocol: done.protocol,
+        headers: done.headers,
+        server: endpoint.label().to_owned(),
+    })
+}
 
-        let broken = |source| UpstreamError::Unreachable {
-            server: self.url.clone(),
-            source,
-        };
-        io.write_all(&head::encode_get(&req.path, req.headers.iter().chain(&h)))
-            .await
-            .map_err(broken)?;
-        let answer = head::read_response(&mut io, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
-            .await
-            .map_err(|e| match e {
-                HeadError::Io(e) => broken(e),
-                HeadError::Closed => broken(io::ErrorKind::UnexpectedEof.into()),
-                e => UpstreamError::Invalid {
-                    server: self.url.clone(),
-                    why: e.to_string(),
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::SocketAddr,
+        sync::{
+            atomic::{AtomicUsize, Ordering},
+            Arc,
+        },
+    };
+
+    use http::StatusCode;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    #[test]
+    fn only_a_failure_to_reach_fails_over() {
+        let s = "ws://10.0.0.5:8080";
+        let limit = Duration::from_secs(1);
+        let eof = || io::Error::from(io::ErrorKind::UnexpectedEof);
+        let cases = [
+            (UpstreamError::unreachable(s, Phase::Connect, eof()), true),
+            (UpstreamError::unreachable(s, Phase::Tls, eof()), true),
+            (UpstreamError::unreachable(s, Phase::Upgrade, eof()), true),
+            (UpstreamError::timeout(s, Phase::Connect, limit), false),
+            (UpstreamError::timeout(s, Phase::Tls, limit), false),
+            (UpstreamError::timeout(s, Phase::Upgrade, limit), false),
+            (
+                UpstreamError::Refused {
+                    server: s.into(),
+                    status: StatusCode::SERVICE_UNAVAILABLE,
                 },
-            })?;
-        let (status, rh) = answer.head;
-        if status != StatusCode::SWITCHING_PROTOCOLS {
-            return Err(UpstreamError::Refused {
-                server: self.url.clone(),
-                status,
-            });
-        }
-        if !upgrade::has_token(&rh, header::UPGRADE, "websocket")
-            || !upgrade::has_token(&rh, header::CONNECTION, "upgrade")
-        {
-            return Err(invalid(
-                "101 without Upgrade: websocket and Connection: upgrade",
-            ));
-        }
-        let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
-        if rh
-            .get(header::SEC_WEBSOCKET_ACCEPT)
-            .map(HeaderValue::as_bytes)
-            != Some(expected.as_bytes())
-        {
-            return Err(invalid("wrong or missing Sec-WebSocket-Accept"));
-        }
-        if rh.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
-            return Err(invalid("negotiated an extension that was not offered"));
-        }
-        let protocol = rh.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
-        if let Some(p) = &protocol {
-            let chosen = p.to_str().unwrap_or_default();
-            if !req.protocols.iter().any(|offered| offered == chosen) {
-                return Err(invalid("chose a subprotocol the client did not offer"));
+                false,
+            ),
+            (
+                UpstreamError::invalid(s, "wrong or missing Sec-WebSocket-Accept"),
+                false,
+            ),
+        ];
+        for (e, fails_over_today) in cases {
+            assert_eq!(fails_over(&e), fails_over_today, "{e}");
+            // Never beyond what is safe for an idempotent request (a GET).
+            if fails_over(&e) {
+                assert!(e.retry().allows(true), "{e}");
             }
         }
-        let headers = forwarded::end_to_end(&rh);
-        Ok(Connected {
-            io: Stream::new(io, answer.early),
-            protocol,
-            headers,
-            server: self.url.clone(),
-        })
+    }
+
+    /// How a test server treats each connection.
+    #[derive(Clone, Copy)]
+    enum Behaviour {
+        /// Completes the upgrade.
+        Accept,
+        /// Reads the request and closes without answering.
+        HangUp,
+        /// Reads the request and never answers.
+        Silent,
+        /// Answers 503.
+        Refuse,
+    }
+
+    /// A loopback server; counts the connections it accepted.
+    async fn server(behaviour: Behaviour) -> (ServerSpec, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !got.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let got = String::from_utf8(got).unwrap();
+                    let key = got
+                        .lines()
+                        .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+                        .unwrap();
+                    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+                    let answer = match behaviour {
+                        Behaviour::HangUp => return,
+                        Behaviour::Silent => String::new(),
+                        Behaviour::Accept => format!(
+                            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                        ),
+                        Behaviour::Refuse => {
+                            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".into()
+                        }
+                    };
+                    let _ = s.write_all(answer.as_bytes()).await;
+                    let _ = s.read(&mut buf).await;
+                });
+            }
+        });
+        (spec(addr), accepted)
+    }
+
+    fn spec(addr: SocketAddr) -> ServerSpec {
+        ServerSpec {
+            url: format!("ws://{addr}"),
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            tls: None,
+        }
+    }
+
+    async fn closed_port() -> ServerSpec {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        spec(l.local_addr().unwrap())
+    }
+
+    fn request() -> UpstreamRequest<'static> {
+        UpstreamRequest {
+            path: "/".into(),
+            headers: HeaderMap::new(),
+            host: None,
+            protocols: &[],
+        }
+    }
+
+    const POLICY: Timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        handshake: Duration::from_secs(5),
+    };
+
+    async fn connect(up: &Upstream, policy: &Timeouts) -> Result<Connected, UpstreamError> {
+        up.connect(request(), policy).await
+    }
+
+    #[tokio::test]
+    async fn servers_are_taken_in_turn() {
+        let (a, a_n) = server(Behaviour::Accept).await;
+        let (b, b_n) = server(Behaviour::Accept).await;
+        let (a_url, b_url) = (a.url.clone(), b.url.clone());
+        let up = Upstream::new("pool".into(), vec![a, b]);
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            order.push(connect(&up, &POLICY).await.unwrap().server);
+        }
+        assert_eq!(order, [&a_url, &b_url, &a_url, &b_url].map(String::as_str));
+        assert_eq!(
+            (a_n.load(Ordering::SeqCst), b_n.load(Ordering::SeqCst)),
+            (2, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_fails_over_to_the_next() {
+        let dead = closed_port().await;
+        let (live, live_n) = server(Behaviour::Accept).await;
+        let live_url = live.url.clone();
+        let up = Upstream::new("pool".into(), vec![dead, live]);
+        // The first starts at the dead server, the second at the live one.
+        for _ in 0..2 {
+            assert_eq!(connect(&up, &POLICY).await.unwrap().server, live_url);
+        }
+        assert_eq!(live_n.load(Ordering::SeqCst), 2);
+    }
+
+    /// Today's rule: a server that takes the request and hangs up counts as
+    /// unreachable, so the request goes to the next server.
+    #[tokio::test]
+    async fn a_hang_up_during_the_upgrade_fails_over_to_the_next() {
+        let (flaky, flaky_n) = server(Behaviour::HangUp).await;
+        let (live, _) = server(Behaviour::Accept).await;
+        let live_url = live.url.clone();
+        let up = Upstream::new("pool".into(), vec![flaky, live]);
+        assert_eq!(connect(&up, &POLICY).await.unwrap().server, live_url);
+        assert_eq!(flaky_n.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_timeout_does_not_fail_over() {
+        let (silent, _) = server(Behaviour::Silent).await;
+        let (live, live_n) = server(Behaviour::Accept).await;
+        let up = Upstream::new("pool".into(), vec![silent, live]);
+        let policy = Timeouts {
+            handshake: Duration::from_millis(200),
+            ..POLICY
+        };
+        let err = connect(&up, &policy).await.err().unwrap();
+        assert!(
+            matches!(
+                err,
+                UpstreamError::Timeout {
+                    phase: Phase::Upgrade,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(live_n.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_does_not_fail_over() {
+        let (refusing, _) = server(Behaviour::Refuse).await;
+        let (live, live_n) = server(Behaviour::Accept).await;
+        let up = Upstream::new("pool".into(), vec![refusing, live]);
+        let err = connect(&up, &POLICY).await.err().unwrap();
+        assert!(
+            matches!(err, UpstreamError::Refused { status, .. } if status == StatusCode::SERVICE_UNAVAILABLE),
+            "{err:?}"
+        );
+        assert_eq!(live_n.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn when_every_server_fails_the_last_failure_is_the_answer() {
+        let first = closed_port().await;
+        let (second, _) = server(Behaviour::HangUp).await;
+        let second_url = second.url.clone();
+        let up = Upstream::new("pool".into(), vec![first, second]);
+        let err = connect(&up, &POLICY).await.err().unwrap();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot reach {second_url}: ")),
+            "{err}"
+        );
+        assert_eq!(err.phase(), Phase::Upgrade);
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[tokio::test]
+    async fn a_group_without_servers_is_unreachable() {
+        let up = Upstream::new("empty".into(), Vec::new());
+        let err = connect(&up, &POLICY).await.err().unwrap();
+        assert_eq!(err.to_string(), "cannot reach empty: no servers");
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
     }
 }

@@ -1,0 +1,529 @@
+//! The WebSocket client handshake over a dialed transport: write the
+//! upgrade request, read the answer's head, check that it is a 101 for
+//! what was asked, and hand back the stream with the negotiated
+//! subprotocol and the answer's end-to-end headers.
+
+use std::{io, time::Duration};
+
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    time::timeout,
+};
+
+use super::{Endpoint, Phase, UpstreamError};
+use crate::proto::{
+    forwarded,
+    head::{self, HeadError},
+    upgrade,
+};
+
+/// Bounds on the upstream's answer head (its own headers, `Set-Cookie`s and all).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const MAX_RESPONSE_HEADERS: usize = 100;
+
+/// What to ask the upstream for, built from the client's request.
+pub struct UpstreamRequest<'a> {
+    /// Path and query after the route's rewrite.
+    pub path: String,
+    /// End-to-end and forwarding headers (no Host, no handshake headers).
+    pub headers: HeaderMap,
+    /// The client's `Host`, when the route preserves it; otherwise the
+    /// server's own `host:port` is sent.
+    pub host: Option<HeaderValue>,
+    /// The subprotocols the client offered.
+    pub protocols: &'a [String],
+}
+
+/// A completed client handshake.
+pub struct Handshake<S> {
+    /// The transport, positioned after the answer's head.
+    pub io: S,
+    /// What the server sent right behind its 101 (frames), read with the head.
+    pub early: Vec<u8>,
+    /// The subprotocol the server chose (one the client offered).
+    pub protocol: Option<HeaderValue>,
+    /// End-to-end headers of the 101 (e.g. `Set-Cookie`).
+    pub headers: HeaderMap,
+}
+
+/// Runs the upgrade with `endpoint` over `io`, within `limit` from the first
+/// byte written to the end of the answer's head. Every error is in
+/// [`Phase::Upgrade`].
+pub async fn handshake<S>(
+    io: S,
+    endpoint: &Endpoint,
+    req: &UpstreamRequest<'_>,
+    limit: Duration,
+) -> Result<Handshake<S>, UpstreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    timeout(limit, exchange(io, endpoint, req))
+        .await
+        .map_err(|_| UpstreamError::timeout(endpoint.label(), Phase::Upgrade, limit))?
+}
+
+async fn exchange<S>(
+    mut io: S,
+    endpoint: &Endpoint,
+    req: &UpstreamRequest<'_>,
+) -> Result<Handshake<S>, UpstreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let server = endpoint.label();
+    // The connection broke (or closed) after it was reached: reported as
+    // unreachable, like a failed connect.
+    let broken = |source| UpstreamError::unreachable(server, Phase::Upgrade, source);
+    let key = tungstenite::handshake::client::generate_key();
+    io.write_all(&request_head(req, endpoint.authority(), &key))
+        .await
+        .map_err(broken)?;
+    let answer = head::read_response(&mut io, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
+        .await
+        .map_err(|e| match e {
+            HeadError::Io(e) => broken(e),
+            HeadError::Closed => broken(io::ErrorKind::UnexpectedEof.into()),
+            e => UpstreamError::invalid(server, e.to_string()),
+        })?;
+    let (status, rh) = answer.head;
+    let protocol = check_answer(status, &rh, &key, req.protocols).map_err(|e| match e {
+        Bad::Status(status) => UpstreamError::Refused {
+            server: server.to_owned(),
+            status,
+        },
+        Bad::Invalid(why) => UpstreamError::invalid(server, why),
+    })?;
+    Ok(Handshake {
+        io,
+        early: answer.early,
+        protocol,
+        headers: forwarded::end_to_end(&rh),
+    })
+}
+
+/// The upgrade request's head: `req`'s own headers, then the handshake's.
+/// `Host` is the client's when the route preserves it, else `authority`.
+fn request_head(req: &UpstreamRequest<'_>, authority: &HeaderValue, key: &str) -> Vec<u8> {
+    // The handshake's own headers; `req.headers` has none of them (they
+    // are per hop), so both are written as they are, without a merged copy.
+    let mut h = HeaderMap::with_capacity(6);
+    h.insert(
+        header::HOST,
+        req.host.clone().unwrap_or_else(|| authority.clone()),
+    );
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    h.insert(
+        header::SEC_WEBSOCKET_KEY,
+        HeaderValue::from_str(key).expect("base64 key is header-safe"),
+    );
+    if !req.protocols.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&req.protocols.join(", ")) {
+            h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+    head::encode_get(&req.path, req.headers.iter().chain(&h))
+}
+
+/// Why an answer is not an accepted upgrade.
+#[derive(Debug, PartialEq, Eq)]
+enum Bad {
+    /// Not a 101: the server refused.
+    Status(StatusCode),
+    /// A 101 that breaks the handshake.
+    Invalid(&'static str),
+}
+
+/// Checks an answer to an upgrade sent with `key` offering `offered`;
+/// returns the subprotocol the server chose, if any.
+fn check_answer(
+    status: StatusCode,
+    rh: &HeaderMap,
+    key: &str,
+    offered: &[String],
+) -> Result<Option<HeaderValue>, Bad> {
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(Bad::Status(status));
+    }
+    if !upgrade::has_token(rh, header::UPGRADE, "websocket")
+        || !upgrade::has_token(rh, header::CONNECTION, "upgrade")
+    {
+        return Err(Bad::Invalid(
+            "101 without Upgrade: websocket and Connection: upgrade",
+        ));
+    }
+    let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    if rh
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .map(HeaderValue::as_bytes)
+        != Some(expected.as_bytes())
+    {
+        return Err(Bad::Invalid("wrong or missing Sec-WebSocket-Accept"));
+    }
+    if rh.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
+        return Err(Bad::Invalid("negotiated an extension that was not offered"));
+    }
+    let protocol = rh.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    if let Some(p) = &protocol {
+        let chosen = p.to_str().unwrap_or_default();
+        if !offered.iter().any(|o| o == chosen) {
+            return Err(Bad::Invalid("chose a subprotocol the client did not offer"));
+        }
+    }
+    Ok(protocol)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+    use crate::upstream::{error::Retry, ServerSpec};
+
+    // The RFC 6455 example key and its accept value.
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    header::HeaderName::from_static(n),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    fn a_101(extra: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = headers(&[
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-accept", ACCEPT),
+        ]);
+        h.extend(headers(extra));
+        h
+    }
+
+    fn offered(p: &[&str]) -> Vec<String> {
+        p.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_valid_101_is_accepted() {
+        let ok = check_answer(StatusCode::SWITCHING_PROTOCOLS, &a_101(&[]), KEY, &[]);
+        assert_eq!(ok, Ok(None));
+        // Tokens are case-insensitive and may be in lists.
+        let mut h = a_101(&[]);
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, upgrade"),
+        );
+        assert_eq!(
+            check_answer(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn anything_but_101_is_a_refusal() {
+        for status in [
+            StatusCode::OK,
+            StatusCode::FORBIDDEN,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            assert_eq!(
+                check_answer(status, &a_101(&[]), KEY, &[]),
+                Err(Bad::Status(status))
+            );
+        }
+    }
+
+    #[test]
+    fn a_101_that_is_not_a_websocket_upgrade_is_invalid() {
+        let not_ws = Err(Bad::Invalid(
+            "101 without Upgrade: websocket and Connection: upgrade",
+        ));
+        for missing in [header::UPGRADE, header::CONNECTION] {
+            let mut h = a_101(&[]);
+            h.remove(&missing);
+            assert_eq!(
+                check_answer(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
+                not_ws
+            );
+        }
+        let mut h = a_101(&[]);
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert_eq!(
+            check_answer(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
+            not_ws
+        );
+    }
+
+    #[test]
+    fn the_accept_key_must_match_ours() {
+        let wrong = Err(Bad::Invalid("wrong or missing Sec-WebSocket-Accept"));
+        let other_key = "x3JJHMbDL1EzLkh9GBhXDw==";
+        assert_eq!(
+            check_answer(StatusCode::SWITCHING_PROTOCOLS, &a_101(&[]), other_key, &[]),
+            wrong
+        );
+        let mut h = a_101(&[]);
+        h.remove(header::SEC_WEBSOCKET_ACCEPT);
+        assert_eq!(
+            check_answer(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
+            wrong
+        );
+    }
+
+    #[test]
+    fn no_extension_may_be_negotiated() {
+        let h = a_101(&[("sec-websocket-extensions", "permessage-deflate")]);
+        assert_eq!(
+            check_answer(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
+            Err(Bad::Invalid("negotiated an extension that was not offered"))
+        );
+    }
+
+    #[test]
+    fn the_subprotocol_must_be_one_offered() {
+        let h = a_101(&[("sec-websocket-protocol", "b")]);
+        let ok = check_answer(
+            StatusCode::SWITCHING_PROTOCOLS,
+            &h,
+            KEY,
+            &offered(&["a", "b"]),
+        );
+        assert_eq!(ok, Ok(Some(HeaderValue::from_static("b"))));
+        let unoffered = Err(Bad::Invalid("chose a subprotocol the client did not offer"));
+        assert_eq!(
+            check_answer(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &offered(&["a"])),
+            unoffered
+        );
+        assert_eq!(
+            check_answer(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
+            unoffered
+        );
+    }
+
+    fn request<'a>(protocols: &'a [String], host: Option<&'static str>) -> UpstreamRequest<'a> {
+        UpstreamRequest {
+            path: "/chat?room=1".into(),
+            headers: headers(&[("x-forwarded-for", "192.0.2.7"), ("cookie", "a=1")]),
+            host: host.map(HeaderValue::from_static),
+            protocols,
+        }
+    }
+
+    #[test]
+    fn the_request_head_carries_the_handshake_after_the_forwarded_headers() {
+        let protocols = offered(&["a", "b"]);
+        let req = request(&protocols, None);
+        let head = request_head(&req, &HeaderValue::from_static("10.0.0.5:8080"), KEY);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "GET /chat?room=1 HTTP/1.1\r\n\
+             x-forwarded-for: 192.0.2.7\r\n\
+             cookie: a=1\r\n\
+             host: 10.0.0.5:8080\r\n\
+             upgrade: websocket\r\n\
+             connection: Upgrade\r\n\
+             sec-websocket-version: 13\r\n\
+             sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             sec-websocket-protocol: a, b\r\n\
+             \r\n"
+        );
+    }
+
+    #[test]
+    fn a_preserved_host_replaces_the_servers_and_no_offer_no_protocol_header() {
+        let req = request(&[], Some("chat.example.com"));
+        let head = request_head(&req, &HeaderValue::from_static("10.0.0.5:8080"), KEY);
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.contains("\r\nhost: chat.example.com\r\n"), "{head}");
+        assert!(!head.contains("10.0.0.5"), "{head}");
+        assert!(!head.contains("sec-websocket-protocol"), "{head}");
+    }
+
+    // --- Over a real loopback connection ------------------------------------
+
+    /// A server that reads one request head and answers with `answer(key)`
+    /// (`None`: hang up without answering); returns the request it read.
+    async fn server(
+        answer: impl FnOnce(&str) -> Option<Vec<u8>> + Send + 'static,
+    ) -> (Endpoint, TcpStream, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let endpoint = Endpoint::new(ServerSpec {
+            url: format!("ws://{addr}"),
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            tls: None,
+        });
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            while !got.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                if s.read(&mut b).await.unwrap() == 0 {
+                    break;
+                }
+                got.push(b[0]);
+            }
+            let got = String::from_utf8(got).unwrap();
+            let key = got
+                .lines()
+                .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+                .unwrap_or_default()
+                .to_owned();
+            if let Some(a) = answer(&tungstenite::handshake::derive_accept_key(key.as_bytes())) {
+                s.write_all(&a).await.unwrap();
+                // Hold the connection until the client is done with it.
+                let _ = s.read(&mut [0u8; 1]).await;
+            }
+            got
+        });
+        let io = TcpStream::connect(addr).await.unwrap();
+        (endpoint, io, task)
+    }
+
+    const LIMIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_handshake_returns_the_stream_protocol_headers_and_early_bytes() {
+        let (endpoint, io, srv) = server(|accept| {
+            let mut answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\
+                 Sec-WebSocket-Protocol: b\r\nSet-Cookie: s=1\r\n\r\n"
+            )
+            .into_bytes();
+            // A text frame sent right behind the 101.
+            answer.extend_from_slice(b"\x81\x02hi");
+            Some(answer)
+        })
+        .await;
+        let protocols = offered(&["a", "b"]);
+        let req = request(&protocols, None);
+        let done = handshake(io, &endpoint, &req, LIMIT).await.unwrap();
+        assert_eq!(done.protocol, Some(HeaderValue::from_static("b")));
+        assert_eq!(done.headers.get(header::SET_COOKIE).unwrap(), "s=1");
+        for hop in [
+            header::UPGRADE,
+            header::CONNECTION,
+            header::SEC_WEBSOCKET_ACCEPT,
+        ] {
+            assert!(!done.headers.contains_key(&hop), "{hop} is per hop");
+        }
+        assert_eq!(done.early, b"\x81\x02hi");
+        drop(done.io);
+        let sent = srv.await.unwrap();
+        assert!(sent.starts_with("GET /chat?room=1 HTTP/1.1\r\n"), "{sent}");
+        assert!(sent.contains(&format!(
+            "\r\nhost: {}\r\n",
+            endpoint.authority().to_str().unwrap()
+        )));
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_the_status() {
+        let (endpoint, io, _srv) =
+            server(|_| Some(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n".to_vec())).await;
+        let err = handshake(io, &endpoint, &request(&[], None), LIMIT)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, UpstreamError::Refused { status, .. } if status == StatusCode::FORBIDDEN),
+            "{err:?}"
+        );
+        assert_eq!(err.retry(), Retry::IfIdempotent);
+    }
+
+    #[tokio::test]
+    async fn a_bad_101_is_invalid() {
+        let (endpoint, io, _srv) = server(|_| {
+            Some(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+                .to_vec())
+        })
+        .await;
+        let err = handshake(io, &endpoint, &request(&[], None), LIMIT)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} broke the handshake: wrong or missing Sec-WebSocket-Accept",
+                endpoint.label()
+            )
+        );
+        assert_eq!(err.retry(), Retry::IfIdempotent);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_answer_is_invalid() {
+        let (endpoint, io, _srv) = server(|_| Some(b"SSH-2.0-OpenSSH\r\n\r\n".to_vec())).await;
+        let err = handshake(io, &endpoint, &request(&[], None), LIMIT)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, UpstreamError::Invalid { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_hang_up_before_the_answer_is_unreachable_in_the_upgrade() {
+        let (endpoint, io, _srv) = server(|_| None).await;
+        let err = handshake(io, &endpoint, &request(&[], None), LIMIT)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, UpstreamError::Unreachable { phase: Phase::Upgrade, source, .. }
+                if source.kind() == io::ErrorKind::UnexpectedEof),
+            "{err:?}"
+        );
+        assert_eq!(err.public_message(), "bad gateway: upstream unreachable");
+        assert_eq!(err.retry(), Retry::IfIdempotent);
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_is_a_handshake_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let endpoint = Endpoint::new(ServerSpec {
+            url: format!("ws://{addr}"),
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            tls: None,
+        });
+        let io = TcpStream::connect(addr).await.unwrap();
+        let _held = listener.accept().await.unwrap();
+        let limit = Duration::from_millis(200);
+        let err = handshake(io, &endpoint, &request(&[], None), limit)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} did not answer the upgrade within 200ms",
+                endpoint.label()
+            )
+        );
+        assert_eq!(err.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(err.retry(), Retry::IfIdempotent);
+    }
+}
