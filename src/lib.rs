@@ -20,7 +20,9 @@
 //!   keepalive and timers ([`relay::lifecycle`]), per-leg rate and token
 //!   expiry checks ([`relay::gate`]).
 //! - [`upstream`]: pick a server, connect, complete its handshake *before*
-//!   the client gets a 101.
+//!   the client gets a 101: endpoints, the balancer's candidates, dialing
+//!   (TCP/TLS), the client handshake, and errors that say whether another
+//!   server may be tried.
 //! - [`admission`]: decided before the upstream is contacted: client IP,
 //!   Origin, JWT, connection limits, handshake rate, and the caps on
 //!   connections not yet upgraded ([`admission::pending`]).
