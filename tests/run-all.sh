@@ -12,9 +12,9 @@ python3 tests/tools/module_cycles.py
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets
 if ! command -v chromium >/dev/null; then
-  echo "run-all: installing chromium for tests/browser.rs"
+  echo "run-all: installing chromium for tests/it/browser.rs"
   apt-get update -qq && apt-get install -y -qq chromium >/dev/null
 fi
-cargo test --test browser -- --ignored
+cargo test --test it browser -- --ignored
 bash tests/autobahn/run.sh
 bash tests/fuzz.sh

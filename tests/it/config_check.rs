@@ -1,0 +1,409 @@
+//! `framegate check`: every problem reported as `file:line: message`, and
+//! the shipped example and policies load.
+
+use std::{path::Path, process::Command};
+
+use crate::support::*;
+
+/// Writes `files` into a temp dir and runs `framegate check --config <config>`:
+/// (success, stdout, stderr).
+fn check(config: &str, files: &[(&str, &str)]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path(), files);
+    run(dir.path(), &["check", "--config", config])
+}
+
+fn run(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_framegate"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run framegate");
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Checks `bad.toml` (with an empty default policy), asserts it is
+/// refused, and returns what was printed.
+fn refused(bad: &str) -> String {
+    let (ok, _, stderr) = check(
+        "bad.toml",
+        &[("bad.toml", bad), ("policies/default.toml", "")],
+    );
+    assert!(!ok, "accepted:\n{bad}");
+    stderr
+}
+
+/// Asserts a line starting `prefix` (e.g. `bad.toml:7:`) mentions `needle`.
+fn assert_reported(stderr: &str, prefix: &str, needle: &str) {
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(prefix) && l.contains(needle)),
+        "no line `{prefix} ...{needle}...` in:\n{stderr}"
+    );
+}
+
+const GOOD: &str = r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/"
+upstream = "echo"
+
+[upstream.echo]
+builtin = "echo"
+"#;
+
+#[test]
+fn a_good_config_checks_ok() {
+    let (ok, stdout, stderr) = check(
+        "framegate.toml",
+        &[("framegate.toml", GOOD), ("policies/default.toml", "")],
+    );
+    assert!(ok, "stderr: {stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+}
+
+#[test]
+fn an_unknown_key_is_reported_with_its_line() {
+    let bad = r#"[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/"
+upstraem = "echo"
+
+[upstream.echo]
+builtin = "echo"
+"#;
+    let stderr = refused(bad);
+    assert_reported(&stderr, "bad.toml:6:", "upstraem");
+}
+
+#[test]
+fn a_bad_duration_is_reported_with_its_line() {
+    let bad = r#"[server]
+max_headers = 32
+request_timeout = "5 parsecs"
+
+[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+upstream = "echo"
+
+[upstream.echo]
+builtin = "echo"
+"#;
+    let stderr = refused(bad);
+    assert_reported(&stderr, "bad.toml:3:", "5 parsecs");
+}
+
+#[test]
+fn semantic_errors_are_all_reported() {
+    let bad = r#"[[listener]]
+addr = "127.0.0.1:0"
+
+[[listener]]
+addr = "localhost:http"
+
+[[route]]
+path = "/chat/"
+upstream = "chta"
+
+[[route]]
+path = "/slow/"
+upstream = "echo"
+policy = "slow"
+
+[[route]]
+path = "/missing/"
+upstream = "echo"
+policy = "nosuchpolicy"
+
+[[route]]
+path = "/also/"
+upstream = "ghost"
+
+[upstream.echo]
+builtin = "echo"
+
+[upstream.bad]
+servers = ["http://127.0.0.1:1"]
+"#;
+    let slow = "[upstream]\nconnect_timeout = \"1s\"\nhandshake_timeout = \"5 parsecs\"\n";
+    let (ok, _, stderr) = check(
+        "bad.toml",
+        &[
+            ("bad.toml", bad),
+            ("policies/default.toml", ""),
+            ("policies/slow.toml", slow),
+        ],
+    );
+    assert!(!ok);
+    assert_reported(&stderr, "bad.toml:5:", "localhost:http");
+    assert_reported(&stderr, "bad.toml:9:", "chta");
+    assert_reported(&stderr, "bad.toml:19:", "nosuchpolicy");
+    assert_reported(&stderr, "bad.toml:23:", "ghost");
+    assert_reported(&stderr, "bad.toml:29:", "http://127.0.0.1:1");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("policies/slow.toml:3:") && l.contains("5 parsecs")),
+        "bad policy duration not reported with its file and line:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("6 problem(s)"),
+        "every problem is counted:\n{stderr}"
+    );
+}
+
+#[test]
+fn more_semantic_errors_are_reported_at_their_lines() {
+    let bad = r#"[server]
+max_header_bytes = "4KiB"
+max_headers = 100000
+
+[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/"
+upstream = "echo"
+
+[[route]]
+path = "/"
+upstream = "echo"
+
+[[route]]
+path = "no-slash"
+upstream = "echo"
+
+[[route]]
+path = "/both/"
+strip_prefix = true
+rewrite = "/v2/"
+upstream = "echo"
+
+[upstream.echo]
+builtin = "echo"
+
+[upstream.mixed]
+servers = ["ws://127.0.0.1:1"]
+builtin = "echo"
+
+[upstream.odd]
+builtin = "mirror"
+"#;
+    let stderr = refused(bad);
+    assert_reported(&stderr, "bad.toml:2:", "8KiB");
+    assert_reported(&stderr, "bad.toml:3:", "between 8 and 1024");
+    assert_reported(&stderr, "bad.toml:13:", "another route");
+    assert_reported(&stderr, "bad.toml:17:", "must start with /");
+    assert_reported(&stderr, "bad.toml:23:", "strip_prefix or rewrite");
+    assert_reported(&stderr, "bad.toml:31:", "either servers or builtin");
+    assert_reported(&stderr, "bad.toml:34:", "mirror");
+}
+
+#[test]
+fn request_path_settings_are_checked_at_their_lines() {
+    let bad = r#"[server]
+max_pending_connections = 0
+max_pending_per_ip = 0
+
+[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/a/../b/"
+upstream = "echo"
+
+[[route]]
+path = "/c%2fd"
+upstream = "echo"
+
+[[route]]
+host = "evil.test/x"
+upstream = "echo"
+
+[[route]]
+host = "a.test:8080"
+upstream = "echo"
+
+[[route]]
+path = "/e/"
+rewrite = "/v2/../x"
+upstream = "echo"
+
+[upstream.echo]
+builtin = "echo"
+"#;
+    let stderr = refused(bad);
+    assert_reported(
+        &stderr,
+        "bad.toml:2:",
+        "max_pending_connections must be at least 1",
+    );
+    assert_reported(
+        &stderr,
+        "bad.toml:3:",
+        "max_pending_per_ip must be at least 1",
+    );
+    assert_reported(&stderr, "bad.toml:9:", "write `/b/`");
+    assert_reported(&stderr, "bad.toml:13:", "encoded /");
+    assert_reported(&stderr, "bad.toml:17:", "must be a host name");
+    assert_reported(&stderr, "bad.toml:21:", "without a port");
+    assert_reported(&stderr, "bad.toml:26:", "normalised path");
+}
+
+#[test]
+fn an_upstream_without_servers_is_reported_at_its_table() {
+    let bad = r#"[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/"
+upstream = "empty"
+
+[upstream.empty]
+servers = []
+"#;
+    let stderr = refused(bad);
+    assert!(stderr.contains("empty"), "{stderr}");
+    assert!(
+        stderr.lines().any(
+            |l| (l.starts_with("bad.toml:8:") || l.starts_with("bad.toml:9:"))
+                && l.contains("no servers")
+        ),
+        "the problem is on lines 8-9:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_cert_file_is_reported_with_its_line() {
+    let bad = r#"[[listener]]
+addr = "127.0.0.1:0"
+
+[[listener]]
+addr = "127.0.0.1:0"
+tls = { cert = "missing.pem", key = "missing.key" }
+
+[[route]]
+upstream = "nowhere"
+
+[upstream.echo]
+builtin = "echo"
+"#;
+    let stderr = refused(bad);
+    assert_reported(&stderr, "bad.toml:6:", "missing.pem");
+    // Collected together with the other semantic error.
+    assert_reported(&stderr, "bad.toml:9:", "nowhere");
+}
+
+#[test]
+fn running_with_a_bad_config_does_not_start() {
+    let bad = GOOD.replace("upstream = \"echo\"", "upstream = \"nope\"");
+    let dir = tempfile::tempdir().unwrap();
+    write_files(
+        dir.path(),
+        &[("bad.toml", &bad), ("policies/default.toml", "")],
+    );
+    let (ok, _, stderr) = run(dir.path(), &["--config", "bad.toml"]);
+    assert!(!ok);
+    assert_reported(&stderr, "bad.toml:7:", "nope");
+}
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A config with one route, `/`, under `policy`, to a backend never reached.
+fn one_route(policy: &str) -> String {
+    Gateway::builder()
+        .route(route("/", "backend").policy(policy))
+        .upstream("backend", &["ws://127.0.0.1:9"])
+        .toml()
+}
+
+#[test]
+fn the_echo_example_loads_in_place() {
+    let config = framegate::config::Config::load(&repo("examples/echo.toml"))
+        .unwrap_or_else(|e| panic!("examples/echo.toml:\n{e}"));
+    assert_eq!(config.listeners.len(), 1);
+    assert_eq!(config.routes.len(), 1);
+}
+
+#[test]
+fn every_shipped_policy_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(repo("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            names.push(path.file_stem().unwrap().to_str().unwrap().to_owned());
+        }
+    }
+    assert!(names.contains(&"default".to_owned()));
+    for name in names {
+        let config = format!(
+            "policy_dir = {:?}\n{}",
+            repo("policies").to_str().unwrap(),
+            one_route(&name)
+        );
+        write_files(dir.path(), &[("framegate.toml", &config)]);
+        let loaded = framegate::config::Config::load(&dir.path().join("framegate.toml"))
+            .unwrap_or_else(|e| panic!("policies/{name}.toml:\n{e}"));
+        assert_eq!(loaded.routes[0].policy.name, name);
+    }
+}
+
+#[test]
+fn the_default_policy_file_matches_the_built_in_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(repo("policies/default.toml")).unwrap();
+    write_files(
+        dir.path(),
+        &[
+            ("policies/shipped.toml", &shipped),
+            ("policies/empty.toml", ""),
+        ],
+    );
+    let load = |policy: &str| {
+        let text = one_route(policy);
+        write_files(dir.path(), &[("framegate.toml", &text)]);
+        let c = framegate::config::Config::load(&dir.path().join("framegate.toml")).unwrap();
+        // Every field but the name, whatever fields a policy grows.
+        let mut p = (*c.routes[0].policy).clone();
+        p.name = String::new();
+        format!("{p:?}")
+    };
+    assert_eq!(load("shipped"), load("empty"));
+}
+
+#[tokio::test]
+async fn the_echo_example_serves() {
+    let text = std::fs::read_to_string(repo("examples/echo.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace(
+            "\"../policies\"",
+            &format!("{:?}", repo("policies").to_str().unwrap()),
+        );
+    let gw = Gateway::from_toml(&text).start().await;
+    let mut ws = raw_upgrade(gw.addr, "/echo", &[]).await;
+    ws.send(&client_frame(true, OP_TEXT, "built-in echo ✓".as_bytes()))
+        .await;
+    assert_eq!(
+        ws.read_message().await,
+        (OP_TEXT, "built-in echo ✓".as_bytes().to_vec())
+    );
+    ws.send(&client_frame(true, OP_CLOSE, &close_payload(1000, "bye")))
+        .await;
+    assert_eq!(ws.expect_close().await, (1000, "bye".into()));
+}

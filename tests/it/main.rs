@@ -1,0 +1,30 @@
+//! The integration tests, in one binary: the real gateway on port 0 (in
+//! process, or the binary as a child process) with real backends and
+//! clients on loopback. Each module is one area; `support` is what they
+//! share.
+
+mod support;
+
+mod admission_auth;
+mod admission_identity;
+mod admission_jwks;
+mod admission_limits;
+mod admission_logs;
+mod admission_policies;
+mod admission_session;
+mod browser;
+mod close;
+mod config_check;
+mod flow;
+mod forwarding;
+mod handshake;
+mod lifecycle;
+mod limits;
+mod memory;
+mod pending;
+mod protocol;
+mod relay;
+mod request_path;
+mod routing;
+mod signals;
+mod tls;

@@ -1,0 +1,35 @@
+//! What the integration tests share, in one vocabulary:
+//!
+//! - [`Gateway`]: an in-process gateway built from a [`GatewayBuilder`] that
+//!   writes `framegate.toml` (the file format stays under test), with its
+//!   [`framegate::Handle`]; [`Binary`], the real binary as a child process.
+//! - [`Backend`]: one WebSocket backend type that records every request it
+//!   sees and echoes, greets by name, runs a handler, or hands each
+//!   connection to the test; [`fleet`] of several; raw servers that
+//!   misbehave on purpose.
+//! - Clients: tungstenite clients from any loopback address, and a raw
+//!   client for byte-exact requests and frames.
+//! - Waiting: tests await events under [`guard`]; [`eventually`] polls only
+//!   state that changes after the last event a test can see.
+
+mod backend;
+mod binary;
+mod certs;
+mod client;
+mod gateway;
+mod jwt;
+mod process;
+mod servers;
+mod wait;
+mod wire;
+
+pub use backend::*;
+pub use binary::*;
+pub use certs::*;
+pub use client::*;
+pub use gateway::*;
+pub use jwt::*;
+pub use process::*;
+pub use servers::*;
+pub use wait::*;
+pub use wire::*;
