@@ -20,10 +20,8 @@ async fn drain(up: &mut BackendConn) -> Vec<Message> {
 
 #[tokio::test]
 async fn client_close_reaches_the_backend_and_its_reply_the_client() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut ws, mut up) = rig.raw().await;
 
     ws.send(&client_frame(true, OP_CLOSE, &close_payload(1000, "done")))
         .await;
@@ -37,10 +35,8 @@ async fn client_close_reaches_the_backend_and_its_reply_the_client() {
 
 #[tokio::test]
 async fn client_close_with_a_tungstenite_client() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut client = connect(gw.addr, "/").await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut client, mut up) = rig.client().await;
 
     client.close(Some(close_frame(1000, "done"))).await.unwrap();
     assert_eq!(code_reason(up.expect_close().await), (1000, "done".into()));
@@ -52,10 +48,8 @@ async fn client_close_with_a_tungstenite_client() {
 
 #[tokio::test]
 async fn client_close_without_a_code() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut ws, mut up) = rig.raw().await;
 
     ws.send(&client_frame(true, OP_CLOSE, &[])).await;
     assert_eq!(up.expect_close().await, None);
@@ -67,10 +61,8 @@ async fn client_close_without_a_code() {
 
 #[tokio::test]
 async fn backend_close_reaches_the_client_and_its_reply_the_backend() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut client = connect(gw.addr, "/").await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut client, mut up) = rig.client().await;
 
     up.ws.close(Some(close_frame(4001, "bye"))).await.unwrap();
     assert_eq!(
@@ -89,10 +81,8 @@ async fn backend_close_reaches_the_client_and_its_reply_the_backend() {
 
 #[tokio::test]
 async fn data_still_flows_from_the_backend_until_it_answers_the_close() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut ws, up) = rig.raw().await;
 
     ws.send(&client_frame(true, OP_CLOSE, &close_payload(1000, "")))
         .await;
@@ -113,10 +103,8 @@ async fn data_still_flows_from_the_backend_until_it_answers_the_close() {
 
 #[tokio::test]
 async fn backend_vanishing_sends_1011_to_the_client() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut client = connect(gw.addr, "/").await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut client, mut up) = rig.client().await;
 
     // Make sure the session is relaying before the backend dies.
     client.send(Message::text("hi")).await.unwrap();
@@ -128,10 +116,8 @@ async fn backend_vanishing_sends_1011_to_the_client() {
 
 #[tokio::test]
 async fn client_vanishing_sends_1001_to_the_backend() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut client = connect(gw.addr, "/").await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut client, mut up) = rig.client().await;
 
     client.send(Message::text("hi")).await.unwrap();
     assert_eq!(up.next().await, Message::text("hi"));
@@ -176,13 +162,8 @@ async fn client_leaving_during_the_upstream_handshake_releases_the_upstream() {
 
 #[tokio::test]
 async fn backend_that_never_answers_a_close_is_given_up_on() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::builder()
-        .with_policy_to("[session]\nclose_timeout = \"300ms\"\n", &b.url())
-        .start()
-        .await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let up = b.accept().await; // held, never read: tungstenite never replies
+    let mut rig = Rig::with_policy("[session]\nclose_timeout = \"300ms\"\n").await;
+    let (mut ws, up) = rig.raw().await; // up: held, never read: tungstenite never replies
 
     let started = Instant::now();
     ws.send(&client_frame(true, OP_CLOSE, &close_payload(1000, "done")))
@@ -200,13 +181,8 @@ async fn backend_that_never_answers_a_close_is_given_up_on() {
 
 #[tokio::test]
 async fn client_that_never_answers_a_close_is_given_up_on() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::builder()
-        .with_policy_to("[session]\nclose_timeout = \"300ms\"\n", &b.url())
-        .start()
-        .await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::with_policy("[session]\nclose_timeout = \"300ms\"\n").await;
+    let (mut ws, mut up) = rig.raw().await;
 
     up.ws.close(Some(close_frame(4001, "bye"))).await.unwrap();
     assert_eq!(ws.expect_close().await, (4001, "bye".into()));
@@ -231,13 +207,11 @@ async fn backend_closing_right_after_its_101_gives_the_client_1011() {
 
 #[tokio::test]
 async fn every_valid_close_code_is_relayed_unchanged() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
+    let mut rig = Rig::new().await;
     for code in [
         1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999,
     ] {
-        let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-        let up = b.accept().await;
+        let (mut ws, up) = rig.raw().await;
         // Read at the frame level: what the gateway put on the wire.
         let mut backend = RawWs::after_handshake(up.ws.into_inner());
         let reason = format!("code {code}");

@@ -14,10 +14,8 @@ fn chunk(i: usize, len: usize) -> Vec<u8> {
 // Several threads: the gateway, backend and client really run in parallel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_is_not_reading_holds_the_client_back_without_loss() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut client = connect(gw.addr, "/").await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut client, mut up) = rig.client().await;
 
     // 8 MiB towards a backend that reads nothing until all of it is sent:
     // far more than socket buffers hold, so the gateway must stop reading.
@@ -43,10 +41,8 @@ async fn a_backend_that_is_not_reading_holds_the_client_back_without_loss() {
 // Several threads: the gateway, backend and client really run in parallel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_both_ways_at_once_does_not_deadlock() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let client = connect(gw.addr, "/").await;
-    let up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (client, up) = rig.client().await;
 
     const N: usize = 24;
     const LEN: usize = 256 * 1024;
@@ -85,10 +81,8 @@ async fn bulk_both_ways_at_once_does_not_deadlock() {
 
 #[tokio::test]
 async fn a_ping_flood_is_answered_in_full() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (ws, mut up) = rig.raw().await;
     let (rd, mut wr) = ws.stream.into_split();
     let mut raw = RawWs {
         stream: rd,
@@ -128,10 +122,8 @@ async fn a_ping_flood_is_answered_in_full() {
 
 #[tokio::test]
 async fn a_close_queued_behind_data_arrives_after_it() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut client = connect(gw.addr, "/").await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut client, mut up) = rig.client().await;
 
     // The backend sends 4 MiB and closes while the client is not reading.
     let big = chunk(1, 4 << 20);
@@ -165,10 +157,8 @@ async fn a_close_queued_behind_data_arrives_after_it() {
 
 #[tokio::test]
 async fn a_violation_behind_queued_data_closes_after_the_data() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut ws, mut up) = rig.raw().await;
 
     // Four whole messages, then an unmasked frame; the backend reads late.
     let mut bytes = Vec::new();

@@ -14,9 +14,8 @@ fn finish(mut up: BackendConn) {
 /// Sends `bytes` from a raw client; returns the close code the client got.
 /// Also checks the backend got 1001 before any data, and that the client's
 /// connection then ends.
-async fn client_breaks(gw: &Gateway, b: &mut Backend, bytes: &[u8]) -> u16 {
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+async fn client_breaks(rig: &mut Rig, bytes: &[u8]) -> u16 {
+    let (mut ws, mut up) = rig.raw().await;
     ws.send(bytes).await;
     let (code, reason) = ws.expect_close().await;
     assert!(!reason.is_empty(), "the close says what was wrong");
@@ -29,8 +28,7 @@ async fn client_breaks(gw: &Gateway, b: &mut Backend, bytes: &[u8]) -> u16 {
 
 #[tokio::test]
 async fn client_protocol_errors_close_1002() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
+    let mut rig = Rig::new().await;
     let mut fragment_then_new = client_frame(false, OP_TEXT, b"part");
     fragment_then_new.extend(client_frame(true, OP_TEXT, b"new message"));
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -70,14 +68,13 @@ async fn client_protocol_errors_close_1002() {
         ),
     ];
     for (name, bytes) in cases {
-        assert_eq!(client_breaks(&gw, &mut b, &bytes).await, 1002, "{name}");
+        assert_eq!(client_breaks(&mut rig, &bytes).await, 1002, "{name}");
     }
 }
 
 #[tokio::test]
 async fn client_invalid_utf8_closes_1007() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
+    let mut rig = Rig::new().await;
     let mut bad_reason = 1000u16.to_be_bytes().to_vec();
     bad_reason.extend_from_slice(&[0xc3, 0x28]);
     let mut split_then_bad = client_frame(false, OP_TEXT, &[b'a', 0xe2, 0x82]);
@@ -100,16 +97,14 @@ async fn client_invalid_utf8_closes_1007() {
         ("close reason", client_frame(true, OP_CLOSE, &bad_reason)),
     ];
     for (name, bytes) in cases {
-        assert_eq!(client_breaks(&gw, &mut b, &bytes).await, 1007, "{name}");
+        assert_eq!(client_breaks(&mut rig, &bytes).await, 1007, "{name}");
     }
 }
 
 #[tokio::test]
 async fn invalid_utf8_in_an_unfinished_message_fails_fast() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut ws, mut up) = rig.raw().await;
 
     let mut bytes = client_frame(false, OP_TEXT, "fine so far ✓".as_bytes());
     bytes.extend(client_frame(false, OP_CONT, &[b'x', 0xff, b'y']));
@@ -123,10 +118,8 @@ async fn invalid_utf8_in_an_unfinished_message_fails_fast() {
 
 #[tokio::test]
 async fn a_character_made_invalid_by_the_next_fragment_fails_fast() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut ws, mut up) = rig.raw().await;
 
     // 0xF4 may start a character; 0xF4 0x90 is beyond U+10FFFF.
     let mut bytes = client_frame(false, OP_TEXT, &[b'o', b'k', 0xf4]);
@@ -139,10 +132,8 @@ async fn a_character_made_invalid_by_the_next_fragment_fails_fast() {
 
 #[tokio::test]
 async fn invalid_utf8_early_in_a_large_frame_fails_fast() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut ws, mut up) = rig.raw().await;
 
     // A 512 KiB text frame, of which only the first 8 KiB is ever sent.
     let mut payload = vec![b'a'; 512 * 1024];
@@ -166,13 +157,8 @@ max_message_size = "2KiB"
 
 #[tokio::test]
 async fn client_messages_up_to_the_limits_pass() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::builder()
-        .with_policy_to(TIGHT, &b.url())
-        .start()
-        .await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::with_policy(TIGHT).await;
+    let (mut ws, mut up) = rig.raw().await;
 
     ws.send(&client_frame(true, OP_BINARY, &[1; 1024])).await;
     assert_eq!(up.next().await, Message::binary(vec![1u8; 1024]));
@@ -189,13 +175,8 @@ async fn client_messages_up_to_the_limits_pass() {
 
 #[tokio::test]
 async fn client_frame_over_the_limit_closes_1009_at_its_header() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::builder()
-        .with_policy_to(TIGHT, &b.url())
-        .start()
-        .await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::with_policy(TIGHT).await;
+    let (mut ws, mut up) = rig.raw().await;
 
     let frame = client_frame(true, OP_BINARY, &[0; 1025]);
     // Only the header: the limit is enforced before the payload arrives.
@@ -208,13 +189,8 @@ async fn client_frame_over_the_limit_closes_1009_at_its_header() {
 
 #[tokio::test]
 async fn client_message_over_the_limit_closes_1009_before_it_ends() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::builder()
-        .with_policy_to(TIGHT, &b.url())
-        .start()
-        .await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::with_policy(TIGHT).await;
+    let (mut ws, mut up) = rig.raw().await;
 
     let mut bytes = client_frame(false, OP_TEXT, &[b'a'; 1024]);
     bytes.extend(client_frame(false, OP_CONT, &[b'b'; 1024]));
@@ -228,10 +204,8 @@ async fn client_message_over_the_limit_closes_1009_before_it_ends() {
 
 #[tokio::test]
 async fn client_over_the_default_limit_with_tungstenite() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut client = connect(gw.addr, "/").await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut client, mut up) = rig.client().await;
 
     // The default policy allows 1 MiB from a client.
     let _ = client.send(Message::binary(vec![0u8; (1 << 20) + 1])).await;
@@ -242,9 +216,8 @@ async fn client_over_the_default_limit_with_tungstenite() {
 /// The backend sends `bytes`; returns the code it got back, after checking
 /// the client got 1011 and no complete message before it (the start of a
 /// message may already have been relayed).
-async fn backend_breaks(gw: &Gateway, b: &mut Backend, bytes: &[u8]) -> u16 {
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+async fn backend_breaks(rig: &mut Rig, bytes: &[u8]) -> u16 {
+    let (mut ws, mut up) = rig.raw().await;
     up.send_raw(bytes).await;
     let close = loop {
         let f = ws.expect_frame().await;
@@ -264,11 +237,7 @@ async fn backend_breaks(gw: &Gateway, b: &mut Backend, bytes: &[u8]) -> u16 {
 
 #[tokio::test]
 async fn backend_violations_close_it_with_the_reason_and_the_client_with_1011() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::builder()
-        .with_policy_to(TIGHT, &b.url())
-        .start()
-        .await;
+    let mut rig = Rig::with_policy(TIGHT).await;
     let mut fragmented_over = server_frame(false, OP_BINARY, &[0; 1024]);
     fragmented_over.extend(server_frame(false, OP_CONT, &[0; 1024]));
     fragmented_over.extend(server_frame(true, OP_CONT, &[0; 1]));
@@ -295,19 +264,14 @@ async fn backend_violations_close_it_with_the_reason_and_the_client_with_1011() 
         ("message over the limit", fragmented_over, 1009),
     ];
     for (name, bytes, code) in cases {
-        assert_eq!(backend_breaks(&gw, &mut b, &bytes).await, code, "{name}");
+        assert_eq!(backend_breaks(&mut rig, &bytes).await, code, "{name}");
     }
 }
 
 #[tokio::test]
 async fn backend_message_over_the_limit_with_tungstenite() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::builder()
-        .with_policy_to(TIGHT, &b.url())
-        .start()
-        .await;
-    let mut client = connect(gw.addr, "/").await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::with_policy(TIGHT).await;
+    let (mut client, mut up) = rig.client().await;
 
     up.ws.send(Message::binary(vec![7u8; 4096])).await.unwrap();
     assert_eq!(code_reason(expect_close(&mut client).await).0, 1011);

@@ -12,10 +12,8 @@ fn pattern(len: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn text_and_binary_both_ways() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut client = connect(gw.addr, "/").await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut client, mut up) = rig.client().await;
 
     client.send(Message::text("hello upstream")).await.unwrap();
     assert_eq!(up.next().await, Message::text("hello upstream"));
@@ -39,10 +37,8 @@ async fn text_and_binary_both_ways() {
 
 #[tokio::test]
 async fn large_messages_arrive_intact_both_ways() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut client = connect(gw.addr, "/").await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut client, mut up) = rig.client().await;
 
     // Every length encoding and sizes around the gateway's 32 KiB carry
     // limit and 64 KiB reads, so frames arrive split across reads.
@@ -63,10 +59,8 @@ async fn large_messages_arrive_intact_both_ways() {
 
 #[tokio::test]
 async fn large_text_with_multibyte_characters_split_across_reads() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut client = connect(gw.addr, "/").await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut client, mut up) = rig.client().await;
 
     // 1-, 2-, 3- and 4-byte characters; 7 bytes per round so reads of any
     // size cut characters at every possible offset.
@@ -82,10 +76,8 @@ async fn large_text_with_multibyte_characters_split_across_reads() {
 
 #[tokio::test]
 async fn many_small_messages_in_one_write_stay_in_order() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut ws, mut up) = rig.raw().await;
 
     let mut burst = Vec::new();
     for i in 0..500 {
@@ -99,10 +91,8 @@ async fn many_small_messages_in_one_write_stay_in_order() {
 
 #[tokio::test]
 async fn a_frame_written_byte_by_byte_is_relayed() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut ws, mut up) = rig.raw().await;
 
     let payload = pattern(300);
     let mut bytes = client_frame(true, OP_BINARY, &payload);
@@ -124,10 +114,8 @@ async fn a_frame_written_byte_by_byte_is_relayed() {
 
 #[tokio::test]
 async fn fragmented_client_message_with_a_ping_in_between() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut ws, mut up) = rig.raw().await;
 
     let mut bytes = client_frame(false, OP_TEXT, "hel".as_bytes());
     bytes.extend(client_frame(true, OP_PING, b"between"));
@@ -156,10 +144,8 @@ async fn fragmented_client_message_with_a_ping_in_between() {
 
 #[tokio::test]
 async fn fragmented_upstream_message_reaches_the_client_whole() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut client = connect(gw.addr, "/").await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut client, mut up) = rig.client().await;
 
     let mut bytes = server_frame(false, OP_TEXT, b"one ");
     bytes.extend(server_frame(false, OP_CONT, b"two "));
@@ -170,10 +156,8 @@ async fn fragmented_upstream_message_reaches_the_client_whole() {
 
 #[tokio::test]
 async fn client_pings_are_answered_by_the_gateway_not_forwarded() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut ws, mut up) = rig.raw().await;
 
     ws.send(&client_frame(true, OP_PING, b"are you there"))
         .await;
@@ -195,10 +179,8 @@ async fn client_pings_are_answered_by_the_gateway_not_forwarded() {
 
 #[tokio::test]
 async fn upstream_pings_are_answered_by_the_gateway_not_forwarded() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut ws, mut up) = rig.raw().await;
 
     up.ws
         .send(Message::Ping(Bytes::from_static(b"backend ping")))
@@ -287,10 +269,8 @@ async fn frames_sent_right_behind_the_upstream_101_are_relayed() {
 
 #[tokio::test]
 async fn edge_characters_and_a_character_split_over_four_fragments() {
-    let mut b = Backend::scripted().await;
-    let gw = Gateway::to(&b.url()).await;
-    let mut ws = raw_upgrade(gw.addr, "/", &[]).await;
-    let mut up = b.accept().await;
+    let mut rig = Rig::new().await;
+    let (mut ws, mut up) = rig.raw().await;
 
     let edges = "\u{0}\u{7f}\u{80}\u{7ff}\u{800}\u{fffd}\u{ffff}\u{10000}\u{10ffff}";
     ws.send(&client_frame(true, OP_TEXT, edges.as_bytes()))

@@ -9,7 +9,7 @@ use framegate::{admission::Stats, config::Config, shutdown::DrainReport, Handle}
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::{Binary, Fleet, Leaf};
+use super::{connect, raw_upgrade, Backend, BackendConn, Binary, Client, Fleet, Leaf, RawWs};
 
 /// Writes `contents` to `name` (a relative path) in `dir`, creating parent
 /// directories.
@@ -306,5 +306,44 @@ impl Gateway {
     pub fn stop(&mut self) -> JoinHandle<DrainReport> {
         self.stop.take().expect("stopped once").send(()).unwrap();
         self.done.take().unwrap()
+    }
+}
+
+/// A gateway with one route, `/`, in front of a scripted backend: what most
+/// relay tests start from. Each session is the client's end and the
+/// backend's end of one connection through it.
+pub struct Rig {
+    pub gw: Gateway,
+    pub backend: Backend,
+}
+
+impl Rig {
+    /// With the default policy.
+    pub async fn new() -> Rig {
+        let backend = Backend::scripted().await;
+        let gw = Gateway::to(&backend.url()).await;
+        Rig { gw, backend }
+    }
+
+    /// With a route policy of this text.
+    pub async fn with_policy(policy: &str) -> Rig {
+        let backend = Backend::scripted().await;
+        let gw = Gateway::builder()
+            .with_policy_to(policy, &backend.url())
+            .start()
+            .await;
+        Rig { gw, backend }
+    }
+
+    /// A session from the raw client.
+    pub async fn raw(&mut self) -> (RawWs, BackendConn) {
+        let ws = raw_upgrade(self.gw.addr, "/", &[]).await;
+        (ws, self.backend.accept().await)
+    }
+
+    /// A session from a tungstenite client.
+    pub async fn client(&mut self) -> (Client, BackendConn) {
+        let client = connect(self.gw.addr, "/").await;
+        (client, self.backend.accept().await)
     }
 }
