@@ -86,6 +86,11 @@ fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// The session of an upgrade to `path` carrying `token` as a bearer token.
+async fn accepted_bearer(gw: std::net::SocketAddr, path: &str, token: &str) -> Client {
+    accepted(gw, "127.0.0.1", path, &[("authorization", &bearer(token))]).await
+}
+
 /// The refusal of an upgrade to `path` carrying `token` as a bearer token.
 async fn refused_bearer(gw: std::net::SocketAddr, path: &str, token: &str) -> Refused {
     refused(gw, "127.0.0.1", path, &[("authorization", &bearer(token))]).await
@@ -202,13 +207,7 @@ async fn bad_tokens_are_refused_before_the_upstream_sees_them() {
     );
     // The same claims properly signed pass.
     let ok = sign(Algorithm::RS256, &rsa, None, good_rs.clone());
-    accepted(
-        gw.addr,
-        "127.0.0.1",
-        "/rs",
-        &[("authorization", &bearer(&ok))],
-    )
-    .await;
+    accepted_bearer(gw.addr, "/rs", &ok).await;
 
     let rs_with = |patch: serde_json::Value| {
         let mut claims = good_rs.clone();
@@ -260,13 +259,7 @@ async fn bad_tokens_are_refused_before_the_upstream_sees_them() {
     let ec = EncodingKey::from_ec_pem(keys.ec_private.as_bytes()).unwrap();
     let claims = json!({ "sub": "a", "exp": now() + 600 });
     let t = sign(Algorithm::ES256, &ec, Some("ec-1"), claims.clone());
-    accepted(
-        gw.addr,
-        "127.0.0.1",
-        "/jwks",
-        &[("authorization", &bearer(&t))],
-    )
-    .await;
+    accepted_bearer(gw.addr, "/jwks", &t).await;
     let t = sign(Algorithm::ES256, &ec, Some("ec-2"), claims);
     assert_invalid(
         &refused_bearer(gw.addr, "/jwks", &t).await,
@@ -367,13 +360,7 @@ async fn a_float_exp_closes_the_session_with_4001() {
         .await;
     let exp = now_f64() + 2.5;
     let token = hs256_with(None, json!({ "sub": "s", "exp": exp }));
-    let mut ws = accepted(
-        gw.addr,
-        "127.0.0.1",
-        "/expiring",
-        &[("authorization", &bearer(&token))],
-    )
-    .await;
+    let mut ws = accepted_bearer(gw.addr, "/expiring", &token).await;
     round_trip(&mut ws, "still valid").await;
     let (code, reason) = close_code(&mut ws).await;
     assert_eq!((code, reason.as_str()), (4001, "token expired"));
@@ -411,13 +398,7 @@ async fn float_exp_and_nbf_are_checked_at_the_handshake() {
         None,
         json!({ "sub": "a", "exp": future, "nbf": now_f64() - 10.5 }),
     );
-    let mut ws = accepted(
-        gw.addr,
-        "127.0.0.1",
-        "/hs",
-        &[("authorization", &bearer(&t))],
-    )
-    .await;
+    let mut ws = accepted_bearer(gw.addr, "/hs", &t).await;
     round_trip(&mut ws, "hi").await;
     assert_eq!(up.count(), 1);
 }
@@ -438,12 +419,6 @@ async fn a_crit_header_is_refused() {
     }
     assert_eq!(up.count(), 0);
     let t = hs256_with(None, claims);
-    accepted(
-        gw.addr,
-        "127.0.0.1",
-        "/hs",
-        &[("authorization", &bearer(&t))],
-    )
-    .await;
+    accepted_bearer(gw.addr, "/hs", &t).await;
     assert_eq!(up.count(), 1);
 }

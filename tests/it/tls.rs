@@ -199,8 +199,9 @@ async fn certificate_is_chosen_by_sni() {
 }
 
 /// A gateway whose upstream is `wss://localhost:PORT`, checked against `ca.pem`.
-fn wss_upstream(ca: &TestCa, url: &str) -> GatewayBuilder {
+fn wss_upstream(ca: &TestCa, url: &str, route: Route) -> GatewayBuilder {
     Gateway::builder()
+        .route(route)
         .upstream_with("secure", &[url], "ca = \"ca.pem\"")
         .file("ca.pem", &ca.pem)
 }
@@ -214,8 +215,7 @@ async fn wss_upstream_is_verified_and_relays() {
         .scripted()
         .await;
     assert!(b.url().starts_with("wss://localhost:"));
-    let gw = wss_upstream(&ca, &b.url())
-        .route(Route::any("secure"))
+    let gw = wss_upstream(&ca, &b.url(), Route::any("secure"))
         .start()
         .await;
 
@@ -251,8 +251,7 @@ async fn wss_upstream_with_an_untrusted_certificate_is_502() {
         .tls(leaf.server_config())
         .scripted()
         .await;
-    let gw = wss_upstream(&ca, &b.url())
-        .route(Route::any("secure"))
+    let gw = wss_upstream(&ca, &b.url(), Route::any("secure"))
         .start()
         .await;
     let resp = http(gw.addr, &upgrade_request("/", &[])).await;
@@ -268,8 +267,7 @@ async fn wss_upstream_with_a_certificate_for_another_name_is_502() {
         .tls(leaf.server_config())
         .scripted()
         .await;
-    let gw = wss_upstream(&ca, &b.url())
-        .route(Route::any("secure"))
+    let gw = wss_upstream(&ca, &b.url(), Route::any("secure"))
         .start()
         .await;
     let resp = http(gw.addr, &upgrade_request("/", &[])).await;
@@ -281,8 +279,8 @@ async fn wss_upstream_that_never_does_tls_is_504_after_connect_timeout() {
     let ca = TestCa::new();
     let (addr, mut accepted) = silent_server().await;
     let started = std::time::Instant::now();
-    let gw = wss_upstream(&ca, &format!("wss://localhost:{}", addr.port()))
-        .route(Route::any("secure").policy("quick"))
+    let url = format!("wss://localhost:{}", addr.port());
+    let gw = wss_upstream(&ca, &url, Route::any("secure").policy("quick"))
         .policy("quick", "[upstream]\nconnect_timeout = \"300ms\"\n")
         .start()
         .await;
