@@ -8,7 +8,7 @@ use framegate::{
     config::{Config, UpstreamConfig},
     Gateway, Handle,
 };
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// A WebSocket gateway that relays frames, not bytes.
 #[derive(Parser)]
@@ -81,9 +81,13 @@ fn run(config: Config, path: PathBuf, workers: usize) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async {
+        // Signal handlers before the sockets: a signal sent once `listening`
+        // is logged must find them installed, not the default action.
+        let hup = signal(SignalKind::hangup());
+        let stop = shutdown_signal();
         let gateway = Gateway::bind(config, workers).await?;
-        tokio::spawn(reload_on_sighup(gateway.handle(), path));
-        let report = gateway.run(shutdown_signal()).await;
+        tokio::spawn(reload_on_sighup(hup, gateway.handle(), path));
+        let report = gateway.run(stop).await;
         tracing::info!(cut = report.cut, "stopped");
         Ok(())
     })
@@ -156,8 +160,8 @@ fn raise_fd_limit(config: &Config, workers: NonZeroUsize) {
 
 /// SIGHUP: re-read the config, policies and certificates. An invalid config
 /// is logged, problem by problem, and the running one stays.
-async fn reload_on_sighup(handle: Handle, path: PathBuf) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+async fn reload_on_sighup(hup: std::io::Result<Signal>, handle: Handle, path: PathBuf) {
+    let Ok(mut hup) = hup else {
         tracing::warn!("cannot install the SIGHUP handler; reload disabled");
         return;
     };
@@ -179,12 +183,18 @@ async fn reload_on_sighup(handle: Handle, path: PathBuf) {
 }
 
 /// Resolves on the first SIGINT or SIGTERM (start draining); a second one
-/// exits at once.
-async fn shutdown_signal() {
-    let (Ok(mut term), Ok(mut int)) = (
+/// exits at once. The handlers are installed when this is called, not when
+/// the future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
+    );
+    async move { drain_then_exit(handlers).await }
+}
+
+async fn drain_then_exit(handlers: (std::io::Result<Signal>, std::io::Result<Signal>)) {
+    let (Ok(mut term), Ok(mut int)) = handlers else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };
