@@ -96,10 +96,43 @@ pub struct Summary {
 }
 
 /// The gateway is shutting down: when `signal` resolves the session starts
-/// closing, after a random share of `spread`.
+/// closing, after its share ([`Jitter::drain`]) of `spread`.
 pub struct DrainSignal {
     pub signal: WaitForCancellationFutureOwned,
     pub spread: Option<Duration>,
+}
+
+/// The random parts of a session's timing, drawn once by whoever starts it:
+/// [`Jitter::random`] in the gateway, fixed or seeded values in tests, so
+/// that the session itself is deterministic given its inputs and the clock.
+///
+/// Both are fractions in `[0, 1)`. They spread what would otherwise happen
+/// to every session at once: sessions opened together would all reach their
+/// lifetime together, and a drain would close every session in the same
+/// instant, and their clients would all reconnect at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Jitter {
+    /// How far into the last 10% of `max_lifetime` the session is cut short:
+    /// 0 ends it at `max_lifetime`, 0.5 at 95% of it.
+    pub lifetime: f64,
+    /// The session's share of the drain's `spread`: 0 closes it as soon as
+    /// the drain starts, 0.5 halfway through the spread.
+    pub drain: f64,
+}
+
+impl Jitter {
+    /// Independent uniform draws from the thread's generator.
+    pub fn random() -> Self {
+        Self::from_rng(&mut rand::rng())
+    }
+
+    /// Independent uniform draws from `rng` (seed it for repeatable tests).
+    pub fn from_rng<R: rand::Rng + ?Sized>(rng: &mut R) -> Self {
+        Jitter {
+            lifetime: rng.random(),
+            drain: rng.random(),
+        }
+    }
 }
 
 /// One leg: its socket, what we read from it, what we owe it.
@@ -233,7 +266,8 @@ pub struct Session<C, U> {
     state: State,
     close_timeout: Duration,
     drain: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    drain_spread: Option<Duration>,
+    /// How long after the drain signal this session starts draining.
+    drain_delay: Duration,
     /// The next lifecycle deadline while open; the close deadlines once closing.
     timer: Option<Pin<Box<Sleep>>>,
     /// When the timer fires while open. Activity only moves deadlines later,
@@ -251,17 +285,29 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    pub fn new(client: C, upstream: U, rules: &SessionRules, drain: Option<DrainSignal>) -> Self {
+    /// A session held to `rules`, told of the gateway's drain by `drain`,
+    /// its lifetime and drain moment spread by `jitter` ([`Jitter::random`]
+    /// outside tests).
+    pub fn new(
+        client: C,
+        upstream: U,
+        rules: &SessionRules,
+        drain: Option<DrainSignal>,
+        jitter: Jitter,
+    ) -> Self {
         let now = Instant::now();
         let policy = rules;
         let mut rules = policy.timers;
         // Each session ends somewhere in the last 10% of its lifetime.
         rules.max_lifetime = rules
             .max_lifetime
-            .map(|d| d.mul_f64(1.0 - rand::random::<f64>() * 0.1));
-        let (drain, drain_spread) = match drain {
-            Some(d) => (Some(Box::pin(d.signal)), d.spread),
-            None => (None, None),
+            .map(|d| d.mul_f64(1.0 - jitter.lifetime * 0.1));
+        let (drain, drain_delay) = match drain {
+            Some(d) => (
+                Some(Box::pin(d.signal)),
+                d.spread.map_or(Duration::ZERO, |s| s.mul_f64(jitter.drain)),
+            ),
+            None => (None, Duration::ZERO),
         };
         Session {
             client: Leg::new(Side::Client, client, policy),
@@ -274,7 +320,7 @@ where
             },
             close_timeout: policy.close_timeout,
             drain,
-            drain_spread,
+            drain_delay,
             timer: None,
             armed: None,
             expired: 0,
@@ -370,11 +416,8 @@ where
         let now = self.state.now;
         if let Some(drain) = &mut self.drain {
             if drain.as_mut().poll(cx).is_ready() {
-                let delay = self
-                    .drain_spread
-                    .map_or(Duration::ZERO, |s| s.mul_f64(rand::random::<f64>()));
                 self.drain = None;
-                self.state.life.drain(now, delay);
+                self.state.life.drain(now, self.drain_delay);
             }
         }
         let mut acted = false;
