@@ -22,6 +22,8 @@ mod leg;
 pub mod lifecycle;
 mod phase;
 mod pump;
+#[cfg(test)]
+mod tests;
 
 use std::{
     future::{poll_fn, Future},
