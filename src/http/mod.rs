@@ -25,7 +25,7 @@ use crate::{
         reject::Reject,
         upgrade,
     },
-    relay::Session,
+    relay::{Jitter, Session},
     route::{Route, RouteTable},
     shutdown::Sessions,
     stream::{Stream, Transport},
@@ -132,8 +132,14 @@ fn session(
     let (client_gate, upstream_gate) = admitted.gates();
     let slots = admitted.slots;
     let client = Stream::new(io, up.client_early);
-    let mut session = Session::new(client, upstream, &route.policy.session, Some(drain))
-        .gated(client_gate, upstream_gate);
+    let mut session = Session::new(
+        client,
+        upstream,
+        &route.policy.session,
+        Some(drain),
+        Jitter::random(),
+    )
+    .gated(client_gate, upstream_gate);
     let path = up.path;
     Box::pin(async move {
         // Held for the session's whole life, released on every way out.
