@@ -120,12 +120,12 @@ PY
 # start_server NAME LOG FINDER COMMAND...: runs COMMAND in the background
 # (output to LOG) and sets `port` to the port FINDER says it listens on. A
 # start that lost a race for its port ("address already in use") is retried,
-# at most 5 times; COMMAND is re-run each time, so a command that picks a port
+# at most 20 times; COMMAND is re-run each time, so a command that picks a port
 # must pick a fresh one.
 start_server() {
   local name=$1 log=$2 finder=$3 attempt pid
   shift 3
-  for attempt in 1 2 3 4 5; do
+  for attempt in $(seq 20); do
     "$@" > "$log" 2>&1 &
     pid=$!
     pids+=("$pid")
