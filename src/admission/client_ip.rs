@@ -143,7 +143,11 @@ pub async fn read_proxy_header<S: AsyncRead + Unpin>(
     buf.resize(16 + len, 0);
     io.read_exact(&mut buf[16..]).await?;
     let header = ppp::v2::Header::try_from(&buf[..]).map_err(|_| ProxyHeaderError::Invalid)?;
-    if header.command == ppp::v2::Command::Local {
+    // LOCAL (the balancer's own connection, such as a health check) names
+    // nobody; nor does a header for another transport than the TCP stream
+    // it arrived on (a UDP or unspecified protocol): the balancer is then the
+    // client, as for v1 `UNKNOWN`.
+    if header.command == ppp::v2::Command::Local || header.protocol != ppp::v2::Protocol::Stream {
         return Ok(None);
     }
     Ok(match header.addresses {
@@ -250,6 +254,18 @@ mod tests {
         let src = read_proxy_header(&mut v2).await.unwrap();
         assert_eq!(src, Some("[2001:db8::5]:4000".parse().unwrap()));
         assert_eq!(v2, b"\x16\x03");
+
+        let udp = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Datagram,
+            (
+                "192.0.2.9:4000".parse::<SocketAddr>().unwrap(),
+                "192.0.2.1:443".parse::<SocketAddr>().unwrap(),
+            ),
+        )
+        .build()
+        .unwrap();
+        assert_eq!(read_proxy_header(&mut &udp[..]).await.unwrap(), None);
 
         let mut http: &[u8] = b"GET / HTTP/1.1\r\n";
         assert!(matches!(
