@@ -10,7 +10,7 @@
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
-use http::{HeaderValue, Request, StatusCode};
+use http::{Request, StatusCode};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     time::{timeout, Instant},
@@ -347,11 +347,14 @@ async fn upgrade_request(
         )
         .await?;
 
+    // The validated host, as sent upstream in `X-Forwarded-Host` and (with
+    // `preserve_host`) `Host`.
+    let host = authority.as_ref().map(host::Authority::header_value);
     let mut headers = forwarded::upstream_headers(
         req.headers(),
         &client,
         tls,
-        authority.as_ref(),
+        host.as_ref(),
         ctx.server.underscores_in_headers,
     );
     let mut path = route.upstream_path(req.uri());
@@ -360,9 +363,7 @@ async fn upgrade_request(
     let upstream_req = UpstreamRequest {
         path,
         headers,
-        host: authority.filter(|_| route.preserve_host).map(|a| {
-            HeaderValue::from_str(&a.to_string()).expect("a validated host is a valid header value")
-        }),
+        host: host.filter(|_| route.preserve_host),
         protocols: &protocols,
     };
     let connected = route

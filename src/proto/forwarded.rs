@@ -12,11 +12,9 @@
 //!   client or the original request ([`CLIENT_CLAIMS`]): only the
 //!   gateway's own `X-Forwarded-*` and `X-Real-IP` describe the client then.
 
-use http::{header, HeaderMap, HeaderName, HeaderValue};
-
 use std::net::IpAddr;
 
-use super::host::Authority;
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 /// The client of one request, as far as the gateway can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,36 +88,27 @@ pub fn upstream_headers(
     from: &HeaderMap,
     client: &ClientIp,
     tls: bool,
-    host: Option<&Authority>,
+    host: Option<&HeaderValue>,
     underscores: bool,
 ) -> HeaderMap {
-    let mut headers = end_to_end(from);
-    headers.remove(header::HOST);
-    if !underscores {
-        let spoofable: Vec<HeaderName> = headers
-            .keys()
-            .filter(|n| n.as_str().contains('_'))
-            .cloned()
-            .collect();
-        for name in spoofable {
-            headers.remove(name);
-        }
-    }
-    if !client.peer_trusted {
-        for name in CLIENT_CLAIMS {
-            headers.remove(*name);
-        }
-    }
-    let host = host.map(|h| {
-        HeaderValue::from_str(&h.to_string()).expect("a validated host is a valid header value")
+    // One pass: what a backend could mistake for the gateway's is never copied.
+    let mut headers = copy_end_to_end(from, |name| {
+        name == header::HOST
+            || (!underscores && name.as_str().contains('_'))
+            || (!client.peer_trusted && CLIENT_CLAIMS.contains(&name.as_str()))
     });
-    add_forwarding(&mut headers, client, tls, host.as_ref());
+    add_forwarding(&mut headers, client, tls, host);
     headers
 }
 
 /// Copies the end-to-end headers of `from`, dropping hop-by-hop ones and
 /// any header the `Connection` header names.
 pub fn end_to_end(from: &HeaderMap) -> HeaderMap {
+    copy_end_to_end(from, |_| false)
+}
+
+/// [`end_to_end`], leaving out also every header `dropped` names.
+fn copy_end_to_end(from: &HeaderMap, dropped: impl Fn(&HeaderName) -> bool) -> HeaderMap {
     let named: Vec<HeaderName> = from
         .get_all(header::CONNECTION)
         .iter()
@@ -129,7 +118,11 @@ pub fn end_to_end(from: &HeaderMap) -> HeaderMap {
         .collect();
     let mut out = HeaderMap::with_capacity(from.len());
     for (name, value) in from {
-        if PER_HOP.contains(name) || named.contains(name) || name.as_str() == KEEP_ALIVE {
+        if PER_HOP.contains(name)
+            || named.contains(name)
+            || name.as_str() == KEEP_ALIVE
+            || dropped(name)
+        {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -179,6 +172,7 @@ fn add_forwarding(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::host::Authority;
 
     #[test]
     fn hop_by_hop_headers_stay_behind() {
@@ -227,7 +221,7 @@ mod tests {
             ip: "198.51.100.4".parse().unwrap(),
             peer_trusted: false,
         };
-        let host = Authority::parse(b"ws.example.com").unwrap();
+        let host = Authority::parse(b"ws.example.com").unwrap().header_value();
         let out = upstream_headers(&h, &direct, false, Some(&host), false);
         let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();

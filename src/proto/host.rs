@@ -12,7 +12,7 @@
 
 use std::{fmt, net::Ipv6Addr};
 
-use http::{header, HeaderMap, Version};
+use http::{header, HeaderMap, HeaderValue, Version};
 
 /// A validated `host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +100,11 @@ impl Authority {
 
     pub fn port(&self) -> Option<u16> {
         self.port
+    }
+
+    /// As a header value, for the forwarded `Host` and `X-Forwarded-Host`.
+    pub fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.to_string()).expect("a validated host is a valid header value")
     }
 }
 
