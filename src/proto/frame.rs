@@ -523,4 +523,4 @@ fn check_close(payload: &[u8]) -> Result<Option<u16>, Stop> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -103,22 +103,7 @@ struct Peer {
 
 impl Peer {
     async fn send(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) {
-        let mask = (self.side == Side::Client).then_some([0x37, 0xfa, 0x21, 0x3d]);
-        let header = FrameHeader {
-            is_final: fin,
-            rsv1: false,
-            rsv2: false,
-            rsv3: false,
-            opcode,
-            mask,
-        };
-        let mut bytes = Vec::new();
-        header.format(payload.len() as u64, &mut bytes).unwrap();
-        let start = bytes.len();
-        bytes.extend_from_slice(payload);
-        if let Some(key) = mask {
-            crate::proto::mask::apply(&mut bytes[start..], key);
-        }
+        let bytes = crate::proto::frame::tests::frame(self.side, opcode, fin, payload);
         self.io.write_all(&bytes).await.unwrap();
     }
 

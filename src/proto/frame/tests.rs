@@ -12,8 +12,9 @@ const BIG: FrameLimits = FrameLimits {
     max_message: 64 << 20,
 };
 
-/// A frame as a peer on `from` would send it (masked if from the client).
-fn frame(from: Side, opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+/// A frame as a peer on `from` would send it (masked if from the client);
+/// the relay's session tests write their peers' frames with it too.
+pub(crate) fn frame(from: Side, opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
     let mask = (from == Side::Client).then_some([0xa1, 0xb2, 0xc3, 0xd4]);
     let header = FrameHeader {
         is_final: fin,
