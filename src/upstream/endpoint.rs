@@ -48,6 +48,19 @@ pub(super) struct Tls {
     pub(super) name: ServerName<'static>,
 }
 
+#[cfg(test)]
+impl ServerSpec {
+    /// A plain `ws://` server at `addr`, for tests.
+    pub(crate) fn plain(addr: std::net::SocketAddr) -> ServerSpec {
+        ServerSpec {
+            url: format!("ws://{addr}"),
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            tls: None,
+        }
+    }
+}
+
 impl Endpoint {
     /// Resolves a checked spec. Panics if the host is not a valid server
     /// name or header value, which the config check already rules out.

@@ -140,12 +140,9 @@ async fn attempt(
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        net::SocketAddr,
-        sync::{
-            atomic::{AtomicUsize, Ordering},
-            Arc,
-        },
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
     };
 
     use http::StatusCode;
@@ -243,21 +240,12 @@ mod tests {
                 });
             }
         });
-        (spec(addr), accepted)
-    }
-
-    fn spec(addr: SocketAddr) -> ServerSpec {
-        ServerSpec {
-            url: format!("ws://{addr}"),
-            host: addr.ip().to_string(),
-            port: addr.port(),
-            tls: None,
-        }
+        (ServerSpec::plain(addr), accepted)
     }
 
     async fn closed_port() -> ServerSpec {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        spec(l.local_addr().unwrap())
+        ServerSpec::plain(l.local_addr().unwrap())
     }
 
     fn request() -> UpstreamRequest<'static> {
