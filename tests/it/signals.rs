@@ -206,3 +206,33 @@ async fn a_second_gateway_on_a_served_port_refuses_to_start() {
     ws.send(Message::text("still mine")).await.unwrap();
     assert_eq!(next_msg(&mut ws).await, Message::text("still mine"));
 }
+
+/// The soft open-file limit (systemd's default is 1,024) is raised to the
+/// hard one at start, and one line says how many sessions that allows.
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_one_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::echo().await;
+    config_for(dir.path(), &backend.url());
+    let gw = Binary::start_under(
+        &["prlimit", "--nofile=1024:4096"],
+        &dir.path().join("framegate.toml"),
+        &["--workers", "1"],
+    )
+    .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gw.pid())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{open_files}");
+    let line = gw
+        .startup
+        .iter()
+        .find(|l| l.contains("open-file limit"))
+        .unwrap_or_else(|| panic!("no fd limit line in {:?}", gw.startup));
+    assert!(line.contains("fd_limit=4096"), "{line}");
+    assert!(line.contains("soft_limit_was=1024"), "{line}");
+    assert!(line.contains("sessions="), "{line}");
+}

@@ -19,6 +19,8 @@ pub struct Binary {
     pub addr: SocketAddr,
     /// The `listening` log line.
     pub listening: String,
+    /// The log lines before it.
+    pub startup: Vec<String>,
     /// The directory of its config, when the binary owns it.
     _dir: Option<TempDir>,
 }
@@ -26,7 +28,19 @@ pub struct Binary {
 impl Binary {
     /// Runs `framegate --config CONFIG ARGS...` and waits until it listens.
     pub async fn start(config: &Path, args: &[&str]) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_framegate"))
+        Binary::start_under(&[], config, args).await
+    }
+
+    /// [`start`](Self::start) through `wrapper` (a command that execs the
+    /// rest, such as `prlimit --nofile=1024:4096`), so the PID is the gateway's.
+    pub async fn start_under(wrapper: &[&str], config: &Path, args: &[&str]) -> Binary {
+        let program = env!("CARGO_BIN_EXE_framegate");
+        let (first, rest) = match wrapper.split_first() {
+            Some((first, rest)) => (*first, [rest, &[program]].concat()),
+            None => (program, Vec::new()),
+        };
+        let mut child = Command::new(first)
+            .args(rest)
             .arg("--config")
             .arg(config)
             .args(args)
@@ -48,9 +62,19 @@ impl Binary {
             lines,
             addr: "0.0.0.0:0".parse().unwrap(),
             listening: String::new(),
+            startup: Vec::new(),
             _dir: None,
         };
-        bin.listening = bin.wait_for("listening").await;
+        bin.listening = guard("listening", async {
+            loop {
+                let line = bin.lines.recv().await.expect("gateway output ended");
+                if line.contains("listening") {
+                    return line;
+                }
+                bin.startup.push(line);
+            }
+        })
+        .await;
         bin.addr = bin
             .listening
             .split("addr=")
