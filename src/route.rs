@@ -14,7 +14,7 @@
 //!   policy instead of falling through to a shorter prefix (where nginx
 //!   would answer a redirect, which WebSocket clients do not follow).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use http::Uri;
 
@@ -34,6 +34,21 @@ pub struct Policy {
     pub upstream: Timeouts,
     /// Authentication, origins, limits and rates.
     pub admission: Arc<admission::Rules>,
+    /// Plain HTTP requests.
+    pub http: HttpRules,
+}
+
+/// What plain (non-upgrade) HTTP requests on a route are held to; see
+/// `config::file::HttpPolicy`, where each is documented.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRules {
+    pub max_request_body: u64,
+    pub response_timeout: Duration,
+    pub body_timeout: Duration,
+    /// The policy's token check applies to plain requests.
+    pub auth: bool,
+    /// The policy's Origin check applies to plain requests.
+    pub origin: bool,
 }
 
 /// How a route matches the `Host`.
@@ -107,6 +122,8 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     pub policy: Arc<Policy>,
     pub preserve_host: bool,
+    /// Plain HTTP requests are proxied (else they get 426).
+    pub http: bool,
 }
 
 impl Route {
@@ -126,7 +143,14 @@ impl Route {
             upstream,
             policy,
             preserve_host,
+            http: true,
         }
+    }
+
+    /// Sets whether plain HTTP requests are proxied.
+    pub fn with_http(mut self, on: bool) -> Self {
+        self.http = on;
+        self
     }
 
     /// The path and query to request upstream. `uri` is normalised and
@@ -190,8 +214,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{proto::frame::FrameLimits, relay::SessionRules};
-    use std::time::Duration;
+    use crate::{proto::frame::FrameLimits, relay::SessionRules, upstream::PoolLimits};
 
     fn route(host: Option<&str>, prefix: &str, rewrite: Option<&str>) -> Route {
         let limits = FrameLimits {
@@ -211,8 +234,19 @@ mod tests {
                 handshake: Duration::from_secs(1),
             },
             admission: Arc::default(),
+            http: HttpRules {
+                max_request_body: 1,
+                response_timeout: Duration::from_secs(1),
+                body_timeout: Duration::from_secs(1),
+                auth: true,
+                origin: false,
+            },
         });
-        let upstream = Arc::new(Upstream::new(prefix.to_owned(), Vec::new()));
+        let upstream = Arc::new(Upstream::new(
+            prefix.to_owned(),
+            PoolLimits::default(),
+            Vec::new(),
+        ));
         Route::new(host, prefix, rewrite, upstream, policy, true)
     }
 

@@ -27,9 +27,9 @@ use crate::{
         lifecycle::{Keepalive, Rules},
         SessionRules,
     },
-    route::Policy,
+    route::{HttpRules, Policy},
     tls,
-    upstream::{ServerSpec, Timeouts},
+    upstream::{PoolLimits, ServerSpec, Timeouts},
 };
 use file::{ConfigFile, PolicyFile, RouteSection, UpstreamSection};
 
@@ -67,11 +67,20 @@ pub struct RouteConfig {
     pub upstream: String,
     pub policy: Arc<Policy>,
     pub preserve_host: bool,
+    /// Plain HTTP requests are proxied.
+    pub http: bool,
+}
+
+/// An upstream group: where its connections go, and its idle pool.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub servers: UpstreamServers,
+    pub pool: PoolLimits,
 }
 
 /// Where an upstream's connections go.
 #[derive(Debug, Clone)]
-pub enum UpstreamConfig {
+pub enum UpstreamServers {
     /// Real servers, tried round-robin.
     Servers(Vec<ServerSpec>),
     /// The gateway's own echo server.
@@ -273,6 +282,7 @@ impl<'a> Checker<'a> {
             max_headers: max_headers.clamp(8, 1024),
             drain_timeout: s.drain_timeout.0,
             drain_spread: s.drain_spread.0,
+            keepalive_timeout: s.keepalive_timeout.0,
             admission: self.server_rules(s),
         }
     }
@@ -323,6 +333,22 @@ impl<'a> Checker<'a> {
         section: &Spanned<UpstreamSection>,
     ) -> Option<UpstreamConfig> {
         let u = section.get_ref();
+        let servers = self.upstream_servers(name, section)?;
+        Some(UpstreamConfig {
+            servers,
+            pool: PoolLimits {
+                max_idle: u.max_idle_per_server,
+                idle_timeout: u.idle_timeout.0,
+            },
+        })
+    }
+
+    fn upstream_servers(
+        &mut self,
+        name: &str,
+        section: &Spanned<UpstreamSection>,
+    ) -> Option<UpstreamServers> {
+        let u = section.get_ref();
         if let Some(b) = &u.builtin {
             if !u.servers.is_empty() {
                 self.err(
@@ -340,7 +366,7 @@ impl<'a> Checker<'a> {
                 );
                 return None;
             }
-            return Some(UpstreamConfig::BuiltinEcho);
+            return Some(UpstreamServers::BuiltinEcho);
         }
         if u.servers.is_empty() {
             self.err(
@@ -375,7 +401,7 @@ impl<'a> Checker<'a> {
                 Err(msg) => self.err(s, msg),
             }
         }
-        Some(UpstreamConfig::Servers(servers))
+        Some(UpstreamServers::Servers(servers))
     }
 
     fn route(&mut self, r: &RouteSection, policy_dir: &Path) -> Option<RouteConfig> {
@@ -441,6 +467,7 @@ impl<'a> Checker<'a> {
             upstream: r.upstream.get_ref().clone(),
             policy,
             preserve_host: r.preserve_host,
+            http: r.http,
         })
     }
 
@@ -528,6 +555,13 @@ pub fn policy_from(name: &str, p: &PolicyFile, admission: crate::admission::Rule
             handshake: p.upstream.handshake_timeout.0,
         },
         admission: Arc::new(admission),
+        http: HttpRules {
+            max_request_body: p.http.max_request_body.0,
+            response_timeout: p.http.response_timeout.0,
+            body_timeout: p.http.body_timeout.0,
+            auth: p.http.auth,
+            origin: p.http.origin,
+        },
     }
 }
 

@@ -19,7 +19,7 @@ use crate::admission::{
     Admission, Stats,
 };
 use crate::{
-    config::{Config, UpstreamConfig},
+    config::{Config, UpstreamServers},
     echo, http, listener,
     route::{Route, RouteTable},
     shutdown::{DrainReport, Sessions},
@@ -285,9 +285,9 @@ impl Kept {
     async fn generation(&self, config: Config) -> anyhow::Result<listener::Current> {
         let mut upstreams = HashMap::new();
         for (name, spec) in config.upstreams {
-            let servers = match spec {
-                UpstreamConfig::Servers(servers) => servers,
-                UpstreamConfig::BuiltinEcho => {
+            let servers = match spec.servers {
+                UpstreamServers::Servers(servers) => servers,
+                UpstreamServers::BuiltinEcho => {
                     let addr = *self
                         .echo
                         .get_or_try_init(echo::spawn)
@@ -301,7 +301,8 @@ impl Kept {
                     }]
                 }
             };
-            upstreams.insert(name.clone(), Arc::new(Upstream::new(name, servers)));
+            let group = Upstream::new(name.clone(), spec.pool, servers);
+            upstreams.insert(name, Arc::new(group));
         }
         let routes: Vec<Route> = config
             .routes
@@ -315,6 +316,7 @@ impl Kept {
                     r.policy.clone(),
                     r.preserve_host,
                 )
+                .with_http(r.http)
             })
             .collect();
         let admission = Admission::new(

@@ -57,6 +57,8 @@ pub struct ServerSettings {
     pub max_headers: usize,
     pub drain_timeout: Duration,
     pub drain_spread: Option<Duration>,
+    /// How long an idle client connection waits for its next request.
+    pub keepalive_timeout: Duration,
     /// Forward request headers whose names contain `_`.
     pub underscores_in_headers: bool,
     /// Trusted proxies, connection limits, client grouping.
@@ -176,7 +178,7 @@ async fn handshake(io: &mut Transport, client: Peer, ctx: &Context) -> Option<Up
         let read = head::read_request(io, pending, limits.max_header_bytes, limits.max_headers);
         let request = match timeout(limits.request_timeout, read).await {
             Ok(Ok(r)) => r,
-            Ok(Err(HeadError::Closed | HeadError::Io(_))) => return None,
+            Ok(Err(HeadError::Closed | HeadError::Truncated | HeadError::Io(_))) => return None,
             Ok(Err(e)) => {
                 refuse(io, peer, "-", head_reject(e), false, ctx).await;
                 return None;

@@ -84,7 +84,7 @@ where
         .await
         .map_err(|e| match e {
             HeadError::Io(e) => broken(e),
-            HeadError::Closed => broken(io::ErrorKind::UnexpectedEof.into()),
+            HeadError::Closed | HeadError::Truncated => broken(io::ErrorKind::UnexpectedEof.into()),
             e => UpstreamError::invalid(server, e.to_string()),
         })?;
     let (status, rh) = answer.head;
