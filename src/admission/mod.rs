@@ -80,8 +80,8 @@ pub struct Stats {
 
 /// What outlives a config reload: the counts of open sessions (they still
 /// count against the new limits), the event counters, and the handshake
-/// rate limiters of routes that keep their host, path and rate, so a reload
-/// does not hand every client a fresh burst.
+/// rate limiters of routes that keep their label (listeners, host and
+/// path) and rate, so a reload does not hand every client a fresh burst.
 #[derive(Debug, Default)]
 pub struct Shared {
     counters: Arc<Counters>,
@@ -93,7 +93,7 @@ pub struct Shared {
 #[derive(Debug)]
 struct RouteState {
     /// The route's label, which its counts are kept under: a route that
-    /// keeps its host and path across a reload keeps its counts.
+    /// keeps its listeners, host and path across a reload keeps its counts.
     key: Arc<str>,
     handshakes: Option<Arc<HandshakeLimiter>>,
 }
@@ -104,7 +104,8 @@ pub struct Admission {
     server: ServerRules,
     counters: Arc<Counters>,
     events: Arc<Events>,
-    /// By route label (unique: config refuses two routes with one host and path).
+    /// By route label (unique: config refuses two routes with one host and
+    /// path on a listener, and the label names the listeners of a bound route).
     routes: HashMap<String, RouteState>,
 }
 

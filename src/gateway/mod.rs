@@ -21,7 +21,7 @@ use crate::admission::{
 use crate::{
     config::{Config, UpstreamConfig},
     echo, http, listener,
-    route::{Route, RouteTable},
+    route::{Route, Routes},
     shutdown::{DrainReport, Sessions},
     tls,
     upstream::{ServerSpec, Upstream},
@@ -303,18 +303,19 @@ impl Kept {
             };
             upstreams.insert(name.clone(), Arc::new(Upstream::new(name, servers)));
         }
-        let routes: Vec<Route> = config
+        let routes: Vec<Arc<Route>> = config
             .routes
-            .iter()
+            .into_iter()
             .map(|r| {
-                Route::new(
+                Arc::new(Route::new(
+                    r.listeners,
                     r.host.as_deref(),
                     &r.path,
                     r.rewrite.as_deref(),
                     upstreams[&r.upstream].clone(),
-                    r.policy.clone(),
+                    r.policy,
                     r.preserve_host,
-                )
+                ))
             })
             .collect();
         let admission = Admission::new(
@@ -324,8 +325,9 @@ impl Kept {
                 .map(|r| (r.label.as_str(), &*r.policy.admission)),
             &self.admission,
         );
+        let names = config.listeners.iter().map(|l| l.name.as_deref());
         let http = http::Context {
-            routes: RouteTable::new(routes),
+            routes: Routes::new(&routes, names),
             server: config.server,
             sessions: self.sessions.clone(),
             admission: Arc::new(admission),

@@ -26,7 +26,7 @@ use crate::{
         upgrade,
     },
     relay::{Jitter, Session},
-    route::{Route, RouteTable},
+    route::{Route, Routes},
     shutdown::Sessions,
     stream::{Stream, Transport},
     upstream::UpstreamRequest,
@@ -39,7 +39,8 @@ const EARLY_LIMIT: usize = 64 * 1024;
 /// What every connection needs to know. Replaced whole on reload; a
 /// session keeps the route and policy it started with.
 pub struct Context {
-    pub routes: RouteTable,
+    /// Each listener's routes, by listener number.
+    pub routes: Routes,
     pub server: ServerSettings,
     /// Admission control; its counts are shared by every generation of the config.
     pub admission: Arc<Admission>,
@@ -70,6 +71,10 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The connection came in over TLS.
     pub tls: bool,
+    /// The number (config order) of the listener that accepted it, which
+    /// decides the routes it can reach; stable across reloads, as the
+    /// listeners are.
+    pub listener: usize,
     /// Whether this peer's `X-Forwarded-For` may be believed (it still has
     /// to be a trusted proxy). False when its PROXY header said it is the
     /// client itself (`UNKNOWN`, v2 `LOCAL`): then nobody vouched for the
@@ -322,6 +327,7 @@ async fn upgrade_request(
     let route = ctx
         .routes
         .find(
+            conn.listener,
             authority.as_ref().map(host::Authority::host),
             req.uri().path(),
         )
