@@ -126,6 +126,10 @@ impl Default for ServerSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
+    /// A name routes can be bound to (`listeners = ["public"]`): lower-case
+    /// letters, digits, `-` and `_`, unique among listeners. Every listener
+    /// serves the routes bound to none; a named one also those bound to it.
+    pub name: Option<Spanned<String>>,
     /// `IP:port` to bind, e.g. `"0.0.0.0:8443"` or `"[::]:80"`; port 0 picks a free port.
     pub addr: Spanned<String>,
     /// Terminate TLS (`wss://`) with these certificates; omit for plain `ws://`.
@@ -196,6 +200,10 @@ pub struct RouteSection {
     /// Path prefix to match, starting with `/`; the longest matching prefix wins.
     #[serde(default = "defaults::path")]
     pub path: Spanned<String>,
+    /// Serve this route only on the listeners of these names, so one process
+    /// can serve different routes on different ports. Omit to serve it on
+    /// every listener.
+    pub listeners: Option<Spanned<Vec<Spanned<String>>>>,
     /// Remove the matched prefix before forwarding: `/svc/chat` -> `/chat`.
     #[serde(default)]
     pub strip_prefix: bool,

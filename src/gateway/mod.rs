@@ -21,7 +21,7 @@ use crate::admission::{
 use crate::{
     config::{Config, UpstreamServers},
     echo, http, listener,
-    route::{Route, RouteTable},
+    route::{Route, Routes},
     shutdown::{DrainReport, Sessions},
     tls,
     upstream::{ServerSpec, Upstream},
@@ -304,19 +304,22 @@ impl Kept {
             let group = Upstream::new(name.clone(), spec.pool, servers);
             upstreams.insert(name, Arc::new(group));
         }
-        let routes: Vec<Route> = config
+        let routes: Vec<Arc<Route>> = config
             .routes
-            .iter()
+            .into_iter()
             .map(|r| {
-                Route::new(
-                    r.host.as_deref(),
-                    &r.path,
-                    r.rewrite.as_deref(),
-                    upstreams[&r.upstream].clone(),
-                    r.policy.clone(),
-                    r.preserve_host,
+                Arc::new(
+                    Route::new(
+                        r.listeners,
+                        r.host.as_deref(),
+                        &r.path,
+                        r.rewrite.as_deref(),
+                        upstreams[&r.upstream].clone(),
+                        r.policy,
+                        r.preserve_host,
+                    )
+                    .with_http(r.http),
                 )
-                .with_http(r.http)
             })
             .collect();
         let admission = Admission::new(
@@ -326,8 +329,9 @@ impl Kept {
                 .map(|r| (r.label.as_str(), &*r.policy.admission)),
             &self.admission,
         );
+        let names = config.listeners.iter().map(|l| l.name.as_deref());
         let http = http::Context {
-            routes: RouteTable::new(routes),
+            routes: Routes::new(&routes, names),
             server: config.server,
             sessions: self.sessions.clone(),
             admission: Arc::new(admission),

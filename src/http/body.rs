@@ -214,7 +214,15 @@ mod tests {
         });
         let mut out = Vec::new();
         let mut sink = Sink::new(&mut out, b"HEAD ".to_vec(), chunked_out, IDLE);
-        let copied = copy(&mut rx, Vec::new(), Decoder::new(framing), &mut sink, 1 << 20, IDLE).await;
+        let copied = copy(
+            &mut rx,
+            Vec::new(),
+            Decoder::new(framing),
+            &mut sink,
+            1 << 20,
+            IDLE,
+        )
+        .await;
         feeder.abort();
         (copied, out)
     }
@@ -255,11 +263,30 @@ mod tests {
         drop(tx);
         let mut out = Vec::new();
         let mut sink = Sink::new(&mut out, Vec::new(), false, IDLE);
-        let cut = copy(&mut rx, b"abc".to_vec(), Decoder::new(Framing::Length(10)), &mut sink, 100, IDLE).await;
-        assert!(matches!(cut, Err(CopyError::Framing(BodyError::Truncated))), "{cut:?}");
+        let cut = copy(
+            &mut rx,
+            b"abc".to_vec(),
+            Decoder::new(Framing::Length(10)),
+            &mut sink,
+            100,
+            IDLE,
+        )
+        .await;
+        assert!(
+            matches!(cut, Err(CopyError::Framing(BodyError::Truncated))),
+            "{cut:?}"
+        );
         let mut rx: &[u8] = b"";
         let mut sink = Sink::new(&mut out, Vec::new(), false, IDLE);
-        let big = copy(&mut rx, vec![b'x'; 20], Decoder::new(Framing::Length(20)), &mut sink, 10, IDLE).await;
+        let big = copy(
+            &mut rx,
+            vec![b'x'; 20],
+            Decoder::new(Framing::Length(20)),
+            &mut sink,
+            10,
+            IDLE,
+        )
+        .await;
         assert!(matches!(big, Err(CopyError::TooLarge(10))), "{big:?}");
     }
 
@@ -269,7 +296,18 @@ mod tests {
         let mut out = Vec::new();
         let mut sink = Sink::new(&mut out, Vec::new(), false, IDLE);
         let idle = Duration::from_secs(3);
-        let got = copy(&mut rx, Vec::new(), Decoder::new(Framing::Chunked), &mut sink, 10, idle).await;
-        assert!(matches!(got, Err(CopyError::ReadTimeout(d)) if d == idle), "{got:?}");
+        let got = copy(
+            &mut rx,
+            Vec::new(),
+            Decoder::new(Framing::Chunked),
+            &mut sink,
+            10,
+            idle,
+        )
+        .await;
+        assert!(
+            matches!(got, Err(CopyError::ReadTimeout(d)) if d == idle),
+            "{got:?}"
+        );
     }
 }

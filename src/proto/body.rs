@@ -122,7 +122,6 @@ pub fn response_framing(
         (true, None) if ends_in_chunked(headers) => Ok(Framing::Chunked),
         // A coding other than chunked last: the body runs to the close.
         (true, None) => Ok(Framing::UntilClose),
-        (false, Some(0)) => Ok(Framing::None),
         (false, Some(n)) => Ok(Framing::Length(n)),
         (false, None) => Ok(Framing::UntilClose),
     }
@@ -293,7 +292,8 @@ fn trailer_field(line: &[u8]) -> bool {
     let (name, value) = (&line[..colon], &line[colon + 1..]);
     !name.is_empty()
         && http::HeaderName::from_bytes(name).is_ok()
-        && value.iter().all(|&b| b == b'\t' || b >= b' ') && !value.contains(&0x7f)
+        && value.iter().all(|&b| b == b'\t' || b >= b' ')
+        && !value.contains(&0x7f)
 }
 
 /// The header of a chunk of `len` bytes; the data and [`CHUNK_END`] follow.
@@ -312,7 +312,7 @@ pub const CHUNK_END: &[u8] = b"\r\n";
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use http::HeaderValue;
 
@@ -361,7 +361,10 @@ mod tests {
     #[test]
     fn length_and_close_delimited_bodies() {
         let (data, rest) = decode_all(Framing::Length(5), b"helloGET", 2).unwrap();
-        assert_eq!((data.as_slice(), rest.as_slice()), (&b"hello"[..], &b"GET"[..]));
+        assert_eq!(
+            (data.as_slice(), rest.as_slice()),
+            (&b"hello"[..], &b"GET"[..])
+        );
         let (data, _) = decode_all(Framing::UntilClose, b"all of it", 4).unwrap();
         assert_eq!(data, b"all of it");
         assert_eq!(
@@ -378,20 +381,20 @@ mod tests {
     #[test]
     fn smuggling_spellings_are_refused() {
         for bad in [
-            &b"\r\n"[..],                 // empty size: httparse reads 0
-            b" 5\r\nhello\r\n0\r\n\r\n",  // leading space
-            b"5 \r\nhello\r\n0\r\n\r\n",  // trailing space, no extension
-            b"+5\r\nhello\r\n0\r\n\r\n",  // sign
-            b"0x5\r\nhello\r\n0\r\n\r\n", // C-style hex
-            b"5\nhello\r\n0\r\n\r\n",     // bare LF
+            &b"\r\n"[..],                    // empty size: httparse reads 0
+            b" 5\r\nhello\r\n0\r\n\r\n",     // leading space
+            b"5 \r\nhello\r\n0\r\n\r\n",     // trailing space, no extension
+            b"+5\r\nhello\r\n0\r\n\r\n",     // sign
+            b"0x5\r\nhello\r\n0\r\n\r\n",    // C-style hex
+            b"5\nhello\r\n0\r\n\r\n",        // bare LF
             b"5;a\nb\r\nhello\r\n0\r\n\r\n", // LF inside an extension
             b"5;a\rb\r\nhello\r\n0\r\n\r\n", // CR inside an extension
-            b"5\r\nhelloXX0\r\n\r\n",     // data not followed by CRLF
-            b"5\r\nhello\n0\r\n\r\n",     // data followed by a bare LF
-            b"10000000000000000\r\n",     // 17 digits: overflow
-            b"1000000000000000\r\n",      // 16 digits
-            b"0\r\nbad trailer\r\n\r\n",  // a trailer that is not a field
-            b"0\r\nX: a\nb\r\n\r\n",      // a bare LF in a trailer
+            b"5\r\nhelloXX0\r\n\r\n",        // data not followed by CRLF
+            b"5\r\nhello\n0\r\n\r\n",        // data followed by a bare LF
+            b"10000000000000000\r\n",        // 17 digits: overflow
+            b"1000000000000000\r\n",         // 16 digits
+            b"0\r\nbad trailer\r\n\r\n",     // a trailer that is not a field
+            b"0\r\nX: a\nb\r\n\r\n",         // a bare LF in a trailer
         ] {
             for step in [1, 100] {
                 assert!(
@@ -427,7 +430,12 @@ mod tests {
 
     #[test]
     fn a_chunk_header_is_lower_hex() {
-        for (len, want) in [(0, "0\r\n"), (5, "5\r\n"), (16, "10\r\n"), (65535, "ffff\r\n")] {
+        for (len, want) in [
+            (0, "0\r\n"),
+            (5, "5\r\n"),
+            (16, "10\r\n"),
+            (65535, "ffff\r\n"),
+        ] {
             let mut out = Vec::new();
             chunk_header(len, &mut out);
             assert_eq!(out, want.as_bytes());
@@ -445,16 +453,35 @@ mod tests {
         };
         let ok = StatusCode::OK;
         let cl = h(&[("content-length", "12")]);
-        assert_eq!(response_framing(&Method::GET, ok, &cl), Ok(Framing::Length(12)));
+        assert_eq!(
+            response_framing(&Method::GET, ok, &cl),
+            Ok(Framing::Length(12))
+        );
         assert_eq!(response_framing(&Method::HEAD, ok, &cl), Ok(Framing::None));
-        for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED, StatusCode::CONTINUE] {
-            assert_eq!(response_framing(&Method::GET, status, &cl), Ok(Framing::None));
+        for status in [
+            StatusCode::NO_CONTENT,
+            StatusCode::NOT_MODIFIED,
+            StatusCode::CONTINUE,
+        ] {
+            assert_eq!(
+                response_framing(&Method::GET, status, &cl),
+                Ok(Framing::None)
+            );
         }
         let te = h(&[("transfer-encoding", "gzip, chunked")]);
-        assert_eq!(response_framing(&Method::GET, ok, &te), Ok(Framing::Chunked));
+        assert_eq!(
+            response_framing(&Method::GET, ok, &te),
+            Ok(Framing::Chunked)
+        );
         let gz = h(&[("transfer-encoding", "gzip")]);
-        assert_eq!(response_framing(&Method::GET, ok, &gz), Ok(Framing::UntilClose));
-        assert_eq!(response_framing(&Method::GET, ok, &h(&[])), Ok(Framing::UntilClose));
+        assert_eq!(
+            response_framing(&Method::GET, ok, &gz),
+            Ok(Framing::UntilClose)
+        );
+        assert_eq!(
+            response_framing(&Method::GET, ok, &h(&[])),
+            Ok(Framing::UntilClose)
+        );
         let both = h(&[("content-length", "3"), ("transfer-encoding", "chunked")]);
         assert_eq!(
             response_framing(&Method::GET, ok, &both),

@@ -1,8 +1,7 @@
 //! HTTP/1.1 heads on the wire: read one (bounded in bytes and headers),
-//! encode one. A WebSocket handshake is a single request and a single
-//! response with no body, so this is all of HTTP the upgrade path needs;
-//! httparse parses, this module frames. Whatever follows the head on the
-//! socket is returned as early data for the relay.
+//! encode one. httparse parses, this module frames; bodies are
+//! [`super::body`]'s. Whatever follows the head on the socket is returned as
+//! early data: a body's start, a pipelined request, or the relay's frames.
 
 use std::io;
 
@@ -112,13 +111,23 @@ pub async fn read_request<S: AsyncRead + Unpin>(
     .await
 }
 
-/// Reads a response head.
+/// A response head.
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// Reads a response head; `pending` is what was read past the previous one
+/// (an interim `1xx` answer's).
 pub async fn read_response<S: AsyncRead + Unpin>(
     io: &mut S,
+    pending: Vec<u8>,
     max_bytes: usize,
     max_headers: usize,
-) -> Result<Head<(StatusCode, HeaderMap)>, HeadError> {
-    read(io, Vec::new(), max_bytes, |buf| {
+) -> Result<Head<Response>, HeadError> {
+    read(io, pending, max_bytes, |buf| {
         parse_response(buf, max_headers)
     })
     .await
@@ -193,7 +202,7 @@ pub fn body_framing(version: Version, headers: &HeaderMap) -> Result<Framing, He
     }
 }
 
-fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<(StatusCode, HeaderMap)> {
+fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<Response> {
     let mut slots = vec![httparse::EMPTY_HEADER; max_headers];
     let mut resp = httparse::Response::new(&mut slots);
     let len = match resp.parse(buf).map_err(|e| parse_error(e, max_headers))? {
@@ -202,7 +211,12 @@ fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<(StatusCode, HeaderM
     };
     let status = StatusCode::from_u16(resp.code.unwrap_or_default())
         .map_err(|_| HeadError::Malformed("invalid status code"))?;
-    Ok(Some(((status, header_map(resp.headers)?), len)))
+    let response = Response {
+        status,
+        version: version(resp.version),
+        headers: header_map(resp.headers)?,
+    };
+    Ok(Some((response, len)))
 }
 
 fn parse_error(e: httparse::Error, max_headers: usize) -> HeadError {
@@ -248,13 +262,15 @@ pub fn encode_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> 
     out
 }
 
-/// A `GET` request head for `target`.
-pub fn encode_get<'a>(
+/// A request head for `method` and `target`.
+pub fn encode_request<'a>(
+    method: &Method,
     target: &str,
     headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(512 + target.len());
-    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     encode_headers(&mut out, headers);
@@ -392,9 +408,9 @@ mod tests {
     #[tokio::test]
     async fn a_response_head() {
         let mut io: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
-        let got = read_response(&mut io, 1024, 8).await.unwrap();
-        assert_eq!(got.head.0, StatusCode::SWITCHING_PROTOCOLS);
-        assert_eq!(got.head.1["upgrade"], "websocket");
+        let got = read_response(&mut io, Vec::new(), 1024, 8).await.unwrap();
+        assert_eq!(got.head.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(got.head.headers["upgrade"], "websocket");
         assert!(got.early.is_empty());
     }
 

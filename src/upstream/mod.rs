@@ -35,7 +35,10 @@ use http::{HeaderMap, HeaderValue};
 
 use self::{balance::RoundRobin, endpoint::Endpoint, error::Phase};
 pub use self::{
-    endpoint::ServerSpec, error::UpstreamError, pool::PoolLimits, ws::UpstreamRequest,
+    endpoint::ServerSpec,
+    error::UpstreamError,
+    pool::PoolLimits,
+    ws::{UpstreamRequest, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
 };
 use crate::stream::{Stream, Transport};
 
@@ -79,9 +82,9 @@ pub struct Conn<'a> {
     pub reused: bool,
 }
 
-impl Conn<'_> {
+impl<'a> Conn<'a> {
     /// The server's label, for logs.
-    pub fn server(&self) -> &str {
+    pub fn server(&self) -> &'a str {
         self.endpoint.label()
     }
 
@@ -154,11 +157,6 @@ impl Upstream {
     /// Keeps a connection whose exchange ended cleanly for the next request.
     pub fn checkin(&self, conn: Conn<'_>) {
         self.pool.put(conn.server, conn.io);
-    }
-
-    /// Idle pooled connections, over all servers.
-    pub fn idle_connections(&self) -> usize {
-        self.pool.idle()
     }
 
     fn no_servers(&self) -> UpstreamError {

@@ -19,8 +19,8 @@ use crate::proto::{
 };
 
 /// Bounds on the upstream's answer head (its own headers, `Set-Cookie`s and all).
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-const MAX_RESPONSE_HEADERS: usize = 100;
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+pub const MAX_RESPONSE_HEADERS: usize = 100;
 
 /// What to ask the upstream for, built from the client's request.
 pub struct UpstreamRequest<'a> {
@@ -80,14 +80,18 @@ where
     io.write_all(&request_head(req, endpoint.authority(), &key))
         .await
         .map_err(broken)?;
-    let answer = head::read_response(&mut io, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
+    let answer = head::read_response(&mut io, Vec::new(), MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
         .await
         .map_err(|e| match e {
             HeadError::Io(e) => broken(e),
             HeadError::Closed | HeadError::Truncated => broken(io::ErrorKind::UnexpectedEof.into()),
             e => UpstreamError::invalid(server, e.to_string()),
         })?;
-    let (status, rh) = answer.head;
+    let head::Response {
+        status,
+        headers: rh,
+        ..
+    } = answer.head;
     let protocol = check_answer(status, &rh, &key, req.protocols).map_err(|e| match e {
         Bad::Status(status) => UpstreamError::Refused {
             server: server.to_owned(),
@@ -128,7 +132,7 @@ fn request_head(req: &UpstreamRequest<'_>, authority: &HeaderValue, key: &str) -
             h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
         }
     }
-    head::encode_get(&req.path, req.headers.iter().chain(&h))
+    head::encode_request(&http::Method::GET, &req.path, req.headers.iter().chain(&h))
 }
 
 /// Why an answer is not an accepted upgrade.
