@@ -34,7 +34,7 @@ use crate::{
     route::{Route, Routes},
     shutdown::Sessions,
     stream::{Stream, Transport},
-    upstream::UpstreamRequest,
+    upstream::{UpstreamError, UpstreamRequest},
 };
 
 /// How much a client may send ahead of its 101 while the upstream is being
@@ -223,7 +223,8 @@ async fn handshake(
                 let next = Box::pin(proxy::serve(io, request, at, client, ctx));
                 match ctx.sessions.track(next).await {
                     proxy::Next::KeepAlive(rest) => {
-                        pending = rest;
+                        // An idle connection holds no buffer.
+                        pending = if rest.is_empty() { Vec::new() } else { rest };
                         idle = true;
                         inflight.take();
                         continue;
@@ -456,7 +457,14 @@ async fn upgrade_request(
         .await
         .map_err(|e| {
             tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream handshake failed");
-            Reject::new(e.status(), e.public_message())
+            match e {
+                // The backend's own refusal (401 with `WWW-Authenticate`, 429
+                // with `Retry-After`, a JSON error) is the client's answer.
+                UpstreamError::Refused { status, answer, .. } => {
+                    Reject::passed_on(status, &answer.headers, answer.body)
+                }
+                e => Reject::new(e.status(), e.public_message()),
+            }
         })?;
     let headers = upgrade::accept(&up, connected.protocol, connected.headers);
     Ok((

@@ -261,6 +261,7 @@ mod tests {
                 UpstreamError::Refused {
                     server: s.into(),
                     status: StatusCode::SERVICE_UNAVAILABLE,
+                    answer: Box::default(),
                 },
                 false,
             ),
