@@ -75,7 +75,8 @@ async fn serve(mut tcp: TcpStream) {
         let Ok(req) = head::read_request(&mut tcp, pending, 16 << 10, 64).await else {
             return;
         };
-        let (method, version, headers) = (req.head.method(), req.head.version(), req.head.headers());
+        let (method, version, headers) =
+            (req.head.method(), req.head.version(), req.head.headers());
         if !upgrade::has_token(headers, header::UPGRADE, "websocket") {
             let mut h = HeaderMap::new();
             h.insert(
@@ -83,7 +84,11 @@ async fn serve(mut tcp: TcpStream) {
                 HeaderValue::from_static("text/html; charset=utf-8"),
             );
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(PAGE.len()));
-            let body = if method == http::Method::HEAD { "" } else { PAGE };
+            let body = if method == http::Method::HEAD {
+                ""
+            } else {
+                PAGE
+            };
             let page = head::encode_response(StatusCode::OK, &h, body.as_bytes());
             if tcp.write_all(&page).await.is_err() {
                 return;

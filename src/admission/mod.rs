@@ -171,11 +171,10 @@ impl Admission {
         &self,
         label: &str,
         rules: &Arc<Rules>,
-        kind: Kind,
+        kind: Kind<'_>,
         client: &ClientIp,
         headers: &HeaderMap,
         uri: &Uri,
-        protocols: &[String],
     ) -> Result<Admitted, Reject> {
         let rules = rules.clone();
         let state = &self.routes[label];
@@ -183,7 +182,7 @@ impl Admission {
         if let Some(limiter) = &state.handshakes {
             limiter.check(who).map_err(|wait| {
                 let message = match kind {
-                    Kind::Upgrade => "too many connection attempts; slow down",
+                    Kind::Upgrade { .. } => "too many connection attempts; slow down",
                     Kind::Http { .. } => "too many requests; slow down",
                 };
                 Reject::new(StatusCode::TOO_MANY_REQUESTS, message).retry_after(wait)
@@ -209,12 +208,12 @@ impl Admission {
             None => None,
             Some(auth) => {
                 let id = auth
-                    .authenticate(headers, uri, protocols)
+                    .authenticate(headers, uri, kind.protocols())
                     .await
                     .map_err(|e| e.reject())?;
                 let sessions_per_subject = limits
                     .max_connections_per_subject
-                    .filter(|_| kind == Kind::Upgrade);
+                    .filter(|_| matches!(kind, Kind::Upgrade { .. }));
                 if let (Some(max), Some(sub)) = (sessions_per_subject, id.subject.clone()) {
                     let more = self
                         .counters
@@ -281,18 +280,31 @@ fn over_limit(over: Over, retry_after: Duration) -> Reject {
 /// checked when the policy's `[http]` says so; sessions per token subject
 /// count WebSocket sessions only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Upgrade,
-    Http { token: bool, origin: bool },
+pub enum Kind<'a> {
+    /// A WebSocket upgrade offering these subprotocols (which may carry the token).
+    Upgrade {
+        protocols: &'a [String],
+    },
+    Http {
+        token: bool,
+        origin: bool,
+    },
 }
 
-impl Kind {
+impl<'a> Kind<'a> {
     fn checks_origin(self) -> bool {
-        matches!(self, Kind::Upgrade | Kind::Http { origin: true, .. })
+        matches!(self, Kind::Upgrade { .. } | Kind::Http { origin: true, .. })
     }
 
     fn checks_token(self) -> bool {
-        matches!(self, Kind::Upgrade | Kind::Http { token: true, .. })
+        matches!(self, Kind::Upgrade { .. } | Kind::Http { token: true, .. })
+    }
+
+    fn protocols(self) -> &'a [String] {
+        match self {
+            Kind::Upgrade { protocols } => protocols,
+            Kind::Http { .. } => &[],
+        }
     }
 }
 

@@ -424,11 +424,12 @@ async fn upgrade_request(
         .admit(
             &route.label,
             &route.policy.admission,
-            Kind::Upgrade,
+            Kind::Upgrade {
+                protocols: &up.protocols,
+            },
             &client,
             req.headers(),
             req.uri(),
-            &up.protocols,
         )
         .await?;
 

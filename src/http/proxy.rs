@@ -179,7 +179,6 @@ async fn exchange<'r>(
             &client,
             req.headers(),
             req.uri(),
-            &[],
         )
         .await
     {

@@ -11,10 +11,11 @@ use tokio_tungstenite::tungstenite::Message;
 const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
 
 /// A gateway with one route, `/ws`, in front of an echo backend.
+/// A WebSocket-only route (`http = false`): plain requests get 426.
 async fn gateway() -> Gateway {
     let url = Backend::echo().await.url();
     Gateway::builder()
-        .route(route("/ws", "echo"))
+        .route(route("/ws", "echo").http(false))
         .upstream("echo", &[url])
         .start()
         .await
@@ -66,7 +67,7 @@ async fn no_route_is_404() {
 }
 
 #[tokio::test]
-async fn plain_get_is_426_with_upgrade_header() {
+async fn plain_get_on_a_websocket_only_route_is_426_with_upgrade_header() {
     let gw = gateway().await;
     let resp = ask(&gw, &["GET /ws HTTP/1.1", "Host: gateway.test"]).await;
     assert_refused(&resp, 426);
@@ -349,7 +350,8 @@ async fn a_backend_refusing_the_upgrade_is_passed_on() {
 #[tokio::test]
 async fn a_refusal_body_over_64k_is_replaced() {
     let mut answer =
-        b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nContent-Length: 70000\r\n\r\n".to_vec();
+        b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nContent-Length: 70000\r\n\r\n"
+            .to_vec();
     answer.extend(std::iter::repeat_n(b'x', 70_000));
     let addr = raw_http_server(answer.leak()).await;
     let gw = Gateway::to(&format!("ws://{addr}")).await;
