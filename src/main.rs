@@ -1,5 +1,8 @@
 //! `framegate`: run the gateway, or check a config.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{io::IsTerminal, num::NonZeroUsize, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;

@@ -404,7 +404,7 @@ fn authority(uri: &http::Uri) -> Option<host::Authority> {
 /// Checks the request, runs admission, completes the upstream handshake.
 /// `Ok` holds the 101 to send and the session's parts.
 async fn upgrade_request(
-    req: Request<()>,
+    mut req: Request<()>,
     at: Result<Located, Reject>,
     conn: Peer,
     ctx: &Context,
@@ -437,7 +437,7 @@ async fn upgrade_request(
     // `preserve_host`) `Host`.
     let host = authority.as_ref().map(host::Authority::header_value);
     let mut headers = forwarded::upstream_headers(
-        req.headers(),
+        std::mem::take(req.headers_mut()),
         &client,
         tls,
         host.as_ref(),

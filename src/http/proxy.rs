@@ -120,7 +120,7 @@ async fn refused(
 
 async fn exchange<'r>(
     io: &mut Transport,
-    req: Request<()>,
+    mut req: Request<()>,
     early: Vec<u8>,
     at: &'r Located,
     conn: Peer,
@@ -129,16 +129,18 @@ async fn exchange<'r>(
     let route = &at.route;
     let rules = &route.policy.http;
     let peer = conn.addr;
+    // Held apart, to be filtered in place for the upstream request.
+    let req_headers = std::mem::take(req.headers_mut());
     let path = req.uri().path();
     let framing =
-        head::body_framing(req.version(), req.headers()).expect("checked when the head was parsed");
+        head::body_framing(req.version(), &req_headers).expect("checked when the head was parsed");
     let client_keeps = req.version() == Version::HTTP_11
-        && !upgrade::has_token(req.headers(), header::CONNECTION, "close");
+        && !upgrade::has_token(&req_headers, header::CONNECTION, "close");
     // A refusal can keep the connection only if no body follows the head.
     let bodiless = framing == Framing::None;
     let keep_if_refused = client_keeps && bodiless;
 
-    let expects = match req.headers().get(header::EXPECT) {
+    let expects = match req_headers.get(header::EXPECT) {
         None => false,
         Some(v) if v.as_bytes().eq_ignore_ascii_case(b"100-continue") => true,
         Some(_) => {
@@ -164,7 +166,7 @@ async fn exchange<'r>(
             );
         }
     }
-    let client = ctx.admission.client(peer.ip(), req.headers(), conn.vouches);
+    let client = ctx.admission.client(peer.ip(), &req_headers, conn.vouches);
     let kind = Kind::Http {
         token: rules.auth,
         origin: rules.origin,
@@ -177,7 +179,7 @@ async fn exchange<'r>(
             admission,
             kind,
             &client,
-            req.headers(),
+            &req_headers,
             req.uri(),
         )
         .await
@@ -193,7 +195,7 @@ async fn exchange<'r>(
 
     let host = at.authority.as_ref().map(host::Authority::header_value);
     let mut headers = forwarded::upstream_headers(
-        req.headers(),
+        req_headers,
         &client,
         conn.tls,
         host.as_ref(),
@@ -455,8 +457,8 @@ async fn respond<'r>(
         let error = if status == StatusCode::SWITCHING_PROTOCOLS {
             Some("upstream answered 101 to a plain request".to_owned())
         } else {
-            let interim =
-                head::encode_response(status, &forwarded::end_to_end(&answer.head.headers), b"");
+            let headers = forwarded::end_to_end(std::mem::take(&mut answer.head.headers));
+            let interim = head::encode_response(status, &headers, b"");
             if status != StatusCode::CONTINUE && req.version() == Version::HTTP_11 {
                 if let Err(e) = io.write_all(&interim).await {
                     return (Next::Close, Some(outcome(0, 0, &up, Some(e.to_string()))));
@@ -479,7 +481,10 @@ async fn respond<'r>(
         };
         return bad_gateway(io, x.peer, path, ctx, outcome(502, 0, &up, error)).await;
     }
-    let Head { head: resp, early } = answer;
+    let Head {
+        head: mut resp,
+        early,
+    } = answer;
     let framing = match response_framing(req.method(), resp.status, &resp.headers) {
         Ok(f) => f,
         Err(e) => {
@@ -493,7 +498,10 @@ async fn respond<'r>(
         && matches!(framing, Framing::Chunked | Framing::UntilClose);
     let keep =
         x.client_keeps && !ctx.sessions.is_draining() && (chunked_out || framing.is_delimited());
-    let head = response_head(&resp, framing, chunked_out, keep);
+    // Whether the backend lets this connection carry another request.
+    let upstream_keeps = resp.version == Version::HTTP_11
+        && !upgrade::has_token(&resp.headers, header::CONNECTION, "close");
+    let head = response_head(&mut resp, framing, chunked_out, keep);
     let mut sink = Sink::new(io, head, chunked_out, idle);
     let copied = body::copy(
         &mut up.io,
@@ -520,10 +528,7 @@ async fn respond<'r>(
         }
     };
     let out = outcome(status, copied.bytes, &up, None);
-    let reusable = resp.version == Version::HTTP_11
-        && !upgrade::has_token(&resp.headers, header::CONNECTION, "close")
-        && framing.is_delimited()
-        && copied.rest.is_empty();
+    let reusable = upstream_keeps && framing.is_delimited() && copied.rest.is_empty();
     if reusable {
         x.route.upstream.checkin(up);
     }
@@ -553,12 +558,13 @@ async fn bad_gateway<'r>(
 /// The client-facing head: the backend's end-to-end headers, framed for
 /// this client.
 fn response_head(
-    resp: &head::Response,
+    resp: &mut head::Response,
     framing: Framing,
     chunked_out: bool,
     keep: bool,
 ) -> Vec<u8> {
-    let mut h: HeaderMap = forwarded::end_to_end(&resp.headers);
+    let declared = resp.headers.get(header::CONTENT_LENGTH).cloned();
+    let mut h: HeaderMap = forwarded::end_to_end(std::mem::take(&mut resp.headers));
     match framing {
         Framing::Length(n) => {
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
@@ -572,8 +578,8 @@ fn response_head(
         // A response to HEAD, or a 304, states the length of the body it
         // does not carry.
         Framing::None => {
-            if let Some(n) = resp.headers.get(header::CONTENT_LENGTH) {
-                h.insert(header::CONTENT_LENGTH, n.clone());
+            if let Some(n) = declared {
+                h.insert(header::CONTENT_LENGTH, n);
             }
         }
         Framing::Chunked | Framing::UntilClose => {}

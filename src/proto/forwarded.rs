@@ -83,16 +83,16 @@ const X_FORWARDED_HOST: &str = "x-forwarded-host";
 /// The headers to send upstream for a request from `client` (over TLS if
 /// `tls`) for `host`: the end-to-end ones the client sent, less those a
 /// backend could mistake for the gateway's (see the module doc), plus the
-/// forwarding headers.
+/// forwarding headers. Filters `from` in place: no header is copied.
 pub fn upstream_headers(
-    from: &HeaderMap,
+    from: HeaderMap,
     client: &ClientIp,
     tls: bool,
     host: Option<&HeaderValue>,
     underscores: bool,
 ) -> HeaderMap {
-    // One pass: what a backend could mistake for the gateway's is never copied.
-    let mut headers = copy_end_to_end(from, |name| {
+    // What a backend could mistake for the gateway's never goes on.
+    let mut headers = keep_end_to_end(from, |name| {
         name == header::HOST
             || (!underscores && name.as_str().contains('_'))
             || (!client.peer_trusted && CLIENT_CLAIMS.contains(&name.as_str()))
@@ -101,33 +101,35 @@ pub fn upstream_headers(
     headers
 }
 
-/// Copies the end-to-end headers of `from`, dropping hop-by-hop ones and
-/// any header the `Connection` header names.
-pub fn end_to_end(from: &HeaderMap) -> HeaderMap {
-    copy_end_to_end(from, |_| false)
+/// The end-to-end headers of `from`: hop-by-hop ones, and any header the
+/// `Connection` header names, removed.
+pub fn end_to_end(from: HeaderMap) -> HeaderMap {
+    keep_end_to_end(from, |_| false)
 }
 
-/// [`end_to_end`], leaving out also every header `dropped` names.
-fn copy_end_to_end(from: &HeaderMap, dropped: impl Fn(&HeaderName) -> bool) -> HeaderMap {
-    let named: Vec<HeaderName> = from
+/// [`end_to_end`], removing also every header `dropped` names.
+fn keep_end_to_end(mut headers: HeaderMap, dropped: impl Fn(&HeaderName) -> bool) -> HeaderMap {
+    let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    let mut out = HeaderMap::with_capacity(from.len());
-    for (name, value) in from {
-        if PER_HOP.contains(name)
-            || named.contains(name)
-            || name.as_str() == KEEP_ALIVE
-            || dropped(name)
-        {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            PER_HOP.contains(name)
+                || named.contains(name)
+                || name.as_str() == KEEP_ALIVE
+                || dropped(name)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
     }
-    out
+    headers
 }
 
 /// Adds the forwarding headers for `client`, which came in over TLS
@@ -192,7 +194,7 @@ mod tests {
             header::ORIGIN,
             HeaderValue::from_static("https://app.example"),
         );
-        let out = end_to_end(&h);
+        let out = end_to_end(h);
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(out[header::COOKIE], "a=b");
         assert_eq!(out[header::ORIGIN], "https://app.example");
@@ -222,7 +224,7 @@ mod tests {
             peer_trusted: false,
         };
         let host = Authority::parse(b"ws.example.com").unwrap().header_value();
-        let out = upstream_headers(&h, &direct, false, Some(&host), false);
+        let out = upstream_headers(h.clone(), &direct, false, Some(&host), false);
         let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(
@@ -237,14 +239,14 @@ mod tests {
         );
         assert_eq!(out[X_FORWARDED_HOST], "ws.example.com");
 
-        let out = upstream_headers(&h, &direct, false, None, true);
+        let out = upstream_headers(h.clone(), &direct, false, None, true);
         assert!(out.contains_key("x_auth_subject"));
         assert!(!out.contains_key("forwarded"));
         let trusted = ClientIp {
             peer_trusted: true,
             ..direct
         };
-        let out = upstream_headers(&h, &trusted, false, None, false);
+        let out = upstream_headers(h, &trusted, false, None, false);
         assert_eq!(out["forwarded"], "spoof");
         assert_eq!(out["true-client-ip"], "spoof");
         assert!(!out.contains_key("x_forwarded_for"));

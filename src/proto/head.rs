@@ -138,8 +138,8 @@ pub async fn read_response<S: AsyncRead + Unpin>(
 /// ([`target::normalize`]), and its body framing has been checked
 /// ([`body_framing`]), so nothing after this sees the raw forms.
 pub fn parse_request(buf: &[u8], max_headers: usize) -> Parsed<Request<()>> {
-    let mut slots = vec![httparse::EMPTY_HEADER; max_headers];
-    let mut req = httparse::Request::new(&mut slots);
+    let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_SLOTS], Vec::new());
+    let mut req = httparse::Request::new(slots(max_headers, &mut stack, &mut heap));
     let len = match req.parse(buf).map_err(|e| parse_error(e, max_headers))? {
         httparse::Status::Partial => return Ok(None),
         httparse::Status::Complete(len) => len,
@@ -203,8 +203,8 @@ pub fn body_framing(version: Version, headers: &HeaderMap) -> Result<Framing, He
 }
 
 fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<Response> {
-    let mut slots = vec![httparse::EMPTY_HEADER; max_headers];
-    let mut resp = httparse::Response::new(&mut slots);
+    let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_SLOTS], Vec::new());
+    let mut resp = httparse::Response::new(slots(max_headers, &mut stack, &mut heap));
     let len = match resp.parse(buf).map_err(|e| parse_error(e, max_headers))? {
         httparse::Status::Partial => return Ok(None),
         httparse::Status::Complete(len) => len,
@@ -217,6 +217,24 @@ fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<Response> {
         headers: header_map(resp.headers)?,
     };
     Ok(Some((response, len)))
+}
+
+/// Header slots up to this many live on the stack, so parsing a head under
+/// the usual limits allocates nothing but the result.
+const STACK_SLOTS: usize = 128;
+
+/// `max` of httparse's header slots: on the stack when few enough.
+fn slots<'s, 'b>(
+    max: usize,
+    stack: &'s mut [httparse::Header<'b>; STACK_SLOTS],
+    heap: &'s mut Vec<httparse::Header<'b>>,
+) -> &'s mut [httparse::Header<'b>] {
+    if max <= STACK_SLOTS {
+        &mut stack[..max]
+    } else {
+        *heap = vec![httparse::EMPTY_HEADER; max];
+        heap
+    }
 }
 
 fn parse_error(e: httparse::Error, max_headers: usize) -> HeadError {

@@ -101,8 +101,9 @@ where
         Ok(p) => p,
         Err(Bad::Invalid(why)) => return Err(UpstreamError::invalid(server, why)),
         Err(Bad::Status(status)) => {
-            let mut headers = forwarded::end_to_end(&rh);
-            let body = match refusal_body(&mut io, status, &rh, answer.early).await {
+            let body = refusal_body(&mut io, status, &rh, answer.early).await;
+            let mut headers = forwarded::end_to_end(rh);
+            let body = match body {
                 Some(body) => body,
                 None => {
                     // The status and headers still go on; the body is ours.
@@ -124,7 +125,7 @@ where
         io,
         early: answer.early,
         protocol,
-        headers: forwarded::end_to_end(&rh),
+        headers: forwarded::end_to_end(rh),
     })
 }
 
