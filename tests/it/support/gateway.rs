@@ -74,6 +74,11 @@ impl Route {
         self.with("preserve_host", on.to_string())
     }
 
+    /// Whether plain HTTP requests are proxied (`http = ...`).
+    pub fn http(self, on: bool) -> Route {
+        self.with("http", on.to_string())
+    }
+
     fn with(mut self, key: &str, value: String) -> Route {
         self.lines.push(format!("{key} = {value}"));
         self
