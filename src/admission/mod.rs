@@ -167,6 +167,7 @@ impl Admission {
 
     /// Decides whether a validated request on the route `label`, whose
     /// rules are `rules`, may go upstream. `kind` says which checks apply.
+    #[allow(clippy::too_many_arguments)]
     pub async fn admit(
         &self,
         label: &str,
