@@ -10,11 +10,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
 
-/// A gateway with one route, `/ws`, in front of an echo backend.
+/// A gateway with one route, `/ws`, in front of an echo backend; the route
+/// serves WebSockets only, so plain requests are refused here too.
 async fn gateway() -> Gateway {
     let url = Backend::echo().await.url();
     Gateway::builder()
-        .route(route("/ws", "echo"))
+        .route(route("/ws", "echo").http(false))
         .upstream("echo", &[url])
         .start()
         .await
