@@ -31,8 +31,17 @@ async fn a_page_and_a_websocket_share_one_route_and_one_backend_port() {
     assert_eq!(seen[1].header("upgrade"), Some("websocket"));
     // The upgrade has a connection of its own, never a pooled one.
     assert_eq!(backend.accepted(), 2);
-    // And the page's client connection still serves pages.
+    // The page's client connection serves another page, then upgrades.
     assert_eq!(c.ask(get("/app/again", &[])).await.status, 200);
+    let upgrade = upgrade_request("/app/socket", &[]);
+    let mut ws = raw_upgrade_on(c.into_stream(), &upgrade).await;
+    ws.send(&client_frame(true, OP_TEXT, b"same connection"))
+        .await;
+    assert_eq!(
+        ws.read_message().await,
+        (OP_TEXT, b"same connection".to_vec())
+    );
+    assert_eq!(backend.accepted(), 3);
 }
 
 #[tokio::test]

@@ -201,18 +201,16 @@ async fn ambiguous_or_overlong_responses_never_reach_the_client_as_sent() {
         c.expect_closed().await;
     }
 
-    // One response, then a second one the gateway never asked for. The
-    // backend answers one request per connection: a connection reused
-    // after it would leave the next request unanswered (504).
-    let overlong =
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil";
+    // One response, then a second one the gateway never asked for: the
+    // connection is not used again (the backend would answer the next
+    // request with what it already sent).
+    let (addr, mut reused) = one_answer_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil",
+    )
+    .await;
     let gw = Gateway::builder()
-        .route(route("/", "raw").policy("p"))
-        .upstream(
-            "raw",
-            &[format!("ws://{}", raw_http_server(overlong).await)],
-        )
-        .policy("p", "[http]\nresponse_timeout = \"2s\"\n")
+        .route(route("/", "raw"))
+        .upstream("raw", &[format!("ws://{addr}")])
         .start()
         .await;
     let mut c = HttpConn::open(gw.addr).await;
@@ -220,6 +218,47 @@ async fn ambiguous_or_overlong_responses_never_reach_the_client_as_sent() {
         let resp = c.ask(get("/", &[])).await;
         assert_eq!((resp.status, resp.body_text().as_str()), (200, "hello"));
     }
+    drop((c, gw));
+    for _ in 0..2 {
+        let more = guard("a backend connection to end", reused.recv()).await;
+        assert_eq!(
+            more,
+            Some(Vec::new()),
+            "a used connection got another request"
+        );
+    }
+}
+
+/// A server that answers each connection's first request with `response`,
+/// then reports what else arrived on it before it ended.
+async fn one_answer_server(
+    response: &'static [u8],
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                s.write_all(response).await.unwrap();
+                let _ = tx.send(read_to_close(&mut s).await);
+            });
+        }
+    });
+    (addr, rx)
 }
 
 #[tokio::test]

@@ -72,6 +72,57 @@ async fn server_sent_events_arrive_as_they_are_written() {
     assert_eq!(after.status(), 200);
 }
 
+/// An upload goes on to the backend as the client sends it: each chunk
+/// arrives there before the client sends the next.
+#[tokio::test]
+async fn an_upload_reaches_the_backend_as_it_is_sent() {
+    let backend = HttpBackend::describe().await;
+    let gw = gateway(&backend, "", "").await;
+    let mut c = HttpConn::open(gw.addr).await;
+    c.send(b"POST /upload HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await;
+    let data = pattern(3000);
+    for (i, piece) in data.chunks(1000).enumerate() {
+        c.send([format!("{:x}\r\n", piece.len()).as_bytes(), piece, b"\r\n"].concat())
+            .await;
+        let sent = 1000 * (i as u64 + 1);
+        backend
+            .until(&format!("{sent} body bytes at the backend"), |b| {
+                b.body_bytes() == sent
+            })
+            .await;
+    }
+    let resp = c.ask(b"0\r\n\r\n").await;
+    assert_eq!(resp.body_text(), "POST /upload 3000");
+    assert!(backend.last().pattern);
+}
+
+/// A request the client sends while the previous one waits for its answer
+/// is kept, and served after it, in order.
+#[tokio::test]
+async fn a_request_sent_during_a_long_poll_is_served_after_it() {
+    let (release_tx, release) = tokio::sync::watch::channel(false);
+    let backend = HttpBackend::serve(move |seen| {
+        let mut release = release.clone();
+        async move {
+            if seen.path == "/poll" {
+                release.wait_for(|r| *r).await.unwrap();
+            }
+            text(StatusCode::OK, &seen.path)
+        }
+    })
+    .await;
+    let gw = gateway(&backend, "", "").await;
+    let mut c = HttpConn::open(gw.addr).await;
+    c.send(get("/poll", &[])).await;
+    backend.requests_seen(1).await;
+    c.send(request("POST", "/send", &[], b"message")).await;
+    release_tx.send(true).unwrap();
+    assert_eq!(c.response().await.body_text(), "/poll");
+    assert_eq!(c.response().await.body_text(), "/send");
+    assert_eq!(backend.last().body, b"message");
+}
+
 #[tokio::test]
 async fn a_client_leaving_a_long_poll_frees_the_backend_connection() {
     let backend = HttpBackend::serve(|_| std::future::pending()).await;

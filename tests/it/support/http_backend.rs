@@ -19,7 +19,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, OnceLock,
     },
 };
@@ -86,6 +86,8 @@ struct State {
     closed: AtomicUsize,
     /// Requests still to be answered by hanging up.
     hang_ups: AtomicUsize,
+    /// Request body bytes received, over all requests, as they arrive.
+    body_bytes: AtomicU64,
     requests: Mutex<Vec<Seen>>,
     /// Bumped on every change above, for waiters.
     changed: watch::Sender<u64>,
@@ -120,6 +122,7 @@ impl HttpBackend {
             accepted: AtomicUsize::new(0),
             closed: AtomicUsize::new(0),
             hang_ups: AtomicUsize::new(0),
+            body_bytes: AtomicU64::new(0),
             requests: Mutex::default(),
             changed: watch::channel(0).0,
             close_idle: watch::channel(0).0,
@@ -159,6 +162,12 @@ impl HttpBackend {
     /// Connections accepted and since ended.
     pub fn closed(&self) -> usize {
         self.state.closed.load(Ordering::SeqCst)
+    }
+
+    /// Request body bytes received so far (over all requests), counted as
+    /// they arrive, before any request is recorded.
+    pub fn body_bytes(&self) -> u64 {
+        self.state.body_bytes.load(Ordering::SeqCst)
     }
 
     /// Every request seen so far, in the order their bodies ended.
@@ -278,7 +287,13 @@ async fn request(state: Arc<State>, conn: usize, mut req: Request<Incoming>) -> 
     loop {
         match body.frame().await {
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => got.feed(&data),
+                Ok(data) => {
+                    got.feed(&data);
+                    state
+                        .body_bytes
+                        .fetch_add(data.len() as u64, Ordering::SeqCst);
+                    state.bump();
+                }
                 Err(frame) => got
                     .trailers
                     .extend(frame.into_trailers().unwrap_or_default()),

@@ -70,6 +70,12 @@ impl HttpConn {
         }
     }
 
+    /// The socket, for another protocol; nothing may be left unread.
+    pub fn into_stream(self) -> TcpStream {
+        assert!(self.buf.is_empty(), "unread bytes: {:?}", self.buf);
+        self.stream
+    }
+
     /// Writes bytes; errors are ignored (the gateway may have hung up).
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
         let _ = self.stream.write_all(bytes.as_ref()).await;
