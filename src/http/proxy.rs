@@ -4,8 +4,9 @@
 //!
 //! One request, top to bottom:
 //!
-//! 1. Checks that need no backend: `Expect` (417), the declared body size
-//!    (413), then admission ([`Kind::Http`]).
+//! 1. Checks that need no backend: a transfer coding other than chunked
+//!    (501: re-framing the body would drop it), `Expect` (417), the
+//!    declared body size (413), then admission ([`Kind::Http`]).
 //! 2. A connection from the group ([`crate::upstream::Upstream::checkout`]),
 //!    pooled when the chosen server has one idle.
 //! 3. The request head, then its body streamed ([`super::body`]). The
@@ -39,7 +40,7 @@ use super::{
 use crate::{
     admission::Kind,
     proto::{
-        body::{response_framing, Decoder, Framing},
+        body::{only_chunked, response_framing, Decoder, Framing},
         forwarded,
         head::{self, Head, HeadError},
         host,
@@ -137,6 +138,17 @@ async fn exchange<'r>(
     // A refusal can keep the connection only if no body follows the head.
     let bodiless = framing == Framing::None;
     let keep_if_refused = client_keeps && bodiless;
+
+    if framing == Framing::Chunked && !only_chunked(req.headers()) {
+        let reject = Reject::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "only the chunked transfer coding is supported",
+        );
+        return (
+            refused(io, peer, path, reject, false, early, ctx).await,
+            None,
+        );
+    }
 
     let expects = match req.headers().get(header::EXPECT) {
         None => false,
