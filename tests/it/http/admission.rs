@@ -78,6 +78,61 @@ async fn the_origin_is_checked_on_plain_requests_only_when_asked() {
     assert_eq!(backend.paths(), ["/page", "/strict/page"]);
 }
 
+/// A plain request holds a connection slot while it is in flight (as
+/// nginx's `limit_conn` counts requests in progress) and gives it back when
+/// it ends, however it ends.
+#[tokio::test]
+async fn a_plain_request_holds_a_connection_slot_while_in_flight() {
+    let (release_tx, release) = tokio::sync::watch::channel(false);
+    let backend = HttpBackend::serve(move |seen| {
+        let mut release = release.clone();
+        async move {
+            if seen.path == "/poll" {
+                release.wait_for(|r| *r).await.unwrap();
+            }
+            text(StatusCode::OK, &seen.path)
+        }
+    })
+    .await;
+    let gw = Gateway::builder()
+        .route(route("/", "b").policy("p"))
+        .upstream("b", &[backend.url()])
+        .policy("p", "[limits]\nmax_connections_per_ip = 1\n")
+        .start()
+        .await;
+    let mut polling = HttpConn::open(gw.addr).await;
+    polling.send(get("/poll", &[])).await;
+    backend.requests_seen(1).await;
+    assert_eq!(gw.stats().open, 1);
+
+    let mut other = HttpConn::open(gw.addr).await;
+    let resp = other.ask(get("/page", &[])).await;
+    assert_eq!(resp.status, 429, "{resp:?}");
+    assert!(resp.has_header("retry-after"), "{resp:?}");
+    // A WebSocket from the same address counts against the same limit.
+    let refused_ws = refused(gw.addr, "127.0.0.1", "/socket", &[]).await;
+    assert_eq!(refused_ws.status, StatusCode::TOO_MANY_REQUESTS);
+
+    release_tx.send(true).unwrap();
+    assert_eq!(polling.response().await.body_text(), "/poll");
+    eventually("the long-poll's slot to be released", || {
+        gw.stats().open == 0
+    })
+    .await;
+    assert_eq!(other.ask(get("/page", &[])).await.status, 200);
+
+    // A client that leaves mid-request gives its slot back too.
+    release_tx.send(false).unwrap();
+    other.send(get("/poll", &[])).await;
+    backend.requests_seen(3).await;
+    drop(other);
+    eventually("the abandoned request's slot to be released", || {
+        gw.stats().open == 0
+    })
+    .await;
+    assert_eq!(gw.stats().counted_keys, 0);
+}
+
 /// Whether a log line has `key` = `value` (quoted or not, as tracing writes
 /// strings and numbers).
 fn has(line: &str, key: &str, value: &str) -> bool {
