@@ -466,3 +466,44 @@ async fn route_rewrites_apply_to_plain_requests() {
     assert_eq!(backend.last().path, "/new/page");
     assert_eq!(backend.last().header("host"), Some("gateway.test"));
 }
+
+/// Plain requests over a TLS listener: the backend is told `https`, and
+/// the client's TLS connection carries several requests.
+#[tokio::test]
+async fn plain_requests_over_tls_say_https_upstream() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let backend = HttpBackend::describe().await;
+    let gw = Gateway::builder()
+        .listener(r#"tls = { cert = "server.pem", key = "server.key" }"#)
+        .route(route("/", "b"))
+        .upstream("b", &[backend.url()])
+        .leaf("server", &leaf)
+        .start()
+        .await;
+    let tls = tls_connect(gw.addr, "localhost", ca.client_config()).await;
+    let (mut client, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for path in ["/secure/1", "/secure/2"] {
+        guard("the client connection ready", client.ready())
+            .await
+            .unwrap();
+        let resp = guard(
+            "a response over TLS",
+            client.send_request(hyper_request("GET", path, empty())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, format!("GET {path} 0"));
+        assert_eq!(backend.last().header("x-forwarded-proto"), Some("https"));
+    }
+    assert_eq!(backend.accepted(), 1);
+}
