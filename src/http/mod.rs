@@ -203,7 +203,16 @@ async fn handshake(
             Ok(Ok(r)) => r,
             Ok(Err(HeadError::Closed | HeadError::Truncated | HeadError::Io(_))) => return None,
             Ok(Err(e)) => {
-                refuse(io, peer, "-", head_reject(e), false, "request refused", ctx).await;
+                refuse(
+                    io,
+                    peer,
+                    "-",
+                    head_reject(e),
+                    false,
+                    Some("request refused"),
+                    ctx,
+                )
+                .await;
                 return None;
             }
             Err(_) => {
@@ -211,7 +220,7 @@ async fn handshake(
                     StatusCode::REQUEST_TIMEOUT,
                     "no complete request within request_timeout",
                 );
-                refuse(io, peer, "-", reject, false, "request refused", ctx).await;
+                refuse(io, peer, "-", reject, false, Some("request refused"), ctx).await;
                 return None;
             }
         };
@@ -252,7 +261,17 @@ async fn handshake(
             Ok(ok) => ok,
             Err(reject) => {
                 let keep_alive = keep_alive && !ctx.sessions.is_draining();
-                if refuse(io, peer, &path, reject, keep_alive, "upgrade refused", ctx).await {
+                if refuse(
+                    io,
+                    peer,
+                    &path,
+                    reject,
+                    keep_alive,
+                    Some("upgrade refused"),
+                    ctx,
+                )
+                .await
+                {
                     pending = early;
                     continue;
                 }
@@ -360,18 +379,20 @@ async fn refuse(
     path: &str,
     reject: Reject,
     keep_alive: bool,
-    what: &'static str,
+    what: Option<&'static str>,
     ctx: &Context,
 ) -> bool {
     // Strings are logged quoted and escaped (Debug): nothing a client sent
     // reaches the line raw, not even a control or bidi character.
-    tracing::info!(
-        client = %peer,
-        path,
-        status = reject.status.as_u16(),
-        reason = reject.message.as_str(),
-        "{what}"
-    );
+    if let Some(what) = what {
+        tracing::info!(
+            client = %peer,
+            path,
+            status = reject.status.as_u16(),
+            reason = reject.message.as_str(),
+            "{what}"
+        );
+    }
     let answer = reject.encode(keep_alive);
     let limit = ctx.server.request_timeout;
     let written = timeout(limit, io.write_all(&answer)).await;

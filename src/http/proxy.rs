@@ -4,8 +4,9 @@
 //!
 //! One request, top to bottom:
 //!
-//! 1. Checks that need no backend: `Expect` (417), the declared body size
-//!    (413), then admission ([`Kind::Http`]).
+//! 1. Checks that need no backend: a transfer coding other than chunked
+//!    (501: re-framing the body would drop it), `Expect` (417), the
+//!    declared body size (413), then admission ([`Kind::Http`]).
 //! 2. A connection from the group ([`crate::upstream::Upstream::checkout`]),
 //!    pooled when the chosen server has one idle.
 //! 3. The request head, then its body streamed ([`super::body`]). The
@@ -39,7 +40,7 @@ use super::{
 use crate::{
     admission::Kind,
     proto::{
-        body::{response_framing, Decoder, Framing},
+        body::{only_chunked, response_framing, Decoder, Framing},
         forwarded,
         head::{self, Head, HeadError},
         host,
@@ -101,21 +102,31 @@ pub async fn serve(
     next
 }
 
-/// Answers a request refused before any backend saw it (logged by
-/// [`refuse`]); the connection stays only if no body is left unread.
-async fn refused(
+/// Answers a request with the gateway's own refusal (`upstream` is the
+/// server it reached, if any); the connection stays only if `keep` (no
+/// body is left unread). Its access line says why.
+async fn refused<'r>(
     io: &mut Transport,
-    peer: SocketAddr,
-    path: &str,
+    (peer, path): (SocketAddr, &str),
     reject: Reject,
     keep: bool,
     rest: Vec<u8>,
+    upstream: &'r str,
     ctx: &Context,
-) -> Next {
-    match refuse(io, peer, path, reject, keep, "request refused", ctx).await {
+) -> (Next, Option<Outcome<'r>>) {
+    let outcome = Outcome {
+        status: reject.status.as_u16(),
+        bytes_in: 0,
+        bytes_out: 0,
+        upstream,
+        reused: false,
+        error: Some(reject.message.clone()),
+    };
+    let next = match refuse(io, peer, path, reject, keep, None, ctx).await {
         true => Next::KeepAlive(rest),
         false => Next::Close,
-    }
+    };
+    (next, Some(outcome))
 }
 
 async fn exchange<'r>(
@@ -140,6 +151,14 @@ async fn exchange<'r>(
     let bodiless = framing == Framing::None;
     let keep_if_refused = client_keeps && bodiless;
 
+    if framing == Framing::Chunked && !only_chunked(&req_headers) {
+        let reject = Reject::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "only the chunked transfer coding is supported",
+        );
+        return refused(io, (peer, path), reject, false, early, "-", ctx).await;
+    }
+
     let expects = match req_headers.get(header::EXPECT) {
         None => false,
         Some(v) if v.as_bytes().eq_ignore_ascii_case(b"100-continue") => true,
@@ -148,10 +167,7 @@ async fn exchange<'r>(
                 StatusCode::EXPECTATION_FAILED,
                 "only 100-continue is supported",
             );
-            return (
-                refused(io, peer, path, reject, keep_if_refused, early, ctx).await,
-                None,
-            );
+            return refused(io, (peer, path), reject, keep_if_refused, early, "-", ctx).await;
         }
     };
     if let Framing::Length(n) = framing {
@@ -160,10 +176,7 @@ async fn exchange<'r>(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the request body is over {} bytes", rules.max_request_body),
             );
-            return (
-                refused(io, peer, path, reject, false, early, ctx).await,
-                None,
-            );
+            return refused(io, (peer, path), reject, false, early, "-", ctx).await;
         }
     }
     let client = ctx.admission.client(peer.ip(), &req_headers, conn.vouches);
@@ -186,10 +199,7 @@ async fn exchange<'r>(
     {
         Ok(a) => a,
         Err(reject) => {
-            return (
-                refused(io, peer, path, reject, keep_if_refused, early, ctx).await,
-                None,
-            )
+            return refused(io, (peer, path), reject, keep_if_refused, early, "-", ctx).await
         }
     };
 
@@ -223,10 +233,7 @@ async fn exchange<'r>(
         Err(e) => {
             tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream unreachable");
             let reject = Reject::new(e.status(), e.public_message());
-            return (
-                refused(io, peer, path, reject, keep_if_refused, early, ctx).await,
-                None,
-            );
+            return refused(io, (peer, path), reject, keep_if_refused, early, "-", ctx).await;
         }
     };
     let host = host
@@ -249,7 +256,8 @@ async fn exchange<'r>(
                 .await
                 .map_err(Failure::Upstream),
             _ => {
-                if expects && rest.is_empty() {
+                // Not to HTTP/1.0 clients, which do not know 1xx (RFC 9110 §15.2).
+                if expects && rest.is_empty() && req.version() == Version::HTTP_11 {
                     let _ = io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
                 }
                 let mut sink = Sink::new(
@@ -282,9 +290,8 @@ async fn exchange<'r>(
         let answer = match sent {
             Err(Failure::Client(e)) => {
                 let reject = client_body_reject(&e);
-                tracing::debug!(client = %peer, error = %e, "request body failed");
-                let _ = refuse(io, peer, path, reject, false, "request refused", ctx).await;
-                return (Next::Close, None);
+                let server = up.server();
+                return refused(io, (peer, path), reject, false, Vec::new(), server, ctx).await;
             }
             Err(Failure::Upstream(e)) => Err(Broken::Write(e)),
             Ok(()) => {
@@ -325,20 +332,28 @@ async fn exchange<'r>(
                     Ok(fresh) => up = fresh,
                     Err(e) => {
                         let reject = Reject::new(e.status(), e.public_message());
-                        let next =
-                            refused(io, peer, path, reject, keep_if_refused, rest, ctx).await;
-                        return (next, None);
+                        let server = up.server();
+                        return refused(
+                            io,
+                            (peer, path),
+                            reject,
+                            keep_if_refused,
+                            rest,
+                            server,
+                            ctx,
+                        )
+                        .await;
                     }
                 }
             }
             Err(broken) => {
                 let (status, message) = broken.answer();
                 tracing::warn!(client = %peer, route = %route.label, upstream = up.server(), error = %broken, "upstream request failed");
-                let reject = Reject::new(status, message);
-                // The body, if any, is gone: the client cannot send it again here.
-                let keep = keep_if_refused || (client_keeps && bytes_in > 0 && rest.is_empty());
-                let next = refused(io, peer, path, reject, keep && bodiless, rest, ctx).await;
-                return (next, None);
+                let mut reject = Reject::new(status, message);
+                reject.message = format!("{message} ({broken})");
+                // A body, if any, is gone: the connection cannot carry on.
+                let server = up.server();
+                return refused(io, (peer, path), reject, keep_if_refused, rest, server, ctx).await;
             }
         }
     };
@@ -551,7 +566,7 @@ async fn bad_gateway<'r>(
         StatusCode::BAD_GATEWAY,
         "bad gateway: invalid upstream answer",
     );
-    let _ = refuse(io, peer, path, reject, false, "request refused", ctx).await;
+    let _ = refuse(io, peer, path, reject, false, None, ctx).await;
     (Next::Close, Some(outcome))
 }
 

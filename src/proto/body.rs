@@ -48,6 +48,8 @@ pub enum BodyError {
     ConflictingLength,
     #[error("both Transfer-Encoding and Content-Length")]
     LengthAndEncoding,
+    #[error("a transfer coding other than chunked")]
+    OtherCoding,
     #[error("invalid chunk size line")]
     ChunkSize,
     #[error("chunk data not followed by CRLF")]
@@ -99,11 +101,29 @@ pub fn ends_in_chunked(headers: &HeaderMap) -> bool {
         .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
 }
 
+/// Whether `chunked` is the one transfer coding. The gateway undoes
+/// chunked and re-frames the body; any other coding (`gzip`, say) it would
+/// drop on the way, and the recipient would take the coded bytes for the
+/// content.
+pub fn only_chunked(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty());
+    matches!(
+        (codings.next(), codings.next()),
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked")
+    )
+}
+
 /// How the body of a response to `method` with `status` is delimited
 /// (RFC 9112 §6.3). A response to `HEAD`, a 1xx, 204 or 304 has none,
 /// whatever its headers say. `Content-Length` beside `Transfer-Encoding`
 /// is refused rather than resolved: a backend that sends both is broken or
-/// hostile, and nginx refuses it too.
+/// hostile, and nginx refuses it too. So is a transfer coding other than
+/// chunked ([`only_chunked`]), as nginx does: it cannot be passed on.
 pub fn response_framing(
     method: &Method,
     status: StatusCode,
@@ -119,9 +139,8 @@ pub fn response_framing(
     let length = content_length(headers)?;
     match (headers.contains_key(header::TRANSFER_ENCODING), length) {
         (true, Some(_)) => Err(BodyError::LengthAndEncoding),
-        (true, None) if ends_in_chunked(headers) => Ok(Framing::Chunked),
-        // A coding other than chunked last: the body runs to the close.
-        (true, None) => Ok(Framing::UntilClose),
+        (true, None) if only_chunked(headers) => Ok(Framing::Chunked),
+        (true, None) => Err(BodyError::OtherCoding),
         (false, Some(n)) => Ok(Framing::Length(n)),
         (false, None) => Ok(Framing::UntilClose),
     }
@@ -468,16 +487,19 @@ pub(crate) mod tests {
                 Ok(Framing::None)
             );
         }
-        let te = h(&[("transfer-encoding", "gzip, chunked")]);
+        let te = h(&[("transfer-encoding", " Chunked ")]);
         assert_eq!(
             response_framing(&Method::GET, ok, &te),
             Ok(Framing::Chunked)
         );
-        let gz = h(&[("transfer-encoding", "gzip")]);
-        assert_eq!(
-            response_framing(&Method::GET, ok, &gz),
-            Ok(Framing::UntilClose)
-        );
+        for other in ["gzip, chunked", "gzip", "chunked, chunked", "identity"] {
+            let te = h(&[("transfer-encoding", other)]);
+            assert_eq!(
+                response_framing(&Method::GET, ok, &te),
+                Err(BodyError::OtherCoding),
+                "{other}"
+            );
+        }
         assert_eq!(
             response_framing(&Method::GET, ok, &h(&[])),
             Ok(Framing::UntilClose)

@@ -10,8 +10,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
 
-/// A gateway with one route, `/ws`, in front of an echo backend.
-/// A WebSocket-only route (`http = false`): plain requests get 426.
+/// A gateway with one route, `/ws`, in front of an echo backend; the route
+/// serves WebSockets only, so plain requests are refused here too.
 async fn gateway() -> Gateway {
     let url = Backend::echo().await.url();
     Gateway::builder()

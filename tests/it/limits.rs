@@ -12,9 +12,15 @@ use tokio::{
 };
 use tokio_tungstenite::tungstenite::Message;
 
+/// A WebSocket-only route (plain requests refused: 426) to an echo backend.
 async fn gateway(server: &str) -> Gateway {
     let url = Backend::echo().await.url();
-    Gateway::builder().server(server).to(&url).start().await
+    Gateway::builder()
+        .server(server)
+        .route(route("/", "backend").http(false))
+        .upstream("backend", &[url])
+        .start()
+        .await
 }
 
 /// A normal client relaying a few messages.

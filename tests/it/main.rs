@@ -22,6 +22,7 @@ mod config_check;
 mod flow;
 mod forwarding;
 mod handshake;
+mod http;
 mod lifecycle;
 mod limits;
 mod memory;

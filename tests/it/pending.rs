@@ -28,7 +28,7 @@ async fn gateway_with(server: &str, tls: Option<&Leaf>) -> Gateway {
     let mut gw = Gateway::builder()
         .server("request_timeout = \"60s\"\ntls_handshake_timeout = \"60s\"")
         .server(server)
-        .route(route("/", "b"))
+        .route(route("/", "b").http(false))
         .upstream("b", &[url]);
     if let Some(leaf) = tls {
         gw = gw

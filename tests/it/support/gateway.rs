@@ -74,7 +74,7 @@ impl Route {
         self.with("preserve_host", on.to_string())
     }
 
-    /// `http = false`: a WebSocket-only route (plain requests get 426).
+    /// Whether plain HTTP requests are proxied (`http = ...`).
     pub fn http(self, on: bool) -> Route {
         self.with("http", on.to_string())
     }

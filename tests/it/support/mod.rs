@@ -3,6 +3,9 @@
 //! - [`Gateway`]: an in-process gateway built from a [`GatewayBuilder`] that
 //!   writes `framegate.toml` (the file format stays under test), with its
 //!   [`framegate::Handle`]; [`Binary`], the real binary as a child process.
+//! - [`HttpBackend`]: a real HTTP/1.1 server (hyper) for plain requests,
+//!   which also accepts WebSocket upgrades on the same port; [`HttpConn`]
+//!   and [`hyper_conn`], clients for plain requests.
 //! - [`Backend`]: one WebSocket backend type that records every request it
 //!   sees and echoes, greets by name, runs a handler, or hands each
 //!   connection to the test; [`fleet`] of several; raw servers that
@@ -17,6 +20,8 @@ mod binary;
 mod certs;
 mod client;
 mod gateway;
+mod http_backend;
+mod http_client;
 mod jwt;
 mod process;
 mod servers;
@@ -28,6 +33,8 @@ pub use binary::*;
 pub use certs::*;
 pub use client::*;
 pub use gateway::*;
+pub use http_backend::*;
+pub use http_client::*;
 pub use jwt::*;
 pub use process::*;
 pub use servers::*;

@@ -82,6 +82,30 @@ pub async fn raw_http_server(response: &'static [u8]) -> SocketAddr {
     addr
 }
 
+/// A TCP server that, on every connection, reads one request head, writes
+/// `response` verbatim and closes the connection.
+pub async fn raw_http_server_closing(response: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut byte).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&byte[..n]),
+                    }
+                }
+                let _ = s.write_all(response).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
 /// A hand-written WebSocket server for one connection: it reads the
 /// gateway's upgrade request, computes the `Sec-WebSocket-Accept` for its
 /// key, writes `answer(accept)` verbatim, then waits for the gateway to hang
