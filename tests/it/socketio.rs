@@ -2,7 +2,8 @@
 //! it, and `socket.io-client` and `python-socketio` in front with their
 //! default transports: Engine.IO's long-polling first (plain HTTP requests
 //! the gateway proxies), then the upgrade to a WebSocket it relays, then an
-//! event with an ack and one pushed back. The peers are in
+//! event with an ack and one pushed back; and long-polling alone, where
+//! the events ride plain requests, one of them held open. The peers are in
 //! `tests/peers/socketio/` and need Node.js packages and a Python
 //! virtualenv, so these tests are `#[ignore]`d here and run by
 //! `tests/run-all.sh`, which installs them: `cargo test --test it socketio -- --ignored`.
@@ -67,24 +68,20 @@ impl Server {
     }
 
     /// What it saw of the one client session that has just ended: its lines
-    /// up to the `echo` event, checked for what every client with default
-    /// transports shows through the gateway:
+    /// up to the `echo` event, checked for what every client shows through
+    /// the gateway:
     ///
     /// - the session opens with a long-polling `GET` (a plain HTTP request);
-    /// - then a WebSocket upgrade request arrives and the session's
-    ///   transport becomes `websocket`;
-    /// - the `echo` event comes over the WebSocket;
+    /// - for [`Transport::WebSocket`], a WebSocket upgrade request arrives
+    ///   next and the session's transport becomes `websocket`; for
+    ///   [`Transport::Polling`], nothing upgrades;
+    /// - the `echo` event comes over `transport`;
     /// - every request, polling and upgrade, came through the gateway
     ///   (`X-Forwarded-For: 127.0.0.1`), and all belong to one session (no
     ///   reconnect, no fallback).
-    async fn session(&mut self) -> Vec<String> {
+    async fn session(&mut self, transport: Transport) -> Vec<String> {
         let lines = self.lines.until("echo ").await;
-        let at = |prefix: &str| {
-            lines
-                .iter()
-                .position(|l| l.starts_with(prefix))
-                .unwrap_or_else(|| panic!("no {prefix:?} in what the server saw: {lines:#?}"))
-        };
+        let at = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix));
         assert_eq!(
             lines[0], "http method=GET transport=polling forwarded=127.0.0.1",
             "the handshake: {lines:#?}"
@@ -97,11 +94,20 @@ impl Server {
             .unwrap_or_else(|| panic!("the session opens on long-polling: {lines:#?}"));
         let upgrade = at("upgrade transport=websocket forwarded=127.0.0.1");
         let upgraded = at(&format!("upgraded sid={sid} transport=websocket"));
-        assert!(at("open ") < upgrade && upgrade < upgraded, "{lines:#?}");
+        match transport {
+            Transport::WebSocket => assert!(
+                matches!((at("open "), upgrade, upgraded), (Some(o), Some(u), Some(d)) if o < u && u < d),
+                "an upgrade request after the session opened, then the upgrade: {lines:#?}"
+            ),
+            Transport::Polling => assert!(
+                upgrade.is_none() && upgraded.is_none(),
+                "no upgrade: {lines:#?}"
+            ),
+        }
         assert_eq!(
             lines.last().unwrap(),
-            &format!("echo sid={sid} transport=websocket"),
-            "the event came over the WebSocket: {lines:#?}"
+            &format!("echo sid={sid} transport={}", transport.name()),
+            "the transport the event came over: {lines:#?}"
         );
         for line in lines
             .iter()
@@ -114,6 +120,27 @@ impl Server {
         }
         lines
     }
+}
+
+/// The Engine.IO transport a session's events travel on.
+#[derive(Clone, Copy)]
+enum Transport {
+    Polling,
+    WebSocket,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Polling => "polling",
+            Transport::WebSocket => "websocket",
+        }
+    }
+}
+
+/// How many of `lines` start with `prefix`.
+fn count(lines: &[String], prefix: &str) -> usize {
+    lines.iter().filter(|l| l.starts_with(prefix)).count()
 }
 
 /// Runs a client to its end (it has its own 10 s limit) and returns what it
@@ -156,14 +183,37 @@ async fn node_client_polls_then_upgrades_and_exchanges_events() {
     .await;
     assert_eq!(out, "ok first=polling transport=websocket");
 
-    let lines = server.session().await;
+    let lines = server.session(Transport::WebSocket).await;
     // socket.io-client sends its CONNECT packet before the upgrade: a
     // request body the gateway relayed.
     assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("http method=POST transport=polling")),
+        count(&lines, "http method=POST transport=polling") >= 1,
         "a polling POST: {lines:#?}"
+    );
+}
+
+/// Long-polling as the only transport: the event goes up in a POST, and
+/// the ack and the pushed event come back as responses to the client's
+/// GETs, which the server holds until it has something to send.
+#[tokio::test]
+#[ignore = "needs the Socket.IO peers; tests/run-all.sh installs them and runs this"]
+async fn node_client_on_long_polling_only_exchanges_events() {
+    let (mut server, gw) = rig().await;
+
+    let out = run(
+        "the socket.io-client",
+        Command::new("node")
+            .args(["client.js", &format!("http://{}", gw.addr), "polling"])
+            .current_dir(PEERS),
+    )
+    .await;
+    assert_eq!(out, "ok first=polling transport=polling");
+
+    let lines = server.session(Transport::Polling).await;
+    // The handshake and at least one poll; the CONNECT packet and the event.
+    assert!(
+        count(&lines, "http method=GET ") >= 2 && count(&lines, "http method=POST ") >= 2,
+        "polls and posts: {lines:#?}"
     );
 }
 
@@ -183,5 +233,5 @@ async fn python_client_polls_then_upgrades_and_exchanges_events() {
     .await;
     assert_eq!(out, "ok transport=websocket");
 
-    server.session().await;
+    server.session(Transport::WebSocket).await;
 }
