@@ -3,7 +3,8 @@
 //! default transports: Engine.IO's long-polling first (plain HTTP requests
 //! the gateway proxies), then the upgrade to a WebSocket it relays, then an
 //! event with an ack and one pushed back; and long-polling alone, where
-//! the events ride plain requests, one of them held open. The peers are in
+//! the events ride plain requests (GETs the server holds until it has
+//! something to send). The peers are in
 //! `tests/peers/socketio/` and need Node.js packages and a Python
 //! virtualenv, so these tests are `#[ignore]`d here and run by
 //! `tests/run-all.sh`, which installs them: `cargo test --test it socketio -- --ignored`.
