@@ -4,7 +4,8 @@
 # both legs, then every fuzz target for a bounded time (tests/fuzz.sh;
 # nightly toolchain).
 # Installs the test peers it needs on first use: Autobahn (in a Python 2.7
-# virtualenv) and Debian's Chromium for the browser test.
+# virtualenv), Debian's Chromium for the browser tests, and the Socket.IO
+# peers (npm ci and a Python virtualenv in tests/peers/socketio/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
@@ -15,6 +16,11 @@ if ! command -v chromium >/dev/null; then
   echo "run-all: installing chromium for tests/it/browser.rs"
   apt-get update -qq && apt-get install -y -qq chromium >/dev/null
 fi
-cargo test --test it browser -- --ignored
+if ! command -v npm >/dev/null; then
+  echo "run-all: installing Node.js for tests/it/socketio.rs"
+  apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+fi
+bash tests/peers/socketio/install.sh
+cargo test --test it -- --ignored browser:: socketio::
 bash tests/autobahn/run.sh
 bash tests/fuzz.sh

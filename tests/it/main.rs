@@ -32,4 +32,5 @@ mod relay;
 mod request_path;
 mod routing;
 mod signals;
+mod socketio;
 mod tls;

@@ -4,18 +4,14 @@
 use std::{net::SocketAddr, path::Path, process::Stdio};
 
 use tempfile::TempDir;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-    sync::mpsc,
-};
+use tokio::process::{Child, Command};
 
-use super::guard;
+use super::Lines;
 
 /// The running binary (killed when dropped), its log lines and its address.
 pub struct Binary {
     pub child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
+    lines: Lines,
     pub addr: SocketAddr,
     /// The `listening` log line.
     pub listening: String,
@@ -50,13 +46,7 @@ impl Binary {
             .kill_on_drop(true)
             .spawn()
             .expect("the framegate binary starts");
-        let (tx, lines) = mpsc::unbounded_channel();
-        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = out.next_line().await {
-                let _ = tx.send(line);
-            }
-        });
+        let lines = Lines::read("the gateway", child.stdout.take().unwrap());
         let mut bin = Binary {
             child,
             lines,
@@ -65,16 +55,8 @@ impl Binary {
             startup: Vec::new(),
             _dir: None,
         };
-        bin.listening = guard("listening", async {
-            loop {
-                let line = bin.lines.recv().await.expect("gateway output ended");
-                if line.contains("listening") {
-                    return line;
-                }
-                bin.startup.push(line);
-            }
-        })
-        .await;
+        bin.startup = bin.lines.until("listening").await;
+        bin.listening = bin.startup.pop().unwrap();
         bin.addr = bin
             .listening
             .split("addr=")
@@ -98,15 +80,7 @@ impl Binary {
 
     /// The next log line containing `needle`.
     pub async fn wait_for(&mut self, needle: &str) -> String {
-        guard(needle, async {
-            loop {
-                let line = self.lines.recv().await.expect("gateway output ended");
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-        })
-        .await
+        self.lines.wait_for(needle).await
     }
 
     /// Sends signal `name` (`TERM`, `HUP`...).

@@ -1,9 +1,72 @@
-//! A test alone in a process of its own, for one that changes process-wide
-//! state all the others would share (the global tracing subscriber).
+//! Child processes: a test alone in a process of its own, for one that
+//! changes process-wide state all the others would share (the global
+//! tracing subscriber); and the output of a child (the gateway binary, a
+//! test peer) read line by line as it comes.
 
 use std::time::Duration;
 
-use super::guard_for;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    sync::mpsc,
+};
+
+use super::{guard, guard_for};
+
+/// A child's output, line by line as it comes (read by a task of its own,
+/// so the child never blocks on a full pipe).
+pub struct Lines {
+    /// Whose lines, for failure messages.
+    who: String,
+    rx: mpsc::UnboundedReceiver<String>,
+}
+
+impl Lines {
+    /// Reads `out` (a child's stdout) to its end.
+    pub fn read(who: &str, out: impl AsyncRead + Unpin + Send + 'static) -> Lines {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut out = BufReader::new(out).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        Lines {
+            who: who.to_owned(),
+            rx,
+        }
+    }
+
+    /// The next line; fails the test if the output ends first.
+    pub async fn next(&mut self) -> String {
+        let who = &self.who;
+        self.rx
+            .recv()
+            .await
+            .unwrap_or_else(|| panic!("{who}'s output ended"))
+    }
+
+    /// The lines up to and including the next one containing `needle`, under [`guard`].
+    pub async fn until(&mut self, needle: &str) -> Vec<String> {
+        let what = format!("{needle:?} from {}", self.who);
+        guard(&what, async {
+            let mut lines = Vec::new();
+            loop {
+                let line = self.next().await;
+                let found = line.contains(needle);
+                lines.push(line);
+                if found {
+                    return lines;
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next line containing `needle`, under [`guard`].
+    pub async fn wait_for(&mut self, needle: &str) -> String {
+        self.until(needle).await.pop().unwrap()
+    }
+}
 
 /// Set in the child process that runs the test alone.
 const ALONE: &str = "FRAMEGATE_IT_ALONE";
