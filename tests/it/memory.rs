@@ -21,17 +21,6 @@ fn checksum(data: &[u8]) -> u64 {
     })
 }
 
-/// A `/proc/PID/status` memory field of `pid` (`VmRSS`, the current resident
-/// set; `VmHWM`, its peak), in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
-}
-
 /// Runs the gateway binary (two workers) on port 0 in front of `url` with a
 /// route policy of `policy_text`.
 async fn spawn_binary(url: &str, policy_text: &str) -> Binary {

@@ -4,6 +4,7 @@
 
 use http::StatusCode;
 
+use super::holding;
 use crate::support::*;
 
 const AUTH: &str = "[auth]\nalgorithms = [\"HS256\"]\nsecret_file = \"hs.key\"\n";
@@ -83,17 +84,7 @@ async fn the_origin_is_checked_on_plain_requests_only_when_asked() {
 /// it ends, however it ends.
 #[tokio::test]
 async fn a_plain_request_holds_a_connection_slot_while_in_flight() {
-    let (release_tx, release) = tokio::sync::watch::channel(false);
-    let backend = HttpBackend::serve(move |seen| {
-        let mut release = release.clone();
-        async move {
-            if seen.path == "/poll" {
-                release.wait_for(|r| *r).await.unwrap();
-            }
-            text(StatusCode::OK, &seen.path)
-        }
-    })
-    .await;
+    let (backend, release_tx) = holding("/poll").await;
     let gw = Gateway::builder()
         .route(route("/", "b").policy("p"))
         .upstream("b", &[backend.url()])

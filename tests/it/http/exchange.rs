@@ -2,7 +2,7 @@
 
 use http::{HeaderValue, StatusCode};
 
-use super::gateway;
+use super::{gateway, holding, to_raw};
 use crate::support::*;
 
 fn assert_no_header(resp: &RawResponse, name: &str) {
@@ -320,14 +320,7 @@ async fn a_websocket_only_route_answers_plain_requests_426() {
 #[tokio::test]
 async fn a_close_delimited_response_is_chunked_for_the_client() {
     let response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end";
-    let gw = Gateway::builder()
-        .route(route("/", "raw"))
-        .upstream(
-            "raw",
-            &[format!("ws://{}", raw_http_server_closing(response).await)],
-        )
-        .start()
-        .await;
+    let gw = to_raw(raw_http_server_closing(response).await).await;
     let mut c = HttpConn::open(gw.addr).await;
     for _ in 0..2 {
         let resp = c.ask(get("/", &[])).await;
@@ -355,17 +348,7 @@ async fn an_idle_client_connection_is_closed_after_keepalive_timeout() {
 /// connection closes) and closes idle keep-alive connections.
 #[tokio::test]
 async fn a_drain_finishes_requests_in_progress_and_closes_idle_connections() {
-    let (release_tx, release) = tokio::sync::watch::channel(false);
-    let backend = HttpBackend::serve(move |seen| {
-        let mut release = release.clone();
-        async move {
-            if seen.path == "/slow" {
-                release.wait_for(|r| *r).await.unwrap();
-            }
-            text(StatusCode::OK, &seen.path)
-        }
-    })
-    .await;
+    let (backend, release_tx) = holding("/slow").await;
     let mut gw = gateway(&backend, "", "").await;
     let mut idle = HttpConn::open(gw.addr).await;
     assert_eq!(idle.ask(get("/idle", &[])).await.status, 200);
@@ -387,14 +370,7 @@ async fn a_drain_finishes_requests_in_progress_and_closes_idle_connections() {
 
 /// A raw backend answering `response` on every connection and closing.
 async fn raw_gateway(response: &'static [u8]) -> Gateway {
-    Gateway::builder()
-        .route(route("/", "raw"))
-        .upstream(
-            "raw",
-            &[format!("ws://{}", raw_http_server_closing(response).await)],
-        )
-        .start()
-        .await
+    to_raw(raw_http_server_closing(response).await).await
 }
 
 /// Interim answers: a 100 the backend sends unasked is the gateway's to

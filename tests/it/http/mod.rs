@@ -34,3 +34,29 @@ async fn gateway(backend: &HttpBackend, policy: &str, upstream: &str) -> Gateway
         .start()
         .await
 }
+
+/// A gateway with one route, `/`, to a raw server at `addr`.
+async fn to_raw(addr: std::net::SocketAddr) -> Gateway {
+    Gateway::builder()
+        .route(route("/", "raw"))
+        .upstream("raw", &[format!("ws://{addr}")])
+        .start()
+        .await
+}
+
+/// A backend that answers every request with its path, but holds requests
+/// for `held` until the returned sender says `true`.
+async fn holding(held: &'static str) -> (HttpBackend, tokio::sync::watch::Sender<bool>) {
+    let (release_tx, release) = tokio::sync::watch::channel(false);
+    let backend = HttpBackend::serve(move |seen| {
+        let mut release = release.clone();
+        async move {
+            if seen.path == held {
+                release.wait_for(|r| *r).await.unwrap();
+            }
+            text(http::StatusCode::OK, &seen.path)
+        }
+    })
+    .await;
+    (backend, release_tx)
+}

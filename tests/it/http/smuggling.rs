@@ -3,7 +3,7 @@
 //! the bytes of the first (each attack hides `GET /smuggled` where a
 //! lenient parser would find it), nor the first one whole.
 
-use super::gateway;
+use super::{gateway, to_raw};
 use crate::support::*;
 
 const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: gateway.test\r\n\r\n";
@@ -185,11 +185,7 @@ async fn ambiguous_or_overlong_responses_never_reach_the_client_as_sent() {
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 9\r\n\r\nhelloevil",
         ),
     ] {
-        let gw = Gateway::builder()
-            .route(route("/", "raw"))
-            .upstream("raw", &[format!("ws://{}", raw_http_server(response).await)])
-            .start()
-            .await;
+        let gw = to_raw(raw_http_server(response).await).await;
         let mut c = HttpConn::open(gw.addr).await;
         let resp = c.ask(get("/", &[])).await;
         assert_eq!(resp.status, 502, "{name}: {resp:?}");
@@ -260,14 +256,7 @@ async fn one_answer_server(
 async fn response_trailers_are_dropped() {
     let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Secret\r\n\r\n\
         5\r\nhello\r\n0\r\nX-Secret: s3cr3t\r\n\r\n";
-    let gw = Gateway::builder()
-        .route(route("/", "raw"))
-        .upstream(
-            "raw",
-            &[format!("ws://{}", raw_http_server(response).await)],
-        )
-        .start()
-        .await;
+    let gw = to_raw(raw_http_server(response).await).await;
     let mut c = HttpConn::open(gw.addr).await;
     let resp = c.ask(get("/", &[])).await;
     assert_eq!((resp.status, resp.body_text().as_str()), (200, "hello"));
@@ -302,14 +291,7 @@ async fn other_transfer_codings_are_refused_not_dropped() {
         &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello",
     ] {
-        let gw = Gateway::builder()
-            .route(route("/", "raw"))
-            .upstream(
-                "raw",
-                &[format!("ws://{}", raw_http_server_closing(response).await)],
-            )
-            .start()
-            .await;
+        let gw = to_raw(raw_http_server_closing(response).await).await;
         let resp = HttpConn::open(gw.addr).await.ask(get("/", &[])).await;
         assert_eq!(resp.status, 502, "{resp:?}");
     }

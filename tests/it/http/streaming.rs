@@ -9,7 +9,7 @@ use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
-use super::gateway;
+use super::{gateway, holding};
 use crate::support::*;
 
 #[tokio::test]
@@ -101,17 +101,7 @@ async fn an_upload_reaches_the_backend_as_it_is_sent() {
 /// is kept, and served after it, in order.
 #[tokio::test]
 async fn a_request_sent_during_a_long_poll_is_served_after_it() {
-    let (release_tx, release) = tokio::sync::watch::channel(false);
-    let backend = HttpBackend::serve(move |seen| {
-        let mut release = release.clone();
-        async move {
-            if seen.path == "/poll" {
-                release.wait_for(|r| *r).await.unwrap();
-            }
-            text(StatusCode::OK, &seen.path)
-        }
-    })
-    .await;
+    let (backend, release_tx) = holding("/poll").await;
     let gw = gateway(&backend, "", "").await;
     let mut c = HttpConn::open(gw.addr).await;
     c.send(get("/poll", &[])).await;
@@ -138,17 +128,6 @@ async fn a_client_leaving_a_long_poll_frees_the_backend_connection() {
 
 /// 100 MiB.
 const BIG: u64 = 100 << 20;
-
-/// A `/proc/PID/status` memory field of `pid` (`VmRSS`, the current
-/// resident set; `VmHWM`, its peak), in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
-}
 
 /// Uploads `len` bytes of the pattern chunked, then downloads as many
 /// chunked; both must arrive intact.

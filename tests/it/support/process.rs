@@ -99,3 +99,14 @@ pub async fn alone_in_a_process(name: &str) -> bool {
     );
     false
 }
+
+/// A `/proc/PID/status` memory field of `pid` (`VmRSS`, the current resident
+/// set; `VmHWM`, its peak), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
+}

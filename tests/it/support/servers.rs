@@ -58,33 +58,19 @@ pub async fn silent_server() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
     (addr, rx)
 }
 
-/// A TCP server that reads one request head and writes `response` verbatim.
+/// A TCP server that reads one request head and writes `response` verbatim,
+/// then keeps the socket open until the gateway hangs up.
 pub async fn raw_http_server(response: &'static [u8]) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut byte).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&byte[..n]),
-                    }
-                }
-                let _ = s.write_all(response).await;
-                // Keep the socket open until the gateway hangs up.
-                let _ = s.read(&mut byte).await;
-            });
-        }
-    });
-    addr
+    raw_http(response, false).await
 }
 
 /// A TCP server that, on every connection, reads one request head, writes
 /// `response` verbatim and closes the connection.
 pub async fn raw_http_server_closing(response: &'static [u8]) -> SocketAddr {
+    raw_http(response, true).await
+}
+
+async fn raw_http(response: &'static [u8], close: bool) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -99,7 +85,10 @@ pub async fn raw_http_server_closing(response: &'static [u8]) -> SocketAddr {
                     }
                 }
                 let _ = s.write_all(response).await;
-                let _ = s.shutdown().await;
+                match close {
+                    true => drop(s.shutdown().await),
+                    false => drop(s.read(&mut byte).await),
+                }
             });
         }
     });
