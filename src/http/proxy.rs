@@ -290,7 +290,9 @@ async fn exchange<'r>(
         let answer = match sent {
             Err(Failure::Client(e)) => {
                 let reject = client_body_reject(&e);
+                // The upstream connection goes now, not after the linger.
                 let server = up.server();
+                drop(up);
                 return refused(io, (peer, path), reject, false, Vec::new(), server, ctx).await;
             }
             Err(Failure::Upstream(e)) => Err(Broken::Write(e)),
@@ -353,6 +355,7 @@ async fn exchange<'r>(
                 reject.message = format!("{message} ({broken})");
                 // A body, if any, is gone: the connection cannot carry on.
                 let server = up.server();
+                drop(up);
                 return refused(io, (peer, path), reject, keep_if_refused, rest, server, ctx).await;
             }
         }
@@ -494,7 +497,9 @@ async fn respond<'r>(
                 Err(_) => Some("no final response within response_timeout".into()),
             }
         };
-        return bad_gateway(io, x.peer, path, ctx, outcome(502, 0, &up, error)).await;
+        let failed = outcome(502, 0, &up, error);
+        drop(up);
+        return bad_gateway(io, x.peer, path, ctx, failed).await;
     }
     let Head {
         head: mut resp,
@@ -504,7 +509,9 @@ async fn respond<'r>(
         Ok(f) => f,
         Err(e) => {
             let error = Some(e.to_string());
-            return bad_gateway(io, x.peer, path, ctx, outcome(502, 0, &up, error)).await;
+            let failed = outcome(502, 0, &up, error);
+        drop(up);
+        return bad_gateway(io, x.peer, path, ctx, failed).await;
         }
     };
     // A chunked or close-delimited body reaches an HTTP/1.1 client chunked
