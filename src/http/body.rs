@@ -10,6 +10,7 @@
 
 use std::{io, time::Duration};
 
+use bytes::Buf;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     time::timeout,
@@ -18,11 +19,12 @@ use tokio::{
 use crate::proto::body::{self, BodyError, Decoder};
 
 /// The first read's room; doubled while reads fill it, up to [`MAX_READ`].
-const FIRST_READ: usize = 8 * 1024;
+const FIRST_READ: usize = 16 * 1024;
 const MAX_READ: usize = 64 * 1024;
 /// Pending output is written once it reaches this much.
-const WRITE_AT: usize = 16 * 1024;
-/// Data at least this long is written from where it was read, not copied.
+const WRITE_AT: usize = 64 * 1024;
+/// Data at least this long is written from where it was read (with what is
+/// pending, in one vectored write), not copied.
 const DIRECT: usize = 2 * 1024;
 
 /// Why a body did not get across.
@@ -78,8 +80,16 @@ impl<'w, W: AsyncWrite + Unpin> Sink<'w, W> {
             body::chunk_header(data.len(), &mut self.out);
             self.out.extend_from_slice(data);
             self.out.extend_from_slice(body::CHUNK_END);
-        } else if self.out.is_empty() && data.len() >= DIRECT {
-            return self.write(data).await;
+        } else if data.len() >= DIRECT {
+            let pending = std::mem::take(&mut self.out);
+            let mut both = Buf::chain(&pending[..], data);
+            let written = timeout(self.idle, self.io.write_all_buf(&mut both)).await;
+            self.out = pending;
+            self.out.clear();
+            return match written {
+                Ok(r) => r.map_err(CopyError::Write),
+                Err(_) => Err(CopyError::WriteTimeout(self.idle)),
+            };
         } else {
             self.out.extend_from_slice(data);
         }

@@ -114,14 +114,30 @@ pub async fn serve(
     ctx: Arc<Context>,
     inflight: crate::admission::pending::Inflight,
 ) {
-    // Both phases are boxed: the handshake's state is large and short-lived,
-    // and the task, which lives on as the session, then holds neither.
+    // Both phases are boxed: the handshake's state is large (kilobytes) and
+    // short-lived, and neither an idle keep-alive connection nor the task,
+    // which lives on as the session, holds it.
     let mut inflight = Some(inflight);
-    let Some(up) = Box::pin(handshake(&mut io, peer, &ctx, &mut inflight)).await else {
-        return;
+    let mut pending = Vec::new();
+    let up = loop {
+        match Box::pin(handshake(&mut io, peer, &ctx, pending)).await {
+            Handshake::Upgraded(up) => break up,
+            Handshake::Served(rest) => {
+                // A client that has had a response is no longer pending.
+                inflight.take();
+                pending = match rest.is_empty() {
+                    false => rest,
+                    true => match next_request(&mut io, &ctx).await {
+                        Some(first) => first,
+                        None => return,
+                    },
+                };
+            }
+            Handshake::Done => return,
+        }
     };
     drop(inflight);
-    let session = session(io, peer.addr, up, &ctx);
+    let session = session(io, peer.addr, *up, &ctx);
     // A session keeps its own route and policy, not the whole config generation.
     drop(ctx);
     session.await;
@@ -178,30 +194,37 @@ fn session(
     })
 }
 
-/// Reads requests and answers them until one is upgraded (`Some`, once the
-/// client has its 101) or the connection is done. A refused request leaves
-/// the connection open for another, as HTTP/1.1 keep-alive would, and so
-/// does a proxied plain request. After its first plain request the
-/// connection no longer counts as pending (`inflight`): it has shown itself
-/// a client, and its idle waits are bounded by `keepalive_timeout`.
+/// How [`handshake`] left the connection.
+enum Handshake {
+    /// The client has its 101.
+    Upgraded(Box<Upgraded>),
+    /// A plain request was proxied and the connection kept; these bytes
+    /// followed it.
+    Served(Vec<u8>),
+    Done,
+}
+
+/// Reads requests (the first from `pending` and the socket) and answers
+/// them until one is upgraded, a plain one is proxied, or the connection is
+/// done. A refused request leaves the connection open for another, as
+/// HTTP/1.1 keep-alive would. After its first plain request the connection
+/// no longer counts as pending: it has shown itself a client, and its idle
+/// waits are bounded by `keepalive_timeout` ([`next_request`]).
 async fn handshake(
     io: &mut Transport,
     client: Peer,
     ctx: &Context,
-    inflight: &mut Option<crate::admission::pending::Inflight>,
-) -> Option<Upgraded> {
+    mut pending: Vec<u8>,
+) -> Handshake {
     let peer = client.addr;
     let limits = &ctx.server;
-    let mut pending = Vec::new();
-    let mut idle = false;
     loop {
-        if idle && pending.is_empty() && !next_request(io, &mut pending, ctx).await {
-            return None;
-        }
         let read = head::read_request(io, pending, limits.max_header_bytes, limits.max_headers);
         let request = match timeout(limits.request_timeout, read).await {
             Ok(Ok(r)) => r,
-            Ok(Err(HeadError::Closed | HeadError::Truncated | HeadError::Io(_))) => return None,
+            Ok(Err(HeadError::Closed | HeadError::Truncated | HeadError::Io(_))) => {
+                return Handshake::Done
+            }
             Ok(Err(e)) => {
                 refuse(
                     io,
@@ -213,7 +236,7 @@ async fn handshake(
                     ctx,
                 )
                 .await;
-                return None;
+                return Handshake::Done;
             }
             Err(_) => {
                 let reject = Reject::new(
@@ -221,7 +244,7 @@ async fn handshake(
                     "no complete request within request_timeout",
                 );
                 refuse(io, peer, "-", reject, false, Some("request refused"), ctx).await;
-                return None;
+                return Handshake::Done;
             }
         };
         let path = request.head.uri().path().to_owned();
@@ -229,17 +252,15 @@ async fn handshake(
         let at = match locate(&request.head, client, ctx) {
             Ok(at) if plain_http(&at, &request.head) => {
                 // Tracked, so a drain waits for the request to finish.
-                let next = Box::pin(proxy::serve(io, request, at, client, ctx));
-                match ctx.sessions.track(next).await {
-                    proxy::Next::KeepAlive(rest) => {
-                        // An idle connection holds no buffer.
-                        pending = if rest.is_empty() { Vec::new() } else { rest };
-                        idle = true;
-                        inflight.take();
-                        continue;
+                let next = proxy::serve(io, request, at, client, ctx);
+                return match ctx.sessions.track(next).await {
+                    // An idle connection holds no buffer.
+                    proxy::Next::KeepAlive(rest) if rest.is_empty() => {
+                        Handshake::Served(Vec::new())
                     }
-                    proxy::Next::Close => return None,
-                }
+                    proxy::Next::KeepAlive(rest) => Handshake::Served(rest),
+                    proxy::Next::Close => Handshake::Done,
+                };
             }
             other => other,
         };
@@ -254,7 +275,7 @@ async fn handshake(
             answer = Box::pin(upgrade_request(request.head, at, client, ctx)) => answer,
             () = hung_up(io, &mut early) => {
                 tracing::debug!(client = %peer, "client left during the upstream handshake");
-                return None;
+                return Handshake::Done;
             }
         };
         let (response, accepted) = match answer {
@@ -275,7 +296,7 @@ async fn handshake(
                     pending = early;
                     continue;
                 }
-                return None;
+                return Handshake::Done;
             }
         };
         if let Err(e) = io.write_all(&response).await {
@@ -289,27 +310,41 @@ async fn handshake(
                 let _ = upstream.shutdown().await;
             })
             .await;
-            return None;
+            return Handshake::Done;
         }
-        return Some(Upgraded {
+        return Handshake::Upgraded(Box::new(Upgraded {
             client_early: early,
             path,
             accepted,
-        });
+        }));
     }
 }
 
-/// Waits, on an idle keep-alive connection, for the first byte of the next
-/// request (into `pending`): false if it does not come within
-/// `keepalive_timeout`, the client closes, or the gateway drains.
-async fn next_request(io: &mut Transport, pending: &mut Vec<u8>, ctx: &Context) -> bool {
-    tokio::select! {
-        read = timeout(ctx.server.keepalive_timeout, io.read_buf(pending)) => {
-            matches!(read, Ok(Ok(n)) if n > 0)
+/// Waits, on an idle keep-alive connection, until the next request begins;
+/// `None` if it does not within `keepalive_timeout`, or the gateway drains.
+/// Over TCP no buffer is held meanwhile: the request is read once it has
+/// arrived. Over TLS rustls may already hold it decrypted, so it is read
+/// (its first bytes are returned).
+async fn next_request(io: &mut Transport, ctx: &Context) -> Option<Vec<u8>> {
+    let first = async {
+        let mut first = Vec::new();
+        match io {
+            Transport::Left(tcp) => tcp.readable().await.ok()?,
+            Transport::Right(_) => {
+                first.reserve(FIRST_TLS_READ);
+                io.read_buf(&mut first).await.ok()?;
+            }
         }
-        () = ctx.sessions.draining() => false,
+        Some(first)
+    };
+    tokio::select! {
+        first = timeout(ctx.server.keepalive_timeout, first) => first.ok().flatten(),
+        () = ctx.sessions.draining() => None,
     }
 }
+
+/// What an idle TLS keep-alive connection reads its next request into first.
+const FIRST_TLS_READ: usize = 1024;
 
 /// Whether a located request is proxied as plain HTTP: it does not ask for
 /// a WebSocket, and its route proxies plain requests. (An `Upgrade` to

@@ -510,8 +510,8 @@ async fn respond<'r>(
         Err(e) => {
             let error = Some(e.to_string());
             let failed = outcome(502, 0, &up, error);
-        drop(up);
-        return bad_gateway(io, x.peer, path, ctx, failed).await;
+            drop(up);
+            return bad_gateway(io, x.peer, path, ctx, failed).await;
         }
     };
     // A chunked or close-delimited body reaches an HTTP/1.1 client chunked

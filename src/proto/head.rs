@@ -16,8 +16,11 @@ use crate::proto::{
     target::{self, TargetError},
 };
 
-/// First read buffer; most upgrade heads are a few hundred bytes.
+/// First read buffer for a request; most heads are a few hundred bytes.
 const FIRST_READ: usize = 1024;
+/// First read buffer for a response: room for its head and a body of a
+/// few KiB, read and then written on in one piece.
+const FIRST_RESPONSE_READ: usize = 32 * 1024;
 
 /// Why no head could be read.
 #[derive(Debug, thiserror::Error)]
@@ -54,13 +57,13 @@ pub struct Head<T> {
 async fn read<S, T>(
     io: &mut S,
     mut buf: Vec<u8>,
-    max_bytes: usize,
+    (first_read, max_bytes): (usize, usize),
     parse: impl Fn(&[u8]) -> Parsed<T>,
 ) -> Result<Head<T>, HeadError>
 where
     S: AsyncRead + Unpin,
 {
-    buf.reserve(FIRST_READ.min(max_bytes));
+    buf.reserve(first_read.min(max_bytes));
     let mut scanned = 0;
     loop {
         // Parse only once a blank line has arrived: a head trickled in byte
@@ -70,10 +73,17 @@ where
                 if len > max_bytes {
                     return Err(HeadError::TooLarge(max_bytes));
                 }
-                return Ok(Head {
-                    head,
-                    early: buf.split_off(len),
-                });
+                // What follows the head moves to the front of the buffer when
+                // it is most of it (a body read with its head), else to a
+                // buffer of its own (a pipelined request, early frames).
+                let early = match buf.len() - len > FIRST_READ {
+                    true => {
+                        buf.drain(..len);
+                        buf
+                    }
+                    false => buf.split_off(len),
+                };
+                return Ok(Head { head, early });
             }
         }
         scanned = buf.len().saturating_sub(3);
@@ -105,7 +115,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(
     max_bytes: usize,
     max_headers: usize,
 ) -> Result<Head<Request<()>>, HeadError> {
-    read(io, pending, max_bytes, |buf| {
+    read(io, pending, (FIRST_READ, max_bytes), |buf| {
         parse_request(buf, max_headers)
     })
     .await
@@ -127,10 +137,8 @@ pub async fn read_response<S: AsyncRead + Unpin>(
     max_bytes: usize,
     max_headers: usize,
 ) -> Result<Head<Response>, HeadError> {
-    read(io, pending, max_bytes, |buf| {
-        parse_response(buf, max_headers)
-    })
-    .await
+    let limits = (FIRST_RESPONSE_READ, max_bytes);
+    read(io, pending, limits, |buf| parse_response(buf, max_headers)).await
 }
 
 /// Parses a complete request head at the start of `buf`; `None` while
