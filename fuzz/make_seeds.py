@@ -186,3 +186,14 @@ frames = {
 }
 for name, data in frames.items():
     write("frame_decoder", name, data)
+
+# chunked_body: the first byte picks the read size, the rest is the body.
+chunked = {
+    "plain": b"\x03" + b"5\r\nhello\r\n0\r\n\r\n",
+    "ext-trailer-pipelined": b"\x01" + b"5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\nX-T: 1\r\n\r\nGET / HTTP/1.1\r\n",
+    "bare-lf": b"\x02" + b"5\nhello\r\n0\r\n\r\n",
+    "fifteen-digits": b"\x07" + b"fffffffffffffff\r\n",
+    "lf-in-extension": b"\x04" + b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+}
+for name, data in chunked.items():
+    write("chunked_body", name, data)

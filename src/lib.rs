@@ -28,8 +28,8 @@
 //!   connections not yet upgraded ([`admission::pending`]).
 //! - [`log`]: one access-log line per session; [`shutdown`]: the session
 //!   tracker and the drain.
-//! - [`route`]: host and longest-prefix path matching, path rewrite, and the
-//!   policy a route's sessions are held to.
+//! - [`route`]: each listener's routes, host and longest-prefix path
+//!   matching, path rewrite, and the policy a route's sessions are held to.
 //! - [`http`]: one connection: read the request, check it, pick the route,
 //!   run admission, reach the upstream, answer, and run the session in the
 //!   same task.

@@ -125,7 +125,7 @@ pub async fn serve(
                 };
                 let tls = settings.tls.clone();
                 let proxied = settings.proxy_protocol;
-                tokio::spawn(connection(stream, peer, tls, proxied, ctx, inflight));
+                tokio::spawn(connection(stream, peer, index, tls, proxied, ctx, inflight));
             }
             Err(e) => {
                 // Usually out of file descriptors (EMFILE, ENFILE): pause
@@ -194,6 +194,7 @@ impl AcceptFailures {
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
+    listener: usize,
     tls: Option<TlsAcceptor>,
     proxied: bool,
     ctx: Arc<Context>,
@@ -214,6 +215,7 @@ async fn connection(
     let peer = Peer {
         addr,
         tls: tls.is_some(),
+        listener,
         vouches,
     };
     match tls {

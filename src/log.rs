@@ -1,4 +1,5 @@
-//! The access log: one structured line per session when it ends.
+//! The access log: one structured line per WebSocket session when it ends,
+//! and one per plain HTTP request.
 //!
 //! Only the path is logged, never the query string, which is where browser
 //! clients often put tokens.
@@ -43,5 +44,43 @@ pub fn session(
         rtt_client_ms = ms(s.client_rtt),
         rtt_upstream_ms = ms(s.upstream_rtt),
         "session ended"
+    );
+}
+
+/// One plain HTTP request proxied (or abandoned after it reached an
+/// upstream): what was asked, what came back, and over which connection.
+pub struct Request<'a> {
+    pub client: SocketAddr,
+    pub route: &'a str,
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    /// 0 when no status reached the client.
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub took: Duration,
+    pub upstream: &'a str,
+    /// The upstream connection came from the keep-alive pool.
+    pub reused: bool,
+    /// Why it ended early, if it did.
+    pub error: Option<&'a str>,
+}
+
+/// Logs a finished HTTP request.
+pub fn request(r: &Request<'_>) {
+    tracing::info!(
+        target: "framegate::access",
+        client = %r.client,
+        route = r.route,
+        method = r.method.as_str(),
+        path = r.path,
+        status = r.status,
+        bytes_in = r.bytes_in,
+        bytes_out = r.bytes_out,
+        duration_ms = r.took.as_millis() as u64,
+        upstream = r.upstream,
+        reused = r.reused,
+        error = r.error.unwrap_or(""),
+        "http request"
     );
 }

@@ -5,7 +5,7 @@ use std::{io::IsTerminal, num::NonZeroUsize, path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use framegate::{
-    config::{Config, UpstreamConfig},
+    config::{Config, UpstreamServers},
     Gateway, Handle,
 };
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -125,7 +125,7 @@ fn raise_fd_limit(config: &Config, workers: NonZeroUsize) {
     let builtin = config
         .upstreams
         .values()
-        .any(|u| matches!(u, UpstreamConfig::BuiltinEcho));
+        .any(|u| matches!(u.servers, UpstreamServers::BuiltinEcho));
     let per_session: u64 = if builtin { 4 } else { 2 };
     let sessions = limit.saturating_sub(reserve) / per_session;
     tracing::info!(

@@ -1,9 +1,14 @@
-//! Choosing a route: host first, then the longest matching path prefix —
-//! the order nginx picks `server` then `location` in. Also the path rewrite.
+//! Choosing a route: the listener's routes, then host, then the longest
+//! matching path prefix — the order nginx picks `listen`, `server` then
+//! `location` in. Also the path rewrite.
 //!
-//! Both work on the normalised path ([`crate::proto::target`]) and the
-//! validated host ([`crate::proto::host`]), never on what the client wrote.
+//! Host and path work on the normalised path ([`crate::proto::target`]) and
+//! the validated host ([`crate::proto::host`]), never on what the client wrote.
 //!
+//! - **Listener**: a route bound to listeners by name serves only those;
+//!   one bound to none serves every listener. Each listener gets its own
+//!   table when the config is loaded, so `/` on one port and `/` on
+//!   another are different routes, and matching never looks at the rest.
 //! - **Host**: like nginx's `server_name`, the host picks one group of routes
 //!   (an exact name, else the longest matching `*.suffix`, else the routes
 //!   without a host), and only that group is searched: a request for a
@@ -14,7 +19,7 @@
 //!   policy instead of falling through to a shorter prefix (where nginx
 //!   would answer a redirect, which WebSocket clients do not follow).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use http::Uri;
 
@@ -34,6 +39,21 @@ pub struct Policy {
     pub upstream: Timeouts,
     /// Authentication, origins, limits and rates.
     pub admission: Arc<admission::Rules>,
+    /// Plain HTTP requests.
+    pub http: HttpRules,
+}
+
+/// What plain (non-upgrade) HTTP requests on a route are held to; see
+/// `config::file::HttpPolicy`, where each is documented.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRules {
+    pub max_request_body: u64,
+    pub response_timeout: Duration,
+    pub body_timeout: Duration,
+    /// The policy's token check applies to plain requests.
+    pub auth: bool,
+    /// The policy's Origin check applies to plain requests.
+    pub origin: bool,
 }
 
 /// How a route matches the `Host`.
@@ -99,18 +119,33 @@ fn matched(prefix: &str, path: &str) -> Option<usize> {
 /// A route ready to serve.
 #[derive(Debug)]
 pub struct Route {
-    /// `host/path` as written, for logs.
+    /// `host/path` as written (`/chat`, `ws.example.com/`), for logs and as
+    /// the key of the route's admission state (counts, handshake rate).
+    /// A route bound to listeners has their names in front, sorted and
+    /// joined with `,`: `public:/`, `admin,public:ws.example.com/`.
+    ///
+    /// Unique: config refuses two routes with one host and path unless
+    /// their listener sets are apart, and then the names differ. The names
+    /// hold no `,` or `:` and a host no `:`, so no label can be read two
+    /// ways (an unbound label's first `:`, if any, comes after its `/`).
     pub label: String,
+    /// The names of the listeners served; `None`: every listener.
+    listeners: Option<Vec<String>>,
     host: HostMatch,
     prefix: String,
     rewrite: Option<String>,
     pub upstream: Arc<Upstream>,
     pub policy: Arc<Policy>,
     pub preserve_host: bool,
+    /// Plain HTTP requests are proxied (else they get 426).
+    pub http: bool,
 }
 
 impl Route {
+    /// `listeners`: the names of the listeners it serves (as the config
+    /// holds them: sorted, each once), or `None` for every listener.
     pub fn new(
+        listeners: Option<Vec<String>>,
         host: Option<&str>,
         prefix: &str,
         rewrite: Option<&str>,
@@ -118,14 +153,36 @@ impl Route {
         policy: Arc<Policy>,
         preserve_host: bool,
     ) -> Self {
+        let place = format!("{}{prefix}", host.unwrap_or(""));
         Route {
-            label: format!("{}{prefix}", host.unwrap_or("")),
+            label: match &listeners {
+                None => place,
+                Some(names) => format!("{}:{place}", names.join(",")),
+            },
+            listeners,
             host: HostMatch::parse(host),
             prefix: prefix.to_owned(),
             rewrite: rewrite.map(str::to_owned),
             upstream,
             policy,
             preserve_host,
+            http: true,
+        }
+    }
+
+    /// Sets whether plain HTTP requests are proxied.
+    pub fn with_http(mut self, on: bool) -> Self {
+        self.http = on;
+        self
+    }
+
+    /// Whether the route serves the listener named `listener` (`None`: an
+    /// unnamed listener, which serves only routes bound to none).
+    fn serves(&self, listener: Option<&str>) -> bool {
+        match (&self.listeners, listener) {
+            (None, _) => true,
+            (Some(names), Some(name)) => names.iter().any(|n| n == name),
+            (Some(_), None) => false,
         }
     }
 
@@ -159,23 +216,52 @@ impl Route {
     }
 }
 
-/// All routes, most specific first.
-#[derive(Debug, Default)]
-pub struct RouteTable {
+/// Every listener's routes, by listener number (config order).
+#[derive(Debug)]
+pub struct Routes {
+    by_listener: Vec<RouteTable>,
+}
+
+impl Routes {
+    /// Splits `routes` by the listeners they serve; `listeners` holds each
+    /// listener's name, in config order. A route that serves several
+    /// listeners is one `Route` in each of their tables.
+    pub fn new<'a>(
+        routes: &[Arc<Route>],
+        listeners: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Self {
+        let by_listener = listeners
+            .into_iter()
+            .map(|name| {
+                let served = routes.iter().filter(|r| r.serves(name)).cloned();
+                RouteTable::new(served.collect())
+            })
+            .collect();
+        Routes { by_listener }
+    }
+
+    /// The route for a request on listener number `listener` to `host` (a
+    /// validated host, no port) and `path` (normalised): among that
+    /// listener's routes, the host's group, then its longest prefix.
+    pub fn find(&self, listener: usize, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        self.by_listener.get(listener)?.find(host, path)
+    }
+}
+
+/// One listener's routes, most specific host first.
+#[derive(Debug)]
+struct RouteTable {
     routes: Vec<Arc<Route>>,
 }
 
 impl RouteTable {
-    pub fn new(mut routes: Vec<Route>) -> Self {
+    fn new(mut routes: Vec<Arc<Route>>) -> Self {
         routes.sort_by_key(|r| std::cmp::Reverse(r.host.rank()));
-        RouteTable {
-            routes: routes.into_iter().map(Arc::new).collect(),
-        }
+        RouteTable { routes }
     }
 
-    /// The route for a request to `host` (a validated host, no port) and
-    /// `path` (normalised): the host's group, then its longest prefix.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+    /// The host's group, then its longest prefix (see [`Routes::find`]).
+    fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         let group = &self.routes.iter().find(|r| r.host.matches(host))?.host;
         self.routes
             .iter()
@@ -190,10 +276,19 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{proto::frame::FrameLimits, relay::SessionRules};
-    use std::time::Duration;
+    use crate::{proto::frame::FrameLimits, relay::SessionRules, upstream::PoolLimits};
 
     fn route(host: Option<&str>, prefix: &str, rewrite: Option<&str>) -> Route {
+        bound(None, host, prefix, rewrite)
+    }
+
+    /// [`route`] serving only the listeners named in `listeners`.
+    fn bound(
+        listeners: Option<&[&str]>,
+        host: Option<&str>,
+        prefix: &str,
+        rewrite: Option<&str>,
+    ) -> Route {
         let limits = FrameLimits {
             max_frame: 1,
             max_message: 1,
@@ -211,14 +306,30 @@ mod tests {
                 handshake: Duration::from_secs(1),
             },
             admission: Arc::default(),
+            http: HttpRules {
+                max_request_body: 1,
+                response_timeout: Duration::from_secs(1),
+                body_timeout: Duration::from_secs(1),
+                auth: true,
+                origin: false,
+            },
         });
-        let upstream = Arc::new(Upstream::new(prefix.to_owned(), Vec::new()));
-        Route::new(host, prefix, rewrite, upstream, policy, true)
+        let upstream = Arc::new(Upstream::new(
+            prefix.to_owned(),
+            PoolLimits::default(),
+            Vec::new(),
+        ));
+        let listeners = listeners.map(|l| l.iter().map(|n| n.to_string()).collect());
+        Route::new(listeners, host, prefix, rewrite, upstream, policy, true)
+    }
+
+    fn one_table(routes: Vec<Route>) -> RouteTable {
+        RouteTable::new(routes.into_iter().map(Arc::new).collect())
     }
 
     #[test]
     fn prefixes_match_on_segment_boundaries() {
-        let table = RouteTable::new(vec![
+        let table = one_table(vec![
             route(None, "/", None),
             route(None, "/admin/", None),
             route(None, "/chat", None),
@@ -232,14 +343,14 @@ mod tests {
         assert_eq!(pick("/chat/room"), "/chat");
         assert_eq!(pick("/chatroom"), "/");
         assert_eq!(pick("/chat../x"), "/");
-        let both = RouteTable::new(vec![route(None, "/a", None), route(None, "/a/", None)]);
+        let both = one_table(vec![route(None, "/a", None), route(None, "/a/", None)]);
         assert_eq!(both.find(None, "/a").unwrap().label, "/a");
         assert_eq!(both.find(None, "/a/b").unwrap().label, "/a/");
     }
 
     #[test]
     fn a_host_with_routes_never_falls_through() {
-        let table = RouteTable::new(vec![
+        let table = one_table(vec![
             route(None, "/", None),
             route(Some("secure.example.com"), "/admin/", None),
             route(Some("*.example.com"), "/api/", None),
@@ -254,13 +365,13 @@ mod tests {
             Some("*.b.example.com/b/")
         );
         assert_eq!(pick("other.test", "/other").as_deref(), Some("/"));
-        let dotted = RouteTable::new(vec![route(Some("a.test."), "/", None)]);
+        let dotted = one_table(vec![route(Some("a.test."), "/", None)]);
         assert!(dotted.find(Some("a.test"), "/").is_some());
     }
 
     #[test]
     fn host_then_longest_prefix() {
-        let table = RouteTable::new(vec![
+        let table = one_table(vec![
             route(None, "/", None),
             route(None, "/api/", None),
             route(Some("ws.example.com"), "/", None),
@@ -282,6 +393,48 @@ mod tests {
             Some("/api/")
         );
         assert_eq!(pick(None, "/chat").as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn each_listener_sees_only_its_routes() {
+        let routes: Vec<_> = [
+            bound(Some(&["a"]), None, "/", None),
+            bound(Some(&["b"]), None, "/", None),
+            bound(Some(&["a", "b"]), None, "/both/", None),
+            route(None, "/all/", None),
+            bound(Some(&["b"]), Some("only-b.test"), "/", None),
+        ]
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+        // Listeners a, b, an unnamed one, and c (no route names it).
+        let routes = Routes::new(&routes, [Some("a"), Some("b"), None, Some("c")]);
+        let pick = |listener: usize, host: Option<&str>, path: &str| {
+            routes.find(listener, host, path).map(|r| r.label.clone())
+        };
+        assert_eq!(pick(0, None, "/x").as_deref(), Some("a:/"));
+        assert_eq!(pick(1, None, "/x").as_deref(), Some("b:/"));
+        assert_eq!(pick(0, None, "/both/x").as_deref(), Some("a,b:/both/"));
+        assert_eq!(pick(1, None, "/both/x").as_deref(), Some("a,b:/both/"));
+        assert_eq!(pick(0, None, "/all/x").as_deref(), Some("/all/"));
+        assert_eq!(pick(2, None, "/all/x").as_deref(), Some("/all/"));
+        assert_eq!(pick(2, None, "/x"), None);
+        assert_eq!(pick(3, None, "/all/x").as_deref(), Some("/all/"));
+        assert_eq!(pick(3, None, "/both/x"), None);
+        // Host groups form within the listener's routes: only-b.test has a
+        // route on b alone, so on a it takes a's host-agnostic routes, and
+        // on b it never falls through to them.
+        assert_eq!(pick(0, Some("only-b.test"), "/x").as_deref(), Some("a:/"));
+        assert_eq!(
+            pick(1, Some("only-b.test"), "/x").as_deref(),
+            Some("b:only-b.test/")
+        );
+        assert_eq!(
+            pick(1, Some("only-b.test"), "/all/x").as_deref(),
+            Some("b:only-b.test/")
+        );
+        // A listener past the last is no one's.
+        assert_eq!(pick(4, None, "/all/x"), None);
     }
 
     #[test]

@@ -54,6 +54,11 @@ impl Sessions {
         }
     }
 
+    /// Resolves when the drain begins.
+    pub async fn draining(&self) {
+        self.drain.cancelled().await
+    }
+
     pub fn is_draining(&self) -> bool {
         self.drain.is_cancelled()
     }

@@ -2,7 +2,8 @@
 //! sees it, plus the per-frame checks the relay asks of it afterwards.
 //!
 //! [`Admission::admit`] runs between the upgrade checks and the upstream
-//! connect, in this order (cheapest and most abusable first):
+//! connect (for plain HTTP requests too; [`Kind`] says which checks they
+//! get), in this order (cheapest and most abusable first):
 //!
 //! 1. [`limits::HandshakeLimiter`]: upgrade requests per second per client → 429.
 //! 2. [`origin`]: the browser `Origin` allow-list → 403.
@@ -80,8 +81,8 @@ pub struct Stats {
 
 /// What outlives a config reload: the counts of open sessions (they still
 /// count against the new limits), the event counters, and the handshake
-/// rate limiters of routes that keep their host, path and rate, so a reload
-/// does not hand every client a fresh burst.
+/// rate limiters of routes that keep their label (listeners, host and
+/// path) and rate, so a reload does not hand every client a fresh burst.
 #[derive(Debug, Default)]
 pub struct Shared {
     counters: Arc<Counters>,
@@ -93,7 +94,7 @@ pub struct Shared {
 #[derive(Debug)]
 struct RouteState {
     /// The route's label, which its counts are kept under: a route that
-    /// keeps its host and path across a reload keeps its counts.
+    /// keeps its listeners, host and path across a reload keeps its counts.
     key: Arc<str>,
     handshakes: Option<Arc<HandshakeLimiter>>,
 }
@@ -104,7 +105,8 @@ pub struct Admission {
     server: ServerRules,
     counters: Arc<Counters>,
     events: Arc<Events>,
-    /// By route label (unique: config refuses two routes with one host and path).
+    /// By route label (unique: config refuses two routes with one host and
+    /// path on a listener, and the label names the listeners of a bound route).
     routes: HashMap<String, RouteState>,
 }
 
@@ -163,30 +165,30 @@ impl Admission {
         self.server.trusted_proxies.contains(peer)
     }
 
-    /// Decides whether a validated upgrade request on the route `label`,
-    /// whose rules are `rules`, may go upstream.
+    /// Decides whether a validated request on the route `label`, whose
+    /// rules are `rules`, may go upstream. `kind` says which checks apply.
     pub async fn admit(
         &self,
         label: &str,
         rules: &Arc<Rules>,
+        kind: Kind<'_>,
         client: &ClientIp,
         headers: &HeaderMap,
         uri: &Uri,
-        protocols: &[String],
     ) -> Result<Admitted, Reject> {
         let rules = rules.clone();
         let state = &self.routes[label];
         let who = client_ip::client_key(client.ip, self.server.client_ipv6_prefix);
         if let Some(limiter) = &state.handshakes {
             limiter.check(who).map_err(|wait| {
-                Reject::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many connection attempts; slow down",
-                )
-                .retry_after(wait)
+                let message = match kind {
+                    Kind::Upgrade { .. } => "too many connection attempts; slow down",
+                    Kind::Http { .. } => "too many requests; slow down",
+                };
+                Reject::new(StatusCode::TOO_MANY_REQUESTS, message).retry_after(wait)
             })?;
         }
-        if let Some(origins) = &rules.origin {
+        if let Some(origins) = rules.origin.as_ref().filter(|_| kind.checks_origin()) {
             origins.check(headers)?;
         }
         let limits = &rules.limits;
@@ -202,16 +204,17 @@ impl Admission {
                 ),
             ])
             .map_err(|over| over_limit(over, retry))?;
-        let identity = match &rules.auth {
+        let identity = match rules.auth.as_ref().filter(|_| kind.checks_token()) {
             None => None,
             Some(auth) => {
                 let id = auth
-                    .authenticate(headers, uri, protocols)
+                    .authenticate(headers, uri, kind.protocols())
                     .await
                     .map_err(|e| e.reject())?;
-                if let (Some(max), Some(sub)) =
-                    (limits.max_connections_per_subject, id.subject.clone())
-                {
+                let sessions_per_subject = limits
+                    .max_connections_per_subject
+                    .filter(|_| matches!(kind, Kind::Upgrade { .. }));
+                if let (Some(max), Some(sub)) = (sessions_per_subject, id.subject.clone()) {
                     let more = self
                         .counters
                         .acquire(&[(Key::Subject(state.key.clone(), sub), Some(max))])
@@ -268,6 +271,41 @@ fn over_limit(over: Over, retry_after: Duration) -> Reject {
         ),
     };
     Reject::new(status, message).retry_after(retry_after)
+}
+
+/// Which checks a request gets. A plain HTTP request counts like a
+/// handshake for the request rate, and holds a connection slot (gateway,
+/// route, client) while it is in flight, as nginx's `limit_conn` counts
+/// connections with a request in progress. Its token and Origin are
+/// checked when the policy's `[http]` says so; sessions per token subject
+/// count WebSocket sessions only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind<'a> {
+    /// A WebSocket upgrade offering these subprotocols (which may carry the token).
+    Upgrade {
+        protocols: &'a [String],
+    },
+    Http {
+        token: bool,
+        origin: bool,
+    },
+}
+
+impl<'a> Kind<'a> {
+    fn checks_origin(self) -> bool {
+        matches!(self, Kind::Upgrade { .. } | Kind::Http { origin: true, .. })
+    }
+
+    fn checks_token(self) -> bool {
+        matches!(self, Kind::Upgrade { .. } | Kind::Http { token: true, .. })
+    }
+
+    fn protocols(self) -> &'a [String] {
+        match self {
+            Kind::Upgrade { protocols } => protocols,
+            Kind::Http { .. } => &[],
+        }
+    }
 }
 
 /// A request that passed admission: what it holds and what it changes upstream.

@@ -95,6 +95,10 @@ pub struct ServerSection {
     /// the headers the gateway sets.
     #[serde(default)]
     pub underscores_in_headers: bool,
+    /// How long a client connection may sit idle between plain HTTP
+    /// requests (keep-alive) before the gateway closes it.
+    #[serde(default = "defaults::keepalive_timeout")]
+    pub keepalive_timeout: Timeout,
 }
 
 impl Default for ServerSection {
@@ -113,6 +117,7 @@ impl Default for ServerSection {
             max_pending_connections: defaults::max_pending_connections(),
             max_pending_per_ip: defaults::max_pending_per_ip(),
             underscores_in_headers: false,
+            keepalive_timeout: defaults::keepalive_timeout(),
         }
     }
 }
@@ -121,6 +126,10 @@ impl Default for ServerSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
+    /// A name routes can be bound to (`listeners = ["public"]`): lower-case
+    /// letters, digits, `-` and `_`, unique among listeners. Every listener
+    /// serves the routes bound to none; a named one also those bound to it.
+    pub name: Option<Spanned<String>>,
     /// `IP:port` to bind, e.g. `"0.0.0.0:8443"` or `"[::]:80"`; port 0 picks a free port.
     pub addr: Spanned<String>,
     /// Terminate TLS (`wss://`) with these certificates; omit for plain `ws://`.
@@ -191,6 +200,10 @@ pub struct RouteSection {
     /// Path prefix to match, starting with `/`; the longest matching prefix wins.
     #[serde(default = "defaults::path")]
     pub path: Spanned<String>,
+    /// Serve this route only on the listeners of these names, so one process
+    /// can serve different routes on different ports. Omit to serve it on
+    /// every listener.
+    pub listeners: Option<Spanned<Vec<Spanned<String>>>>,
     /// Remove the matched prefix before forwarding: `/svc/chat` -> `/chat`.
     #[serde(default)]
     pub strip_prefix: bool,
@@ -205,6 +218,11 @@ pub struct RouteSection {
     /// `host:port` (false, needed by backends that check their own authority).
     #[serde(default = "defaults::preserve_host")]
     pub preserve_host: bool,
+    /// Proxy plain HTTP requests (pages, long-polling, SSE, health URLs) to
+    /// the upstream, as nginx's `location` does. `false`: WebSocket only,
+    /// a plain request gets 426.
+    #[serde(default = "defaults::http")]
+    pub http: bool,
 }
 
 /// `[upstream.NAME]`
@@ -221,6 +239,13 @@ pub struct UpstreamSection {
     /// PEM file of CA certificates that `wss://` servers are verified against,
     /// instead of the system roots.
     pub ca: Option<Spanned<String>>,
+    /// Idle keep-alive connections kept per server for plain HTTP requests
+    /// (nginx's upstream `keepalive`); 0 opens one per request.
+    #[serde(default = "defaults::max_idle_per_server")]
+    pub max_idle_per_server: usize,
+    /// How long an idle pooled connection is kept.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Timeout,
 }
 
 /// `policies/NAME.toml`: limits and timeouts applied to a session.
@@ -246,6 +271,48 @@ pub struct PolicyFile {
     /// Per-session message and byte rates, per direction.
     #[serde(default)]
     pub rate: RatePolicy,
+    /// Plain HTTP requests on the routes with this policy.
+    #[serde(default)]
+    pub http: HttpPolicy,
+}
+
+/// `[http]` in a policy: plain (non-upgrade) requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpPolicy {
+    /// Largest request body accepted; over it: 413. Bodies are streamed, never
+    /// held whole, so this protects the backend, not the gateway.
+    #[serde(default = "defaults::max_request_body")]
+    pub max_request_body: ByteSize,
+    /// Time the upstream has, once the request is sent, to begin its
+    /// response; then 504.
+    #[serde(default = "defaults::response_timeout")]
+    pub response_timeout: Timeout,
+    /// While a body is moving (either way), the longest wait for the next
+    /// read or write; then the exchange is abandoned. Long-polls and event
+    /// streams must send something within it.
+    #[serde(default = "defaults::body_timeout")]
+    pub body_timeout: Timeout,
+    /// Whether `[auth]` applies to plain requests too (Engine.IO polling
+    /// carries the same token as its upgrade). `false` exempts them.
+    #[serde(default = "defaults::http_auth")]
+    pub auth: bool,
+    /// Whether `[origin]` applies to plain requests too; by default it is a
+    /// WebSocket (CSWSH) control only.
+    #[serde(default)]
+    pub origin: bool,
+}
+
+impl Default for HttpPolicy {
+    fn default() -> Self {
+        HttpPolicy {
+            max_request_body: defaults::max_request_body(),
+            response_timeout: defaults::response_timeout(),
+            body_timeout: defaults::body_timeout(),
+            auth: defaults::http_auth(),
+            origin: false,
+        }
+    }
 }
 
 /// `[auth]` in a policy: a JWT checked before the upstream is contacted.
@@ -592,5 +659,32 @@ pub mod defaults {
     }
     pub fn retry_after() -> Timeout {
         Timeout(Duration::from_secs(5))
+    }
+    pub fn http() -> bool {
+        true
+    }
+    pub fn http_auth() -> bool {
+        true
+    }
+    /// nginx's 1 MiB default is its most asked-about error; bodies stream here.
+    pub fn max_request_body() -> ByteSize {
+        ByteSize(64 << 20)
+    }
+    /// nginx's `proxy_read_timeout`: room for a 25 s Engine.IO long-poll.
+    pub fn response_timeout() -> Timeout {
+        Timeout(Duration::from_secs(60))
+    }
+    pub fn body_timeout() -> Timeout {
+        Timeout(Duration::from_secs(60))
+    }
+    pub fn keepalive_timeout() -> Timeout {
+        Timeout(Duration::from_secs(60))
+    }
+    pub fn max_idle_per_server() -> usize {
+        64
+    }
+    /// nginx's upstream `keepalive_timeout`.
+    pub fn idle_timeout() -> Timeout {
+        Timeout(Duration::from_secs(60))
     }
 }

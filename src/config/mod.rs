@@ -27,11 +27,11 @@ use crate::{
         lifecycle::{Keepalive, Rules},
         SessionRules,
     },
-    route::Policy,
+    route::{HttpRules, Policy},
     tls,
-    upstream::{ServerSpec, Timeouts},
+    upstream::{PoolLimits, ServerSpec, Timeouts},
 };
-use file::{ConfigFile, PolicyFile, RouteSection, UpstreamSection};
+use file::{ConfigFile, ListenerSection, PolicyFile, RouteSection, UpstreamSection};
 
 /// The checked configuration the gateway runs with.
 #[derive(Debug)]
@@ -49,6 +49,8 @@ pub struct Config {
 /// One socket to accept on.
 #[derive(Debug)]
 pub struct ListenerConfig {
+    /// What routes bind to; unique among listeners.
+    pub name: Option<String>,
     pub addr: SocketAddr,
     /// Present for `wss` listeners.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -62,16 +64,28 @@ pub struct RouteConfig {
     /// Lower-cased host, or `*.suffix`.
     pub host: Option<String>,
     pub path: String,
+    /// The names of the listeners the route serves, sorted, each once (so
+    /// one set is always written one way); `None`: every listener.
+    pub listeners: Option<Vec<String>>,
     /// What replaces the matched prefix (`""` for `strip_prefix`), if anything.
     pub rewrite: Option<String>,
     pub upstream: String,
     pub policy: Arc<Policy>,
     pub preserve_host: bool,
+    /// Plain HTTP requests are proxied.
+    pub http: bool,
+}
+
+/// An upstream group: where its connections go, and its idle pool.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub servers: UpstreamServers,
+    pub pool: PoolLimits,
 }
 
 /// Where an upstream's connections go.
 #[derive(Debug, Clone)]
-pub enum UpstreamConfig {
+pub enum UpstreamServers {
     /// Real servers, tried round-robin.
     Servers(Vec<ServerSpec>),
     /// The gateway's own echo server.
@@ -193,6 +207,7 @@ impl<'a> Checker<'a> {
                     .error(0..0, "no [[listener]]: add one with addr = \"IP:port\""),
             );
         }
+        let named = self.listener_names(&file.listeners);
         let listeners = file
             .listeners
             .iter()
@@ -210,16 +225,20 @@ impl<'a> Checker<'a> {
             );
         }
         let policy_dir = self.path(file.policy_dir.get_ref());
-        let mut seen = HashMap::new();
+        // The listener sets of the routes checked so far, by host and path.
+        let mut seen: HashMap<_, Vec<Option<Vec<String>>>> = HashMap::new();
         let mut routes = Vec::new();
         for r in &file.routes {
+            let bound = self.bound_listeners(r, &named);
             let key = (
                 r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
                 r.path.get_ref().clone(),
             );
-            if seen.insert(key, ()).is_some() {
-                self.err(&r.path, "another route already has this host and path");
+            let same_place = seen.entry(key).or_default();
+            if let Some(why) = same_place.iter().find_map(|other| clash(other, &bound)) {
+                self.err(&r.path, why);
             }
+            same_place.push(bound.clone());
             if !file.upstreams.contains_key(r.upstream.get_ref()) {
                 let known: Vec<_> = file.upstreams.keys().map(String::as_str).collect();
                 self.err(
@@ -235,7 +254,7 @@ impl<'a> Checker<'a> {
                     ),
                 );
             }
-            if let Some(route) = self.route(r, &policy_dir) {
+            if let Some(route) = self.route(r, bound, &policy_dir) {
                 routes.push(route);
             }
         }
@@ -273,11 +292,74 @@ impl<'a> Checker<'a> {
             max_headers: max_headers.clamp(8, 1024),
             drain_timeout: s.drain_timeout.0,
             drain_spread: s.drain_spread.0,
+            keepalive_timeout: s.keepalive_timeout.0,
             admission: self.server_rules(s),
         }
     }
 
-    fn listener(&mut self, l: &file::ListenerSection) -> Option<ListenerConfig> {
+    /// Checks the listeners' names and returns them, in config order.
+    ///
+    /// Names are kept to `[a-z0-9_-]` not only for tidiness: route labels
+    /// join them with `,` and end them with `:`, and stay unique only
+    /// because no name holds either (see [`crate::route::Route::label`]).
+    fn listener_names<'f>(&mut self, listeners: &'f [ListenerSection]) -> Vec<&'f str> {
+        let mut names: Vec<&str> = Vec::new();
+        for n in listeners.iter().filter_map(|l| l.name.as_ref()) {
+            let name = n.get_ref().as_str();
+            let allowed = |b: u8| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_');
+            if name.is_empty() || !name.bytes().all(allowed) {
+                self.err(
+                    n,
+                    format!("listener name {name:?} must be lower-case letters, digits, - and _"),
+                );
+            }
+            if names.contains(&name) {
+                self.err(n, format!("another listener is already named {name:?}"));
+            } else {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// The listeners a route is bound to, sorted and each once; `None` when
+    /// it is bound to none (it then serves every listener). `named` holds
+    /// the listeners' names.
+    fn bound_listeners(&mut self, r: &RouteSection, named: &[&str]) -> Option<Vec<String>> {
+        let list = r.listeners.as_ref()?;
+        if list.get_ref().is_empty() {
+            self.err(
+                list,
+                "listeners = [] would serve the route on no listener; name one, \
+                 or leave listeners out to serve it on every listener",
+            );
+        }
+        let route = format!(
+            "{}{}",
+            r.host.as_ref().map_or("", |h| h.get_ref().as_str()),
+            r.path.get_ref()
+        );
+        let mut names = Vec::new();
+        for n in list.get_ref() {
+            let name = n.get_ref();
+            if !named.contains(&name.as_str()) {
+                let known = match named.is_empty() {
+                    true => "no listener has a name".to_owned(),
+                    false => format!("named: {}", named.join(", ")),
+                };
+                self.err(
+                    n,
+                    format!("route {route} names listener {name:?}, but no listener has that name ({known})"),
+                );
+            }
+            names.push(name.clone());
+        }
+        names.sort();
+        names.dedup();
+        Some(names)
+    }
+
+    fn listener(&mut self, l: &ListenerSection) -> Option<ListenerConfig> {
         let addr = match l.addr.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
@@ -311,6 +393,7 @@ impl<'a> Checker<'a> {
             }
         };
         Some(ListenerConfig {
+            name: l.name.as_ref().map(|n| n.get_ref().clone()),
             addr: addr?,
             tls,
             proxy_protocol: l.proxy_protocol,
@@ -322,6 +405,22 @@ impl<'a> Checker<'a> {
         name: &str,
         section: &Spanned<UpstreamSection>,
     ) -> Option<UpstreamConfig> {
+        let u = section.get_ref();
+        let servers = self.upstream_servers(name, section)?;
+        Some(UpstreamConfig {
+            servers,
+            pool: PoolLimits {
+                max_idle: u.max_idle_per_server,
+                idle_timeout: u.idle_timeout.0,
+            },
+        })
+    }
+
+    fn upstream_servers(
+        &mut self,
+        name: &str,
+        section: &Spanned<UpstreamSection>,
+    ) -> Option<UpstreamServers> {
         let u = section.get_ref();
         if let Some(b) = &u.builtin {
             if !u.servers.is_empty() {
@@ -340,7 +439,7 @@ impl<'a> Checker<'a> {
                 );
                 return None;
             }
-            return Some(UpstreamConfig::BuiltinEcho);
+            return Some(UpstreamServers::BuiltinEcho);
         }
         if u.servers.is_empty() {
             self.err(
@@ -375,10 +474,15 @@ impl<'a> Checker<'a> {
                 Err(msg) => self.err(s, msg),
             }
         }
-        Some(UpstreamConfig::Servers(servers))
+        Some(UpstreamServers::Servers(servers))
     }
 
-    fn route(&mut self, r: &RouteSection, policy_dir: &Path) -> Option<RouteConfig> {
+    fn route(
+        &mut self,
+        r: &RouteSection,
+        listeners: Option<Vec<String>>,
+        policy_dir: &Path,
+    ) -> Option<RouteConfig> {
         let path = r.path.get_ref();
         if !path.starts_with('/') {
             self.err(&r.path, format!("path `{path}` must start with /"));
@@ -437,10 +541,12 @@ impl<'a> Checker<'a> {
         Some(RouteConfig {
             host,
             path: path.clone(),
+            listeners,
             rewrite,
             upstream: r.upstream.get_ref().clone(),
             policy,
             preserve_host: r.preserve_host,
+            http: r.http,
         })
     }
 
@@ -488,6 +594,24 @@ impl<'a> Checker<'a> {
     }
 }
 
+/// Why a route may not have the host and path of one before it: their
+/// listener sets (`None`: every listener) overlap. `None` when they do not,
+/// as for `/` on one listener and `/` on another.
+fn clash(earlier: &Option<Vec<String>>, this: &Option<Vec<String>>) -> Option<String> {
+    let shared = match (earlier, this) {
+        (None, None) => return Some("another route already has this host and path".into()),
+        (Some(names), None) | (None, Some(names)) => names.first(),
+        (Some(a), Some(b)) => a.iter().find(|n| b.contains(n)),
+    }?;
+    let everywhere = match earlier.is_none() || this.is_none() {
+        true => " (a route without `listeners` serves every listener)",
+        false => "",
+    };
+    Some(format!(
+        "another route already has this host and path on listener {shared:?}{everywhere}"
+    ))
+}
+
 fn certs_of(tls: &file::OneOrMany<file::CertSection>) -> Vec<&file::CertSection> {
     match tls {
         file::OneOrMany::One(c) => vec![c],
@@ -528,6 +652,13 @@ pub fn policy_from(name: &str, p: &PolicyFile, admission: crate::admission::Rule
             handshake: p.upstream.handshake_timeout.0,
         },
         admission: Arc::new(admission),
+        http: HttpRules {
+            max_request_body: p.http.max_request_body.0,
+            response_timeout: p.http.response_timeout.0,
+            body_timeout: p.http.body_timeout.0,
+            auth: p.http.auth,
+            origin: p.http.origin,
+        },
     }
 }
 
@@ -591,6 +722,24 @@ mod tests {
         assert!(parse_server("ws://x:99999").is_err());
         assert!(parse_server("ws://x:").is_err());
         assert_eq!(parse_server("wss://[::1]"), Ok((true, "::1".into(), 443)));
+    }
+
+    #[test]
+    fn routes_clash_only_where_their_listeners_meet() {
+        let on = |names: &[&str]| Some(names.iter().map(|n| n.to_string()).collect());
+        let (a, b, ab, everywhere) = (on(&["a"]), on(&["b"]), on(&["a", "b"]), None);
+        assert_eq!(clash(&a, &b), None);
+        assert_eq!(clash(&ab, &on(&["c"])), None);
+        assert!(clash(&everywhere, &everywhere)
+            .unwrap()
+            .ends_with("this host and path"));
+        for (earlier, this) in [(&everywhere, &a), (&a, &everywhere)] {
+            let why = clash(earlier, this).unwrap();
+            assert!(why.contains(r#"on listener "a""#), "{why}");
+            assert!(why.contains("without `listeners`"), "{why}");
+        }
+        let why = clash(&ab, &b).unwrap();
+        assert!(why.ends_with(r#"on listener "b""#), "{why}");
     }
 
     #[test]

@@ -19,9 +19,9 @@ use crate::admission::{
     Admission, Stats,
 };
 use crate::{
-    config::{Config, UpstreamConfig},
+    config::{Config, UpstreamServers},
     echo, http, listener,
-    route::{Route, RouteTable},
+    route::{Route, Routes},
     shutdown::{DrainReport, Sessions},
     tls,
     upstream::{ServerSpec, Upstream},
@@ -285,9 +285,9 @@ impl Kept {
     async fn generation(&self, config: Config) -> anyhow::Result<listener::Current> {
         let mut upstreams = HashMap::new();
         for (name, spec) in config.upstreams {
-            let servers = match spec {
-                UpstreamConfig::Servers(servers) => servers,
-                UpstreamConfig::BuiltinEcho => {
+            let servers = match spec.servers {
+                UpstreamServers::Servers(servers) => servers,
+                UpstreamServers::BuiltinEcho => {
                     let addr = *self
                         .echo
                         .get_or_try_init(echo::spawn)
@@ -301,19 +301,24 @@ impl Kept {
                     }]
                 }
             };
-            upstreams.insert(name.clone(), Arc::new(Upstream::new(name, servers)));
+            let group = Upstream::new(name.clone(), spec.pool, servers);
+            upstreams.insert(name, Arc::new(group));
         }
-        let routes: Vec<Route> = config
+        let routes: Vec<Arc<Route>> = config
             .routes
-            .iter()
+            .into_iter()
             .map(|r| {
-                Route::new(
-                    r.host.as_deref(),
-                    &r.path,
-                    r.rewrite.as_deref(),
-                    upstreams[&r.upstream].clone(),
-                    r.policy.clone(),
-                    r.preserve_host,
+                Arc::new(
+                    Route::new(
+                        r.listeners,
+                        r.host.as_deref(),
+                        &r.path,
+                        r.rewrite.as_deref(),
+                        upstreams[&r.upstream].clone(),
+                        r.policy,
+                        r.preserve_host,
+                    )
+                    .with_http(r.http),
                 )
             })
             .collect();
@@ -324,8 +329,9 @@ impl Kept {
                 .map(|r| (r.label.as_str(), &*r.policy.admission)),
             &self.admission,
         );
+        let names = config.listeners.iter().map(|l| l.name.as_deref());
         let http = http::Context {
-            routes: RouteTable::new(routes),
+            routes: Routes::new(&routes, names),
             server: config.server,
             sessions: self.sessions.clone(),
             admission: Arc::new(admission),

@@ -1,23 +1,28 @@
-//! The client side of the handshake: read the upgrade request, check it,
-//! pick the route, run admission (so a refused client never reaches a
-//! backend), complete the upstream handshake, answer 101, and run the
-//! session in the same task.
+//! A client connection: read a request, validate its host and pick its
+//! route; then either the WebSocket handshake (check the upgrade, run
+//! admission so a refused client never reaches a backend, complete the
+//! upstream handshake, answer 101, and run the session in the same task)
+//! or, for a plain request, [`proxy`] it and read the next one.
 //!
-//! The exchange is one request head and one response head, so it is read
-//! and written here directly (httparse parses) rather than through a
-//! general HTTP server: no second task, no upgrade hand-off, and the relay
-//! gets the socket itself.
+//! Heads are read and written here directly (httparse parses, [`body`]
+//! streams bodies) rather than through a general HTTP server: no second
+//! task, no upgrade hand-off, the relay gets the socket itself, and an
+//! idle keep-alive connection holds no buffer at all. Why not hyper's
+//! server: it keeps an 8 KiB read buffer per connection, idle or not.
+
+mod body;
+mod proxy;
 
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
-use http::{Request, StatusCode};
+use http::{header, Request, StatusCode};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     time::{timeout, Instant},
 };
 
 use crate::{
-    admission::{Admission, Admitted},
+    admission::{Admission, Admitted, Kind},
     proto::{
         close, forwarded, frame,
         head::{self, HeadError},
@@ -26,10 +31,10 @@ use crate::{
         upgrade,
     },
     relay::{Jitter, Session},
-    route::{Route, RouteTable},
+    route::{Route, Routes},
     shutdown::Sessions,
     stream::{Stream, Transport},
-    upstream::UpstreamRequest,
+    upstream::{UpstreamError, UpstreamRequest},
 };
 
 /// How much a client may send ahead of its 101 while the upstream is being
@@ -39,7 +44,8 @@ const EARLY_LIMIT: usize = 64 * 1024;
 /// What every connection needs to know. Replaced whole on reload; a
 /// session keeps the route and policy it started with.
 pub struct Context {
-    pub routes: RouteTable,
+    /// Each listener's routes, by listener number.
+    pub routes: Routes,
     pub server: ServerSettings,
     /// Admission control; its counts are shared by every generation of the config.
     pub admission: Arc<Admission>,
@@ -57,6 +63,8 @@ pub struct ServerSettings {
     pub max_headers: usize,
     pub drain_timeout: Duration,
     pub drain_spread: Option<Duration>,
+    /// How long an idle client connection waits for its next request.
+    pub keepalive_timeout: Duration,
     /// Forward request headers whose names contain `_`.
     pub underscores_in_headers: bool,
     /// Trusted proxies, connection limits, client grouping.
@@ -70,6 +78,10 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The connection came in over TLS.
     pub tls: bool,
+    /// The number (config order) of the listener that accepted it, which
+    /// decides the routes it can reach; stable across reloads, as the
+    /// listeners are.
+    pub listener: usize,
     /// Whether this peer's `X-Forwarded-For` may be believed (it still has
     /// to be a trusted proxy). False when its PROXY header said it is the
     /// client itself (`UNKNOWN`, v2 `LOCAL`): then nobody vouched for the
@@ -104,7 +116,8 @@ pub async fn serve(
 ) {
     // Both phases are boxed: the handshake's state is large and short-lived,
     // and the task, which lives on as the session, then holds neither.
-    let Some(up) = Box::pin(handshake(&mut io, peer, &ctx)).await else {
+    let mut inflight = Some(inflight);
+    let Some(up) = Box::pin(handshake(&mut io, peer, &ctx, &mut inflight)).await else {
         return;
     };
     drop(inflight);
@@ -167,18 +180,30 @@ fn session(
 
 /// Reads requests and answers them until one is upgraded (`Some`, once the
 /// client has its 101) or the connection is done. A refused request leaves
-/// the connection open for another, as HTTP/1.1 keep-alive would.
-async fn handshake(io: &mut Transport, client: Peer, ctx: &Context) -> Option<Upgraded> {
+/// the connection open for another, as HTTP/1.1 keep-alive would, and so
+/// does a proxied plain request. After its first plain request the
+/// connection no longer counts as pending (`inflight`): it has shown itself
+/// a client, and its idle waits are bounded by `keepalive_timeout`.
+async fn handshake(
+    io: &mut Transport,
+    client: Peer,
+    ctx: &Context,
+    inflight: &mut Option<crate::admission::pending::Inflight>,
+) -> Option<Upgraded> {
     let peer = client.addr;
     let limits = &ctx.server;
     let mut pending = Vec::new();
+    let mut idle = false;
     loop {
+        if idle && pending.is_empty() && !next_request(io, &mut pending, ctx).await {
+            return None;
+        }
         let read = head::read_request(io, pending, limits.max_header_bytes, limits.max_headers);
         let request = match timeout(limits.request_timeout, read).await {
             Ok(Ok(r)) => r,
-            Ok(Err(HeadError::Closed | HeadError::Io(_))) => return None,
+            Ok(Err(HeadError::Closed | HeadError::Truncated | HeadError::Io(_))) => return None,
             Ok(Err(e)) => {
-                refuse(io, peer, "-", head_reject(e), false, ctx).await;
+                refuse(io, peer, "-", head_reject(e), false, "request refused", ctx).await;
                 return None;
             }
             Err(_) => {
@@ -186,12 +211,29 @@ async fn handshake(io: &mut Transport, client: Peer, ctx: &Context) -> Option<Up
                     StatusCode::REQUEST_TIMEOUT,
                     "no complete request within request_timeout",
                 );
-                refuse(io, peer, "-", reject, false, ctx).await;
+                refuse(io, peer, "-", reject, false, "request refused", ctx).await;
                 return None;
             }
         };
         let path = request.head.uri().path().to_owned();
         let keep_alive = upgrade::keeps_alive(request.head.version(), request.head.headers());
+        let at = match locate(&request.head, client, ctx) {
+            Ok(at) if plain_http(&at, &request.head) => {
+                // Tracked, so a drain waits for the request to finish.
+                let next = Box::pin(proxy::serve(io, request, at, client, ctx));
+                match ctx.sessions.track(next).await {
+                    proxy::Next::KeepAlive(rest) => {
+                        // An idle connection holds no buffer.
+                        pending = if rest.is_empty() { Vec::new() } else { rest };
+                        idle = true;
+                        inflight.take();
+                        continue;
+                    }
+                    proxy::Next::Close => return None,
+                }
+            }
+            other => other,
+        };
         let mut early = request.early;
         // A client that hangs up meanwhile abandons the upstream handshake at
         // once, instead of holding a backend connection until its timeout.
@@ -200,7 +242,7 @@ async fn handshake(io: &mut Transport, client: Peer, ctx: &Context) -> Option<Up
         // when the 101 to the client cannot be written), never a bare close.
         let answer = tokio::select! {
             biased;
-            answer = upgrade_request(request.head, client, ctx) => answer,
+            answer = Box::pin(upgrade_request(request.head, at, client, ctx)) => answer,
             () = hung_up(io, &mut early) => {
                 tracing::debug!(client = %peer, "client left during the upstream handshake");
                 return None;
@@ -210,7 +252,7 @@ async fn handshake(io: &mut Transport, client: Peer, ctx: &Context) -> Option<Up
             Ok(ok) => ok,
             Err(reject) => {
                 let keep_alive = keep_alive && !ctx.sessions.is_draining();
-                if refuse(io, peer, &path, reject, keep_alive, ctx).await {
+                if refuse(io, peer, &path, reject, keep_alive, "upgrade refused", ctx).await {
                     pending = early;
                     continue;
                 }
@@ -236,6 +278,52 @@ async fn handshake(io: &mut Transport, client: Peer, ctx: &Context) -> Option<Up
             accepted,
         });
     }
+}
+
+/// Waits, on an idle keep-alive connection, for the first byte of the next
+/// request (into `pending`): false if it does not come within
+/// `keepalive_timeout`, the client closes, or the gateway drains.
+async fn next_request(io: &mut Transport, pending: &mut Vec<u8>, ctx: &Context) -> bool {
+    tokio::select! {
+        read = timeout(ctx.server.keepalive_timeout, io.read_buf(pending)) => {
+            matches!(read, Ok(Ok(n)) if n > 0)
+        }
+        () = ctx.sessions.draining() => false,
+    }
+}
+
+/// Whether a located request is proxied as plain HTTP: it does not ask for
+/// a WebSocket, and its route proxies plain requests. (An `Upgrade` to
+/// anything else, `h2c` say, is per hop and ignored.)
+fn plain_http(at: &Located, req: &Request<()>) -> bool {
+    at.route.http && !upgrade::has_token(req.headers(), header::UPGRADE, "websocket")
+}
+
+/// Where a request goes: its route, by its validated host.
+struct Located {
+    route: Arc<Route>,
+    authority: Option<host::Authority>,
+}
+
+/// Validates the host and picks the route (400, 404).
+fn locate(req: &Request<()>, conn: Peer, ctx: &Context) -> Result<Located, Reject> {
+    let authority = host::of_request(
+        req.version(),
+        req.headers(),
+        authority(req.uri()).as_ref(),
+        conn.tls,
+    )
+    .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let route = ctx
+        .routes
+        .find(
+            conn.listener,
+            authority.as_ref().map(host::Authority::host),
+            req.uri().path(),
+        )
+        .ok_or_else(|| Reject::new(StatusCode::NOT_FOUND, "no route for this host and path"))?
+        .clone();
+    Ok(Located { route, authority })
 }
 
 /// Resolves when the client hangs up. What it sends meanwhile (frames sent
@@ -272,6 +360,7 @@ async fn refuse(
     path: &str,
     reject: Reject,
     keep_alive: bool,
+    what: &'static str,
     ctx: &Context,
 ) -> bool {
     // Strings are logged quoted and escaped (Debug): nothing a client sent
@@ -281,21 +370,29 @@ async fn refuse(
         path,
         status = reject.status.as_u16(),
         reason = reject.message.as_str(),
-        "upgrade refused"
+        "{what}"
     );
     let answer = reject.encode(keep_alive);
-    let written = timeout(ctx.server.request_timeout, async {
-        io.write_all(&answer).await?;
-        if keep_alive {
-            return Ok(());
-        }
+    let limit = ctx.server.request_timeout;
+    let written = timeout(limit, io.write_all(&answer)).await;
+    if !keep_alive {
+        linger_close(io, limit).await;
+    }
+    keep_alive && matches!(written, Ok(Ok(())))
+}
+
+/// Closes a connection after its last answer: our side is shut, and what
+/// the client still sends is read and dropped for up to `limit`, so that
+/// the close does not reset the connection before the client has read the
+/// answer (unread bytes at close make the kernel send a reset).
+async fn linger_close(io: &mut Transport, limit: Duration) {
+    let _ = timeout(limit, async {
         io.shutdown().await?;
         let mut sink = [0u8; 1024];
         while io.read(&mut sink).await? > 0 {}
         Ok::<_, std::io::Error>(())
     })
     .await;
-    keep_alive && matches!(written, Ok(Ok(())))
 }
 
 /// The authority of an absolute-form target; [`head`] validated and
@@ -308,25 +405,12 @@ fn authority(uri: &http::Uri) -> Option<host::Authority> {
 /// `Ok` holds the 101 to send and the session's parts.
 async fn upgrade_request(
     req: Request<()>,
+    at: Result<Located, Reject>,
     conn: Peer,
     ctx: &Context,
 ) -> Result<(Vec<u8>, Accepted), Reject> {
     let (peer, tls) = (conn.addr, conn.tls);
-    let authority = host::of_request(
-        req.version(),
-        req.headers(),
-        authority(req.uri()).as_ref(),
-        tls,
-    )
-    .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let route = ctx
-        .routes
-        .find(
-            authority.as_ref().map(host::Authority::host),
-            req.uri().path(),
-        )
-        .ok_or_else(|| Reject::new(StatusCode::NOT_FOUND, "no route for this host and path"))?
-        .clone();
+    let Located { route, authority } = at?;
     let up = upgrade::validate(req.method(), req.version(), req.headers())?;
     if ctx.sessions.is_draining() {
         return Err(Reject::new(
@@ -340,10 +424,12 @@ async fn upgrade_request(
         .admit(
             &route.label,
             &route.policy.admission,
+            Kind::Upgrade {
+                protocols: &up.protocols,
+            },
             &client,
             req.headers(),
             req.uri(),
-            &up.protocols,
         )
         .await?;
 
@@ -372,7 +458,14 @@ async fn upgrade_request(
         .await
         .map_err(|e| {
             tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream handshake failed");
-            Reject::new(e.status(), e.public_message())
+            match e {
+                // The backend's own refusal (401 with `WWW-Authenticate`, 429
+                // with `Retry-After`, a JSON error) is the client's answer.
+                UpstreamError::Refused { status, answer, .. } => {
+                    Reject::passed_on(status, &answer.headers, answer.body)
+                }
+                e => Reject::new(e.status(), e.public_message()),
+            }
         })?;
     let headers = upgrade::accept(&up, connected.protocol, connected.headers);
     Ok((

@@ -1,8 +1,7 @@
 //! HTTP/1.1 heads on the wire: read one (bounded in bytes and headers),
-//! encode one. A WebSocket handshake is a single request and a single
-//! response with no body, so this is all of HTTP the upgrade path needs;
-//! httparse parses, this module frames. Whatever follows the head on the
-//! socket is returned as early data for the relay.
+//! encode one. httparse parses, this module frames; bodies are
+//! [`super::body`]'s. Whatever follows the head on the socket is returned as
+//! early data: a body's start, a pipelined request, or the relay's frames.
 
 use std::io;
 
@@ -12,7 +11,10 @@ use http::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::proto::target::{self, TargetError};
+use crate::proto::{
+    body::{self, BodyError, Framing},
+    target::{self, TargetError},
+};
 
 /// First read buffer; most upgrade heads are a few hundred bytes.
 const FIRST_READ: usize = 1024;
@@ -28,8 +30,12 @@ pub enum HeadError {
     Malformed(&'static str),
     #[error("{0}")]
     Target(#[from] TargetError),
-    #[error("connection closed before the head was complete")]
+    /// Closed before the first byte of a head.
+    #[error("connection closed before a head began")]
     Closed,
+    /// Closed, or broken, part way through a head.
+    #[error("connection closed before the head was complete")]
+    Truncated,
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -77,8 +83,11 @@ where
         if buf.len() == buf.capacity() {
             buf.reserve(buf.len().min(max_bytes - buf.len()));
         }
-        if io.read_buf(&mut buf).await? == 0 {
-            return Err(HeadError::Closed);
+        match io.read_buf(&mut buf).await {
+            Ok(0) | Err(_) if !buf.is_empty() => return Err(HeadError::Truncated),
+            Ok(0) => return Err(HeadError::Closed),
+            Err(e) => return Err(HeadError::Io(e)),
+            Ok(_) => {}
         }
     }
 }
@@ -102,13 +111,23 @@ pub async fn read_request<S: AsyncRead + Unpin>(
     .await
 }
 
-/// Reads a response head.
+/// A response head.
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// Reads a response head; `pending` is what was read past the previous one
+/// (an interim `1xx` answer's).
 pub async fn read_response<S: AsyncRead + Unpin>(
     io: &mut S,
+    pending: Vec<u8>,
     max_bytes: usize,
     max_headers: usize,
-) -> Result<Head<(StatusCode, HeaderMap)>, HeadError> {
-    read(io, Vec::new(), max_bytes, |buf| {
+) -> Result<Head<Response>, HeadError> {
+    read(io, pending, max_bytes, |buf| {
         parse_response(buf, max_headers)
     })
     .await
@@ -156,62 +175,34 @@ fn uri(t: &target::Target) -> Result<Uri, HeadError> {
     Uri::from_parts(parts).map_err(|_| HeadError::Malformed("invalid request target"))
 }
 
-/// How a request's body is delimited (RFC 9112 §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFraming {
-    None,
-    Length(u64),
-    Chunked,
-}
-
 /// The body framing a request declares, refusing every ambiguous form a
 /// proxy in front could read differently (request smuggling): differing
 /// `Content-Length` values, `Content-Length` beside `Transfer-Encoding`
 /// (RFC 9112 §6.3 allows refusing it, and that is the safe choice),
 /// `Transfer-Encoding` on HTTP/1.0 or not ending in `chunked`.
-pub fn body_framing(version: Version, headers: &HeaderMap) -> Result<BodyFraming, HeadError> {
+pub fn body_framing(version: Version, headers: &HeaderMap) -> Result<Framing, HeadError> {
     let has_te = headers.contains_key(header::TRANSFER_ENCODING);
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let item = item.trim_ascii();
-            let n = (!item.is_empty() && item.len() <= 18 && item.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(item).ok()?.parse::<u64>().ok())
-                .flatten()
-                .ok_or(HeadError::Malformed("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(HeadError::Malformed("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
+    let length = body::content_length(headers).map_err(|e| match e {
+        BodyError::ConflictingLength => HeadError::Malformed("conflicting Content-Length values"),
+        _ => HeadError::Malformed("invalid Content-Length"),
+    })?;
     match (has_te, length) {
-        (false, None) => Ok(BodyFraming::None),
-        (false, Some(n)) => Ok(BodyFraming::Length(n)),
+        (false, None) => Ok(Framing::None),
+        (false, Some(n)) => Ok(Framing::Length(n)),
         (true, Some(_)) => Err(HeadError::Malformed(
             "both Transfer-Encoding and Content-Length",
         )),
         (true, None) if version != Version::HTTP_11 => Err(HeadError::Malformed(
             "Transfer-Encoding in an HTTP/1.0 request",
         )),
-        (true, None) => {
-            let last = headers
-                .get_all(header::TRANSFER_ENCODING)
-                .iter()
-                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-                .map(<[u8]>::trim_ascii)
-                .rfind(|t| !t.is_empty());
-            match last {
-                Some(t) if t.eq_ignore_ascii_case(b"chunked") => Ok(BodyFraming::Chunked),
-                _ => Err(HeadError::Malformed(
-                    "Transfer-Encoding must end in chunked",
-                )),
-            }
-        }
+        (true, None) if body::ends_in_chunked(headers) => Ok(Framing::Chunked),
+        (true, None) => Err(HeadError::Malformed(
+            "Transfer-Encoding must end in chunked",
+        )),
     }
 }
 
-fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<(StatusCode, HeaderMap)> {
+fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<Response> {
     let mut slots = vec![httparse::EMPTY_HEADER; max_headers];
     let mut resp = httparse::Response::new(&mut slots);
     let len = match resp.parse(buf).map_err(|e| parse_error(e, max_headers))? {
@@ -220,7 +211,12 @@ fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<(StatusCode, HeaderM
     };
     let status = StatusCode::from_u16(resp.code.unwrap_or_default())
         .map_err(|_| HeadError::Malformed("invalid status code"))?;
-    Ok(Some(((status, header_map(resp.headers)?), len)))
+    let response = Response {
+        status,
+        version: version(resp.version),
+        headers: header_map(resp.headers)?,
+    };
+    Ok(Some((response, len)))
 }
 
 fn parse_error(e: httparse::Error, max_headers: usize) -> HeadError {
@@ -266,13 +262,15 @@ pub fn encode_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> 
     out
 }
 
-/// A `GET` request head for `target`.
-pub fn encode_get<'a>(
+/// A request head for `method` and `target`.
+pub fn encode_request<'a>(
+    method: &Method,
     target: &str,
     headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(512 + target.len());
-    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     encode_headers(&mut out, headers);
@@ -339,8 +337,9 @@ mod tests {
         ));
         assert!(matches!(
             request(b"GET / HTTP/1.1\r\nHost", 1024).await,
-            Err(HeadError::Closed)
+            Err(HeadError::Truncated)
         ));
+        assert!(matches!(request(b"", 1024).await, Err(HeadError::Closed)));
         assert!(matches!(
             request(b"GET / SPDY/3\r\n\r\n", 1024).await,
             Err(HeadError::Malformed(_))
@@ -357,14 +356,14 @@ mod tests {
             body_framing(version, &h)
         };
         let v11 = Version::HTTP_11;
-        assert_eq!(framing(v11, &[]).unwrap(), BodyFraming::None);
+        assert_eq!(framing(v11, &[]).unwrap(), Framing::None);
         assert_eq!(
             framing(v11, &[("content-length", "5"), ("content-length", "5, 5")]).unwrap(),
-            BodyFraming::Length(5)
+            Framing::Length(5)
         );
         assert_eq!(
             framing(v11, &[("transfer-encoding", "gzip, Chunked")]).unwrap(),
-            BodyFraming::Chunked
+            Framing::Chunked
         );
         for bad in [
             &[("content-length", "5"), ("content-length", "6")][..],
@@ -409,9 +408,9 @@ mod tests {
     #[tokio::test]
     async fn a_response_head() {
         let mut io: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
-        let got = read_response(&mut io, 1024, 8).await.unwrap();
-        assert_eq!(got.head.0, StatusCode::SWITCHING_PROTOCOLS);
-        assert_eq!(got.head.1["upgrade"], "websocket");
+        let got = read_response(&mut io, Vec::new(), 1024, 8).await.unwrap();
+        assert_eq!(got.head.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(got.head.headers["upgrade"], "websocket");
         assert!(got.early.is_empty());
     }
 

@@ -53,10 +53,17 @@ pub struct Candidates<'a, T> {
     taken: usize,
 }
 
-impl<'a, T> Iterator for Candidates<'a, T> {
-    type Item = &'a T;
+impl<'a, T> Candidates<'a, T> {
+    /// The candidates with their indexes in the server list (which keys
+    /// per-server state such as the idle connection pool).
+    pub fn indexed(mut self) -> impl Iterator<Item = (usize, &'a T)> {
+        std::iter::from_fn(move || {
+            let i = self.next_index()?;
+            Some((i, &self.servers[i]))
+        })
+    }
 
-    fn next(&mut self) -> Option<&'a T> {
+    fn next_index(&mut self) -> Option<usize> {
         let n = self.servers.len();
         if self.taken == n {
             return None;
@@ -64,7 +71,16 @@ impl<'a, T> Iterator for Candidates<'a, T> {
         // `start < n`, so this neither overflows nor needs a second modulo.
         let i = self.start + self.taken;
         self.taken += 1;
-        Some(&self.servers[if i >= n { i - n } else { i }])
+        Some(if i >= n { i - n } else { i })
+    }
+}
+
+impl<'a, T> Iterator for Candidates<'a, T> {
+    type Item = &'a T;
+
+    fn next(&mut self) -> Option<&'a T> {
+        let i = self.next_index()?;
+        Some(&self.servers[i])
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -91,11 +91,26 @@ pub enum UpstreamError {
         limit: Duration,
     },
     /// The server answered the upgrade with something other than 101.
+    /// `answer` is what the client is given instead of a 502 of the
+    /// gateway's own, so that "log in again on 401" and "back off on 429"
+    /// work through it.
     #[error("{server} answered {status} to the upgrade")]
-    Refused { server: String, status: StatusCode },
+    Refused {
+        server: String,
+        status: StatusCode,
+        answer: Box<Refusal>,
+    },
     /// The server's answer was not a valid WebSocket handshake.
     #[error("{server} broke the handshake: {why}")]
     Invalid { server: String, why: String },
+}
+
+/// A server's refusal of an upgrade, as the client gets it.
+#[derive(Debug, Default)]
+pub struct Refusal {
+    /// End-to-end headers (`WWW-Authenticate`, `Retry-After`, `Content-Type`...).
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
 }
 
 impl UpstreamError {
@@ -183,6 +198,7 @@ mod tests {
             UpstreamError::Refused {
                 server: S.into(),
                 status: StatusCode::SERVICE_UNAVAILABLE,
+                answer: Box::default(),
             },
             UpstreamError::invalid(S, "wrong or missing Sec-WebSocket-Accept"),
         ]

@@ -14,24 +14,33 @@
 //!   the 101 and its checks (`handshake_timeout`).
 //! - [`error`]: why an attempt failed, what the client is told, and whether
 //!   another server may be tried ([`Retry`](error::Retry)).
+//! - [`pool`]: idle keep-alive connections per server, for plain HTTP.
 //!
 //! This module is the group: it takes the balancer's candidates in order,
 //! dials and handshakes each, and moves on to the next while its failover
-//! rule ([`Upstream::connect`]) allows.
+//! rule ([`Upstream::connect`]) allows. Plain HTTP requests take a
+//! connection with [`Upstream::checkout`] (a pooled one when the chosen
+//! server has one) and give it back with [`Upstream::checkin`].
 
 mod balance;
 mod dial;
 mod endpoint;
 mod error;
+mod pool;
 mod ws;
 
-use std::{io, time::Duration};
+use std::{io, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue};
 
 use self::{balance::RoundRobin, endpoint::Endpoint, error::Phase};
-pub use self::{endpoint::ServerSpec, error::UpstreamError, ws::UpstreamRequest};
-use crate::stream::Stream;
+pub use self::{
+    endpoint::ServerSpec,
+    error::UpstreamError,
+    pool::PoolLimits,
+    ws::{UpstreamRequest, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
+};
+use crate::stream::{Stream, Transport};
 
 /// How long reaching an upstream may take (from the route's policy).
 #[derive(Debug, Clone, Copy)]
@@ -60,14 +69,101 @@ pub struct Upstream {
     pub name: String,
     endpoints: Vec<Endpoint>,
     balance: RoundRobin,
+    pool: Arc<pool::Pool>,
+}
+
+/// A connection for one plain HTTP request: give it back with
+/// [`Upstream::checkin`] if the exchange left it reusable, else drop it.
+pub struct Conn<'a> {
+    pub io: Transport,
+    server: usize,
+    endpoint: &'a Endpoint,
+    /// It came from the pool (so the server may have closed it just now).
+    pub reused: bool,
+}
+
+impl<'a> Conn<'a> {
+    /// The server's label, for logs.
+    pub fn server(&self) -> &'a str {
+        self.endpoint.label()
+    }
+
+    /// The server's `host:port`, the `Host` sent when the client's is not.
+    pub fn authority(&self) -> &HeaderValue {
+        self.endpoint.authority()
+    }
 }
 
 impl Upstream {
-    pub fn new(name: String, specs: Vec<ServerSpec>) -> Self {
+    pub fn new(name: String, pool: PoolLimits, specs: Vec<ServerSpec>) -> Self {
         Upstream {
             name,
+            pool: pool::Pool::new(specs.len(), pool),
             endpoints: specs.into_iter().map(Endpoint::new).collect(),
             balance: RoundRobin::new(),
+        }
+    }
+
+    /// A connection to the next server for a plain HTTP request: an idle
+    /// one from the pool if that server has one, else a new one (failing
+    /// over to the next server while it cannot be reached, as
+    /// [`Upstream::connect`] does).
+    pub async fn checkout(&self, connect: Duration) -> Result<Conn<'_>, UpstreamError> {
+        let mut last = None;
+        for (server, endpoint) in self.balance.candidates(&self.endpoints).indexed() {
+            if let Some(io) = self.pool.take(server) {
+                return Ok(Conn {
+                    io,
+                    server,
+                    endpoint,
+                    reused: true,
+                });
+            }
+            match dial::dial(endpoint, connect).await {
+                Ok(io) => {
+                    return Ok(Conn {
+                        io,
+                        server,
+                        endpoint,
+                        reused: false,
+                    })
+                }
+                Err(e) if fails_over(&e) => {
+                    tracing::warn!(upstream = %self.name, error = %e, "server unreachable, trying the next one");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| self.no_servers()))
+    }
+
+    /// A new connection to the server `conn` was to, in place of a pooled
+    /// one that broke before answering.
+    pub async fn redial<'a>(
+        &'a self,
+        conn: &Conn<'a>,
+        connect: Duration,
+    ) -> Result<Conn<'a>, UpstreamError> {
+        let io = dial::dial(conn.endpoint, connect).await?;
+        Ok(Conn {
+            io,
+            server: conn.server,
+            endpoint: conn.endpoint,
+            reused: false,
+        })
+    }
+
+    /// Keeps a connection whose exchange ended cleanly for the next request.
+    pub fn checkin(&self, conn: Conn<'_>) {
+        self.pool.put(conn.server, conn.io);
+    }
+
+    fn no_servers(&self) -> UpstreamError {
+        UpstreamError::Unreachable {
+            server: self.name.clone(),
+            phase: Phase::Connect,
+            source: io::Error::other("no servers"),
         }
     }
 
@@ -92,11 +188,7 @@ impl Upstream {
                 other => return other,
             }
         }
-        Err(last.unwrap_or_else(|| UpstreamError::Unreachable {
-            server: self.name.clone(),
-            phase: Phase::Connect,
-            source: io::Error::other("no servers"),
-        }))
+        Err(last.unwrap_or_else(|| self.no_servers()))
     }
 }
 
@@ -169,6 +261,7 @@ mod tests {
                 UpstreamError::Refused {
                     server: s.into(),
                     status: StatusCode::SERVICE_UNAVAILABLE,
+                    answer: Box::default(),
                 },
                 false,
             ),
@@ -271,7 +364,7 @@ mod tests {
         let (a, a_n) = server(Behaviour::Accept).await;
         let (b, b_n) = server(Behaviour::Accept).await;
         let (a_url, b_url) = (a.url.clone(), b.url.clone());
-        let up = Upstream::new("pool".into(), vec![a, b]);
+        let up = Upstream::new("pool".into(), PoolLimits::default(), vec![a, b]);
         let mut order = Vec::new();
         for _ in 0..4 {
             order.push(connect(&up, &POLICY).await.unwrap().server);
@@ -288,7 +381,7 @@ mod tests {
         let dead = closed_port().await;
         let (live, live_n) = server(Behaviour::Accept).await;
         let live_url = live.url.clone();
-        let up = Upstream::new("pool".into(), vec![dead, live]);
+        let up = Upstream::new("pool".into(), PoolLimits::default(), vec![dead, live]);
         // The first starts at the dead server, the second at the live one.
         for _ in 0..2 {
             assert_eq!(connect(&up, &POLICY).await.unwrap().server, live_url);
@@ -303,7 +396,7 @@ mod tests {
         let (flaky, flaky_n) = server(Behaviour::HangUp).await;
         let (live, _) = server(Behaviour::Accept).await;
         let live_url = live.url.clone();
-        let up = Upstream::new("pool".into(), vec![flaky, live]);
+        let up = Upstream::new("pool".into(), PoolLimits::default(), vec![flaky, live]);
         assert_eq!(connect(&up, &POLICY).await.unwrap().server, live_url);
         assert_eq!(flaky_n.load(Ordering::SeqCst), 1);
     }
@@ -312,7 +405,7 @@ mod tests {
     async fn a_timeout_does_not_fail_over() {
         let (silent, _) = server(Behaviour::Silent).await;
         let (live, live_n) = server(Behaviour::Accept).await;
-        let up = Upstream::new("pool".into(), vec![silent, live]);
+        let up = Upstream::new("pool".into(), PoolLimits::default(), vec![silent, live]);
         let policy = Timeouts {
             handshake: Duration::from_millis(200),
             ..POLICY
@@ -335,7 +428,7 @@ mod tests {
     async fn a_refusal_does_not_fail_over() {
         let (refusing, _) = server(Behaviour::Refuse).await;
         let (live, live_n) = server(Behaviour::Accept).await;
-        let up = Upstream::new("pool".into(), vec![refusing, live]);
+        let up = Upstream::new("pool".into(), PoolLimits::default(), vec![refusing, live]);
         let err = connect(&up, &POLICY).await.err().unwrap();
         assert!(
             matches!(err, UpstreamError::Refused { status, .. } if status == StatusCode::SERVICE_UNAVAILABLE),
@@ -349,7 +442,7 @@ mod tests {
         let first = closed_port().await;
         let (second, _) = server(Behaviour::HangUp).await;
         let second_url = second.url.clone();
-        let up = Upstream::new("pool".into(), vec![first, second]);
+        let up = Upstream::new("pool".into(), PoolLimits::default(), vec![first, second]);
         let err = connect(&up, &POLICY).await.err().unwrap();
         assert!(
             err.to_string()
@@ -362,7 +455,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_group_without_servers_is_unreachable() {
-        let up = Upstream::new("empty".into(), Vec::new());
+        let up = Upstream::new("empty".into(), PoolLimits::default(), Vec::new());
         let err = connect(&up, &POLICY).await.err().unwrap();
         assert_eq!(err.to_string(), "cannot reach empty: no servers");
         assert_eq!(err.status(), StatusCode::BAD_GATEWAY);

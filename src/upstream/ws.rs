@@ -5,22 +5,27 @@
 
 use std::{io, time::Duration};
 
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     time::timeout,
 };
 
-use super::{Endpoint, Phase, UpstreamError};
+use super::{error::Refusal, Endpoint, Phase, UpstreamError};
 use crate::proto::{
+    body::{self, Decoder},
     forwarded,
     head::{self, HeadError},
     upgrade,
 };
 
+/// The largest refusal body passed on to the client (a JSON error, a
+/// login hint); a longer one is replaced by a line of the gateway's.
+pub const MAX_REFUSAL_BODY: usize = 64 * 1024;
+
 /// Bounds on the upstream's answer head (its own headers, `Set-Cookie`s and all).
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-const MAX_RESPONSE_HEADERS: usize = 100;
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+pub const MAX_RESPONSE_HEADERS: usize = 100;
 
 /// What to ask the upstream for, built from the client's request.
 pub struct UpstreamRequest<'a> {
@@ -80,27 +85,83 @@ where
     io.write_all(&request_head(req, endpoint.authority(), &key))
         .await
         .map_err(broken)?;
-    let answer = head::read_response(&mut io, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
+    let answer = head::read_response(&mut io, Vec::new(), MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
         .await
         .map_err(|e| match e {
             HeadError::Io(e) => broken(e),
-            HeadError::Closed => broken(io::ErrorKind::UnexpectedEof.into()),
+            HeadError::Closed | HeadError::Truncated => broken(io::ErrorKind::UnexpectedEof.into()),
             e => UpstreamError::invalid(server, e.to_string()),
         })?;
-    let (status, rh) = answer.head;
-    let protocol = check_answer(status, &rh, &key, req.protocols).map_err(|e| match e {
-        Bad::Status(status) => UpstreamError::Refused {
-            server: server.to_owned(),
-            status,
-        },
-        Bad::Invalid(why) => UpstreamError::invalid(server, why),
-    })?;
+    let head::Response {
+        status,
+        headers: rh,
+        ..
+    } = answer.head;
+    let protocol = match check_answer(status, &rh, &key, req.protocols) {
+        Ok(p) => p,
+        Err(Bad::Invalid(why)) => return Err(UpstreamError::invalid(server, why)),
+        Err(Bad::Status(status)) => {
+            let mut headers = forwarded::end_to_end(&rh);
+            let body = match refusal_body(&mut io, status, &rh, answer.early).await {
+                Some(body) => body,
+                None => {
+                    // The status and headers still go on; the body is ours.
+                    for h in [header::CONTENT_TYPE, header::CONTENT_ENCODING] {
+                        headers.remove(h);
+                    }
+                    b"the upstream refused the upgrade; its answer's body is not passed on\n"
+                        .to_vec()
+                }
+            };
+            return Err(UpstreamError::Refused {
+                server: server.to_owned(),
+                status,
+                answer: Box::new(Refusal { headers, body }),
+            });
+        }
+    };
     Ok(Handshake {
         io,
         early: answer.early,
         protocol,
         headers: forwarded::end_to_end(&rh),
     })
+}
+
+/// The body of a refused upgrade, read to its end, starting with `read`
+/// (what came with the head); `None` if it is malformed, breaks off or is
+/// over [`MAX_REFUSAL_BODY`]. The caller's handshake timeout bounds the wait.
+async fn refusal_body<S: AsyncRead + Unpin>(
+    io: &mut S,
+    status: StatusCode,
+    headers: &HeaderMap,
+    mut read: Vec<u8>,
+) -> Option<Vec<u8>> {
+    let mut decoder = Decoder::new(body::response_framing(&Method::GET, status, headers).ok()?);
+    let mut body = Vec::new();
+    loop {
+        let mut pos = 0;
+        while !decoder.is_done() {
+            let got = decoder.decode(&read[pos..]).ok()?;
+            if got.consumed == 0 {
+                break;
+            }
+            body.extend_from_slice(&read[pos..][got.data]);
+            pos += got.consumed;
+        }
+        if body.len() > MAX_REFUSAL_BODY || read.len() - pos > MAX_REFUSAL_BODY {
+            return None;
+        }
+        if decoder.is_done() {
+            return Some(body);
+        }
+        read.drain(..pos);
+        read.reserve(4096);
+        if io.read_buf(&mut read).await.ok()? == 0 {
+            decoder.finish().ok()?;
+            return Some(body);
+        }
+    }
 }
 
 /// The upgrade request's head: `req`'s own headers, then the handshake's.
@@ -128,7 +189,7 @@ fn request_head(req: &UpstreamRequest<'_>, authority: &HeaderValue, key: &str) -
             h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
         }
     }
-    head::encode_get(&req.path, req.headers.iter().chain(&h))
+    head::encode_request(&http::Method::GET, &req.path, req.headers.iter().chain(&h))
 }
 
 /// Why an answer is not an accepted upgrade.

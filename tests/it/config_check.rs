@@ -212,6 +212,91 @@ builtin = "mirror"
 }
 
 #[test]
+fn listener_names_and_bindings_are_checked_at_their_lines() {
+    let bad = r#"[[listener]]
+name = "public"
+addr = "127.0.0.1:0"
+
+[[listener]]
+name = "public"
+addr = "127.0.0.1:0"
+
+[[listener]]
+name = "Admin"
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/x"
+listeners = ["public", "foo"]
+upstream = "echo"
+
+[[route]]
+path = "/none"
+listeners = []
+upstream = "echo"
+
+[[route]]
+path = "/"
+listeners = ["public"]
+upstream = "echo"
+
+[[route]]
+path = "/"
+upstream = "echo"
+
+[upstream.echo]
+builtin = "echo"
+"#;
+    let stderr = refused(bad);
+    assert_reported(
+        &stderr,
+        "bad.toml:6:",
+        r#"another listener is already named "public""#,
+    );
+    assert_reported(&stderr, "bad.toml:10:", "lower-case letters");
+    assert_reported(
+        &stderr,
+        "bad.toml:15:",
+        r#"route /x names listener "foo", but no listener has that name"#,
+    );
+    assert_reported(&stderr, "bad.toml:20:", "on no listener");
+    assert_reported(
+        &stderr,
+        "bad.toml:29:",
+        r#"another route already has this host and path on listener "public""#,
+    );
+    assert!(
+        stderr.contains("5 problem(s)"),
+        "every problem is counted once:\n{stderr}"
+    );
+}
+
+#[test]
+fn one_host_and_path_may_be_routed_on_each_listener() {
+    let config = Gateway::builder()
+        .named_listener("a", "")
+        .named_listener("b", "")
+        .route(route("/", "echo").listeners(&["a"]))
+        .route(route("/", "echo").listeners(&["b"]))
+        .route(route("/", "echo").host("x.test").listeners(&["a", "b"]))
+        .builtin_echo("echo")
+        .toml();
+    let (ok, stdout, stderr) = check(
+        "framegate.toml",
+        &[("framegate.toml", &config), ("policies/default.toml", "")],
+    );
+    assert!(ok, "stderr: {stderr}");
+    assert!(stdout.contains("2 listener(s), 3 route(s)"), "{stdout}");
+    // Overlapping sets clash even when they are not the same set.
+    let clashing = config.replace(r#"listeners = ["b"]"#, r#"listeners = ["b", "a"]"#);
+    assert_reported(
+        &refused(&clashing),
+        "bad.toml:",
+        r#"this host and path on listener "a""#,
+    );
+}
+
+#[test]
 fn request_path_settings_are_checked_at_their_lines() {
     let bad = r#"[server]
 max_pending_connections = 0

@@ -11,10 +11,11 @@ use tokio_tungstenite::tungstenite::Message;
 const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
 
 /// A gateway with one route, `/ws`, in front of an echo backend.
+/// A WebSocket-only route (`http = false`): plain requests get 426.
 async fn gateway() -> Gateway {
     let url = Backend::echo().await.url();
     Gateway::builder()
-        .route(route("/ws", "echo"))
+        .route(route("/ws", "echo").http(false))
         .upstream("echo", &[url])
         .start()
         .await
@@ -66,7 +67,7 @@ async fn no_route_is_404() {
 }
 
 #[tokio::test]
-async fn plain_get_is_426_with_upgrade_header() {
+async fn plain_get_on_a_websocket_only_route_is_426_with_upgrade_header() {
     let gw = gateway().await;
     let resp = ask(&gw, &["GET /ws HTTP/1.1", "Host: gateway.test"]).await;
     assert_refused(&resp, 426);
@@ -310,12 +311,57 @@ async fn upstream_that_never_accepts_is_504_after_connect_timeout() {
     drop(listener);
 }
 
+/// A backend's refusal is the client's answer (not a 502), so clients'
+/// "log in again on 401" and "back off on 429" work through the gateway.
 #[tokio::test]
-async fn upstream_refusing_the_upgrade_is_502() {
-    let addr = raw_http_server(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n").await;
+async fn a_backend_refusing_the_upgrade_is_passed_on() {
+    let addr = raw_http_server(
+        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"chat\", error=\"invalid_token\"\r\n\
+          Content-Type: application/json\r\nContent-Length: 25\r\nX-Hop: 1\r\nConnection: X-Hop\r\n\r\n\
+          {\"error\":\"token expired\"}",
+    )
+    .await;
     let gw = Gateway::to(&format!("ws://{addr}")).await;
     let resp = http(gw.addr, &upgrade_request("/", &[])).await;
-    assert_refused(&resp, 502);
+    assert_eq!(resp.status, 401, "{resp:?}");
+    assert_eq!(
+        resp.header("www-authenticate"),
+        Some("Bearer realm=\"chat\", error=\"invalid_token\"")
+    );
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    assert_eq!(resp.body_text(), "{\"error\":\"token expired\"}");
+    assert!(!resp.has_header("x-hop"), "hop-by-hop headers stay behind");
+
+    // A chunked 429 keeps its Retry-After and its body.
+    let addr = raw_http_server(
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nslow \r\n4\r\ndown\r\n0\r\n\r\n",
+    )
+    .await;
+    let gw = Gateway::to(&format!("ws://{addr}")).await;
+    let resp = http(gw.addr, &upgrade_request("/", &[])).await;
+    assert_eq!(resp.status, 429, "{resp:?}");
+    assert_eq!(resp.header("retry-after"), Some("7"));
+    assert_eq!(resp.body_text(), "slow down");
+}
+
+/// A refusal whose body is too big to hold keeps its status and headers;
+/// the body is replaced by the gateway's line.
+#[tokio::test]
+async fn a_refusal_body_over_64k_is_replaced() {
+    let mut answer =
+        b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nContent-Length: 70000\r\n\r\n"
+            .to_vec();
+    answer.extend(std::iter::repeat_n(b'x', 70_000));
+    let addr = raw_http_server(answer.leak()).await;
+    let gw = Gateway::to(&format!("ws://{addr}")).await;
+    let resp = http(gw.addr, &upgrade_request("/", &[])).await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert!(!resp.has_header("content-type"), "{resp:?}");
+    assert_eq!(
+        resp.body_text(),
+        "the upstream refused the upgrade; its answer's body is not passed on\n"
+    );
 }
 
 #[tokio::test]

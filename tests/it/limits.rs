@@ -98,9 +98,12 @@ async fn trickling_a_request_does_not_reset_the_timeout() {
 async fn an_idle_connection_after_a_refusal_is_cut_off() {
     let gw = gateway("request_timeout = \"300ms\"").await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: gateway.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let (resp, _) = read_response(&mut s).await;
     assert_eq!(resp.status, 426);
     closed_by_gateway(&mut s).await;

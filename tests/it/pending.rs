@@ -224,10 +224,11 @@ async fn counts_return_to_zero_however_connections_end() {
     // Half a request head, then the client leaves.
     let mut half = tcp_from("127.0.0.3", gw.addr).await;
     half.write_all(b"GET / HT").await.unwrap();
-    // A refused request (no upgrade: 426), on a connection kept alive.
+    // A refused request (an unknown WebSocket version: 426), on a connection kept alive.
     let mut refused = tcp_from("127.0.0.4", gw.addr).await;
     refused
-        .write_all(b"GET / HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+        .write_all(b"GET / HTTP/1.1\r\nHost: gateway.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n")
         .await
         .unwrap();
     let (resp, _) = read_response(&mut refused).await;

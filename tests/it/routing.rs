@@ -145,3 +145,96 @@ async fn each_route_applies_its_own_policy() {
     tight.send(&message).await;
     assert_eq!(tight.expect_close().await.0, 1009);
 }
+
+/// Listeners `a` and `b`, each with a route `/` of its own; `/admin/` on `a`
+/// only; `/shared/` on both (bound to none).
+fn two_ports() -> GatewayBuilder {
+    Gateway::builder()
+        .named_listener("a", "")
+        .named_listener("b", "")
+        .route(route("/", "A").listeners(&["a"]))
+        .route(route("/", "B").listeners(&["b"]))
+        .route(route("/admin/", "admin").listeners(&["a"]))
+        .route(route("/shared/", "shared"))
+}
+
+/// The greeting a WebSocket client at `ws://addr{path}` gets.
+async fn greeting(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut ws = connect(addr, path).await;
+    next_msg(&mut ws).await.into_text().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn each_listener_serves_the_routes_bound_to_it() {
+    let backends = fleet(&["A", "B", "admin", "shared"]).await;
+    let gw = two_ports().upstream_each(&backends).start().await;
+    let [a, b] = gw.addrs[..] else {
+        panic!("two listeners: {:?}", gw.addrs)
+    };
+    assert_eq!(greeting(a, "/x").await, "A /x");
+    assert_eq!(greeting(b, "/x").await, "B /x");
+    assert_eq!(greeting(a, "/admin/x").await, "admin /admin/x");
+    // b has no /admin/: its own `/` takes the request.
+    assert_eq!(greeting(b, "/admin/x").await, "B /admin/x");
+    assert_eq!(greeting(a, "/shared/x").await, "shared /shared/x");
+    assert_eq!(greeting(b, "/shared/x").await, "shared /shared/x");
+}
+
+#[tokio::test]
+async fn a_route_bound_to_another_listener_is_404() {
+    let url = Backend::named("A").await.url();
+    let gw = Gateway::builder()
+        .named_listener("a", "")
+        .named_listener("b", "")
+        .route(route("/", "A").listeners(&["a"]))
+        .upstream("A", &[url])
+        .start()
+        .await;
+    assert_eq!(greeting(gw.addrs[0], "/x").await, "A /x");
+    let resp = http(gw.addrs[1], &upgrade_request("/x", &[])).await;
+    assert_eq!(resp.status, 404);
+}
+
+#[tokio::test]
+async fn one_path_on_two_listeners_is_two_routes_to_admission() {
+    let url = Backend::echo().await.url();
+    let gw = Gateway::builder()
+        .named_listener("a", "")
+        .named_listener("b", "")
+        .route(route("/", "up").listeners(&["a"]).policy("one"))
+        .route(route("/", "up").listeners(&["b"]).policy("one"))
+        .upstream("up", &[url])
+        .policy("one", "[limits]\nmax_connections = 1\n")
+        .start()
+        .await;
+    let [a, b] = gw.addrs[..] else {
+        panic!("two listeners: {:?}", gw.addrs)
+    };
+    let _on_a = connect(a, "/").await;
+    // Counted apart: a's session does not fill b's route.
+    let _on_b = connect(b, "/").await;
+    let r = refused(a, "127.0.0.1", "/", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(gw.stats().open, 2);
+}
+
+#[tokio::test]
+async fn a_reload_rebinds_routes() {
+    let backends = fleet(&["A", "B", "admin", "shared"]).await;
+    let gw = two_ports().upstream_each(&backends).start().await;
+    let [a, b] = gw.addrs[..] else {
+        panic!("two listeners: {:?}", gw.addrs)
+    };
+    assert_eq!(greeting(a, "/x").await, "A /x");
+    let swapped = Gateway::builder()
+        .named_listener("a", "")
+        .named_listener("b", "")
+        .route(route("/", "B").listeners(&["a"]))
+        .route(route("/", "A").listeners(&["b"]))
+        .upstream_each(&backends)
+        .toml();
+    write_file(gw.dir.path(), "framegate.toml", swapped);
+    gw.reload().await;
+    assert_eq!(greeting(a, "/x").await, "B /x");
+    assert_eq!(greeting(b, "/x").await, "A /x");
+}

@@ -48,6 +48,12 @@ impl Route {
         Route { lines: Vec::new() }.with("upstream", quoted(upstream))
     }
 
+    /// Bound to the listeners of these names (see [`GatewayBuilder::named_listener`]).
+    pub fn listeners(self, names: &[&str]) -> Route {
+        let names: Vec<String> = names.iter().map(|n| quoted(n)).collect();
+        self.with("listeners", format!("[{}]", names.join(", ")))
+    }
+
     pub fn host(self, host: &str) -> Route {
         self.with("host", quoted(host))
     }
@@ -66,6 +72,11 @@ impl Route {
 
     pub fn preserve_host(self, on: bool) -> Route {
         self.with("preserve_host", on.to_string())
+    }
+
+    /// `http = false`: a WebSocket-only route (plain requests get 426).
+    pub fn http(self, on: bool) -> Route {
+        self.with("http", on.to_string())
     }
 
     fn with(mut self, key: &str, value: String) -> Route {
@@ -101,6 +112,11 @@ impl GatewayBuilder {
     pub fn listener(mut self, lines: &str) -> Self {
         self.listeners.push(lines.to_owned());
         self
+    }
+
+    /// [`listener`](Self::listener) named `name`, for routes to be bound to.
+    pub fn named_listener(self, name: &str, lines: &str) -> Self {
+        self.listener(&format!("name = {}\n{lines}", quoted(name)))
     }
 
     pub fn route(mut self, route: Route) -> Self {

@@ -1,0 +1,585 @@
+//! Plain HTTP requests on a route (nginx `location` semantics): pages,
+//! Engine.IO long-polling, Server-Sent Events, health URLs beside the
+//! WebSockets, proxied to the same upstream group over HTTP/1.1.
+//!
+//! One request, top to bottom:
+//!
+//! 1. Checks that need no backend: `Expect` (417), the declared body size
+//!    (413), then admission ([`Kind::Http`]).
+//! 2. A connection from the group ([`crate::upstream::Upstream::checkout`]),
+//!    pooled when the chosen server has one idle.
+//! 3. The request head, then its body streamed ([`super::body`]). The
+//!    gateway answers `Expect: 100-continue` itself as it starts reading the
+//!    body (as nginx does), and the backend never sees `Expect`.
+//! 4. The response head within `response_timeout` (504), interim `1xx`
+//!    answers passed on; meanwhile the client is watched, and one that
+//!    hangs up abandons the request (logged as 499, as nginx does).
+//! 5. The response body streamed to the client, re-framed for it.
+//! 6. The upstream connection back to the pool if the exchange left it
+//!    clean; the client connection kept for its next request if both sides
+//!    allow it.
+//!
+//! A pooled connection the server closed just before the request was
+//! written is the one failure retried: once, on a fresh connection, only
+//! for an idempotent request without a body, and only when not one byte of
+//! a response arrived. A request whose body was sent is never repeated.
+//!
+//! Trailers are read and dropped, both ways; `Via` is not added (a backend
+//! nginx with its default `gzip_proxied off` would stop compressing).
+
+use std::net::SocketAddr;
+
+use http::{header, HeaderMap, HeaderValue, Request, StatusCode, Version};
+use tokio::{io::AsyncWriteExt, time::Instant};
+
+use super::{
+    body::{self, CopyError, Sink},
+    hung_up, refuse, Context, Located, Peer,
+};
+use crate::{
+    admission::Kind,
+    proto::{
+        body::{response_framing, Decoder, Framing},
+        forwarded,
+        head::{self, Head, HeadError},
+        host,
+        reject::Reject,
+        upgrade,
+    },
+    route::Route,
+    stream::Transport,
+    upstream::{Conn, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
+};
+
+/// What the client connection does after a request.
+pub enum Next {
+    /// Read the next request, starting with these bytes.
+    KeepAlive(Vec<u8>),
+    Close,
+}
+
+/// The parts of one exchange the access log reports.
+struct Outcome<'a> {
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    upstream: &'a str,
+    reused: bool,
+    error: Option<String>,
+}
+
+/// Proxies one plain request from `io`.
+pub async fn serve(
+    io: &mut Transport,
+    request: Head<Request<()>>,
+    at: Located,
+    peer: Peer,
+    ctx: &Context,
+) -> Next {
+    let started = Instant::now();
+    let Head { head: req, early } = request;
+    let route = at.route.clone();
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let (next, outcome) = exchange(io, req, early, &at, peer, ctx).await;
+    let Some(outcome) = outcome else {
+        return next;
+    };
+    crate::log::request(&crate::log::Request {
+        client: peer.addr,
+        route: &route.label,
+        method: &method,
+        path: &path,
+        status: outcome.status,
+        bytes_in: outcome.bytes_in,
+        bytes_out: outcome.bytes_out,
+        took: started.elapsed(),
+        upstream: outcome.upstream,
+        reused: outcome.reused,
+        error: outcome.error.as_deref(),
+    });
+    next
+}
+
+/// Answers a request refused before any backend saw it (logged by
+/// [`refuse`]); the connection stays only if no body is left unread.
+async fn refused(
+    io: &mut Transport,
+    peer: SocketAddr,
+    path: &str,
+    reject: Reject,
+    keep: bool,
+    rest: Vec<u8>,
+    ctx: &Context,
+) -> Next {
+    match refuse(io, peer, path, reject, keep, "request refused", ctx).await {
+        true => Next::KeepAlive(rest),
+        false => Next::Close,
+    }
+}
+
+async fn exchange<'r>(
+    io: &mut Transport,
+    req: Request<()>,
+    early: Vec<u8>,
+    at: &'r Located,
+    conn: Peer,
+    ctx: &Context,
+) -> (Next, Option<Outcome<'r>>) {
+    let route = &at.route;
+    let rules = &route.policy.http;
+    let peer = conn.addr;
+    let path = req.uri().path();
+    let framing =
+        head::body_framing(req.version(), req.headers()).expect("checked when the head was parsed");
+    let client_keeps = req.version() == Version::HTTP_11
+        && !upgrade::has_token(req.headers(), header::CONNECTION, "close");
+    // A refusal can keep the connection only if no body follows the head.
+    let bodiless = framing == Framing::None;
+    let keep_if_refused = client_keeps && bodiless;
+
+    let expects = match req.headers().get(header::EXPECT) {
+        None => false,
+        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"100-continue") => true,
+        Some(_) => {
+            let reject = Reject::new(
+                StatusCode::EXPECTATION_FAILED,
+                "only 100-continue is supported",
+            );
+            return (
+                refused(io, peer, path, reject, keep_if_refused, early, ctx).await,
+                None,
+            );
+        }
+    };
+    if let Framing::Length(n) = framing {
+        if n > rules.max_request_body {
+            let reject = Reject::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over {} bytes", rules.max_request_body),
+            );
+            return (
+                refused(io, peer, path, reject, false, early, ctx).await,
+                None,
+            );
+        }
+    }
+    let client = ctx.admission.client(peer.ip(), req.headers(), conn.vouches);
+    let kind = Kind::Http {
+        token: rules.auth,
+        origin: rules.origin,
+    };
+    let admission = &route.policy.admission;
+    let admitted = match ctx
+        .admission
+        .admit(
+            &route.label,
+            admission,
+            kind,
+            &client,
+            req.headers(),
+            req.uri(),
+        )
+        .await
+    {
+        Ok(a) => a,
+        Err(reject) => {
+            return (
+                refused(io, peer, path, reject, keep_if_refused, early, ctx).await,
+                None,
+            )
+        }
+    };
+
+    let host = at.authority.as_ref().map(host::Authority::header_value);
+    let mut headers = forwarded::upstream_headers(
+        req.headers(),
+        &client,
+        conn.tls,
+        host.as_ref(),
+        ctx.server.underscores_in_headers,
+    );
+    headers.remove(header::EXPECT);
+    let mut target = route.upstream_path(req.uri());
+    admitted.prepare_upstream(&mut headers, &mut target, &mut Vec::new());
+    match framing {
+        Framing::Length(n) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        Framing::Chunked => {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+        Framing::None | Framing::UntilClose => {}
+    }
+
+    let upstream = &route.upstream;
+    let mut up = match upstream.checkout(route.policy.upstream.connect).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream unreachable");
+            let reject = Reject::new(e.status(), e.public_message());
+            return (
+                refused(io, peer, path, reject, keep_if_refused, early, ctx).await,
+                None,
+            );
+        }
+    };
+    let host = host
+        .filter(|_| route.preserve_host)
+        .unwrap_or_else(|| up.authority().clone());
+    let head = head::encode_request(
+        req.method(),
+        &target,
+        std::iter::once((&header::HOST, &host)).chain(&headers),
+    );
+
+    // Send the request (with its body), then read the response head;
+    // `rest` ends up holding what the client sent past this request.
+    let mut rest = early;
+    let mut bytes_in = 0;
+    let mut retried = false;
+    let answer = loop {
+        let sent = match framing {
+            Framing::None | Framing::UntilClose => write_head(&mut up, &head, rules.body_timeout)
+                .await
+                .map_err(Failure::Upstream),
+            _ => {
+                if expects && rest.is_empty() {
+                    let _ = io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+                }
+                let mut sink = Sink::new(
+                    &mut up.io,
+                    head.clone(),
+                    framing == Framing::Chunked,
+                    rules.body_timeout,
+                );
+                let from = std::mem::take(&mut rest);
+                match body::copy(
+                    io,
+                    from,
+                    Decoder::new(framing),
+                    &mut sink,
+                    rules.max_request_body,
+                    rules.body_timeout,
+                )
+                .await
+                {
+                    Ok(copied) => {
+                        bytes_in = copied.bytes;
+                        rest = copied.rest;
+                        Ok(())
+                    }
+                    Err(e) if e.on_read_side() => Err(Failure::Client(e)),
+                    Err(e) => Err(Failure::Upstream(e.to_string())),
+                }
+            }
+        };
+        let answer = match sent {
+            Err(Failure::Client(e)) => {
+                let reject = client_body_reject(&e);
+                tracing::debug!(client = %peer, error = %e, "request body failed");
+                let _ = refuse(io, peer, path, reject, false, "request refused", ctx).await;
+                return (Next::Close, None);
+            }
+            Err(Failure::Upstream(e)) => Err(Broken::Write(e)),
+            Ok(()) => {
+                let read = head::read_response(
+                    &mut up.io,
+                    Vec::new(),
+                    MAX_RESPONSE_HEAD,
+                    MAX_RESPONSE_HEADERS,
+                );
+                tokio::select! {
+                    biased;
+                    r = tokio::time::timeout(rules.response_timeout, read) => match r {
+                        Ok(Ok(h)) => Ok(h),
+                        Ok(Err(e @ (HeadError::Closed | HeadError::Io(_)))) => Err(Broken::BeforeAnswer(e.to_string())),
+                        Ok(Err(e)) => Err(Broken::Invalid(e.to_string())),
+                        Err(_) => Err(Broken::Timeout),
+                    },
+                    () = hung_up(io, &mut rest) => {
+                        return (Next::Close, Some(Outcome {
+                            status: 499,
+                            bytes_in,
+                            bytes_out: 0,
+                            upstream: up.server(),
+                            reused: up.reused,
+                            error: Some("client closed the connection before the response".into()),
+                        }));
+                    }
+                }
+            }
+        };
+        match answer {
+            Ok(h) => break h,
+            Err(Broken::Write(_) | Broken::BeforeAnswer(_))
+                if up.reused && !retried && bodiless && req.method().is_idempotent() =>
+            {
+                retried = true;
+                match upstream.redial(&up, route.policy.upstream.connect).await {
+                    Ok(fresh) => up = fresh,
+                    Err(e) => {
+                        let reject = Reject::new(e.status(), e.public_message());
+                        let next =
+                            refused(io, peer, path, reject, keep_if_refused, rest, ctx).await;
+                        return (next, None);
+                    }
+                }
+            }
+            Err(broken) => {
+                let (status, message) = broken.answer();
+                tracing::warn!(client = %peer, route = %route.label, upstream = up.server(), error = %broken, "upstream request failed");
+                let reject = Reject::new(status, message);
+                // The body, if any, is gone: the client cannot send it again here.
+                let keep = keep_if_refused || (client_keeps && bytes_in > 0 && rest.is_empty());
+                let next = refused(io, peer, path, reject, keep && bodiless, rest, ctx).await;
+                return (next, None);
+            }
+        }
+    };
+    let exchange = Exchanged {
+        req: &req,
+        route,
+        peer,
+        client_keeps,
+        rest,
+        bytes_in,
+    };
+    respond(io, up, answer, exchange, ctx).await
+}
+
+/// Why a request could not be sent.
+enum Failure {
+    /// The client's body failed (it broke off, stalled, was malformed or too large).
+    Client(CopyError),
+    Upstream(String),
+}
+
+/// Why no usable response head came back.
+#[derive(Debug, thiserror::Error)]
+enum Broken {
+    #[error("writing the request: {0}")]
+    Write(String),
+    /// Closed or reset before one byte of an answer.
+    #[error("{0}")]
+    BeforeAnswer(String),
+    #[error("invalid response: {0}")]
+    Invalid(String),
+    #[error("no response within response_timeout")]
+    Timeout,
+}
+
+impl Broken {
+    fn answer(&self) -> (StatusCode, &'static str) {
+        match self {
+            Broken::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway timeout: the upstream did not answer in time",
+            ),
+            Broken::Invalid(_) => (
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: invalid upstream answer",
+            ),
+            Broken::Write(_) | Broken::BeforeAnswer(_) => (
+                StatusCode::BAD_GATEWAY,
+                "bad gateway: upstream closed the connection",
+            ),
+        }
+    }
+}
+
+/// What the client is told when its own body failed.
+fn client_body_reject(e: &CopyError) -> Reject {
+    let status = match e {
+        CopyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        CopyError::ReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    Reject::new(status, e.to_string())
+}
+
+/// Writes a bodiless request's head.
+async fn write_head(
+    up: &mut Conn<'_>,
+    head: &[u8],
+    limit: std::time::Duration,
+) -> Result<(), String> {
+    let write = async {
+        up.io.write_all(head).await?;
+        up.io.flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("the request could not be written in time".into()),
+    }
+}
+
+/// A request sent and answered: what the response phase needs of it.
+struct Exchanged<'q, 'r> {
+    req: &'q Request<()>,
+    route: &'r Route,
+    peer: SocketAddr,
+    client_keeps: bool,
+    /// What the client sent past the request.
+    rest: Vec<u8>,
+    bytes_in: u64,
+}
+
+/// Passes interim answers on, then writes the response head and streams
+/// its body; returns the upstream connection to the pool if it is clean.
+async fn respond<'r>(
+    io: &mut Transport,
+    mut up: Conn<'r>,
+    mut answer: Head<head::Response>,
+    x: Exchanged<'_, 'r>,
+    ctx: &Context,
+) -> (Next, Option<Outcome<'r>>) {
+    let (req, rules) = (x.req, &x.route.policy.http);
+    let idle = rules.body_timeout;
+    let outcome = |status: u16, bytes_out, up: &Conn<'r>, error: Option<String>| Outcome {
+        status,
+        bytes_in: x.bytes_in,
+        bytes_out,
+        upstream: up.server(),
+        reused: up.reused,
+        error,
+    };
+    let path = req.uri().path();
+    // Interim answers: 100 was the gateway's to send (the backend never
+    // saw `Expect`); others (103 Early Hints) go on to an HTTP/1.1 client.
+    while answer.head.status.is_informational() {
+        let status = answer.head.status;
+        let error = if status == StatusCode::SWITCHING_PROTOCOLS {
+            Some("upstream answered 101 to a plain request".to_owned())
+        } else {
+            let interim =
+                head::encode_response(status, &forwarded::end_to_end(&answer.head.headers), b"");
+            if status != StatusCode::CONTINUE && req.version() == Version::HTTP_11 {
+                if let Err(e) = io.write_all(&interim).await {
+                    return (Next::Close, Some(outcome(0, 0, &up, Some(e.to_string()))));
+                }
+            }
+            let read = head::read_response(
+                &mut up.io,
+                answer.early,
+                MAX_RESPONSE_HEAD,
+                MAX_RESPONSE_HEADERS,
+            );
+            match tokio::time::timeout(rules.response_timeout, read).await {
+                Ok(Ok(next)) => {
+                    answer = next;
+                    continue;
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("no final response within response_timeout".into()),
+            }
+        };
+        return bad_gateway(io, x.peer, path, ctx, outcome(502, 0, &up, error)).await;
+    }
+    let Head { head: resp, early } = answer;
+    let framing = match response_framing(req.method(), resp.status, &resp.headers) {
+        Ok(f) => f,
+        Err(e) => {
+            let error = Some(e.to_string());
+            return bad_gateway(io, x.peer, path, ctx, outcome(502, 0, &up, error)).await;
+        }
+    };
+    // A chunked or close-delimited body reaches an HTTP/1.1 client chunked
+    // (so it keeps its connection), an HTTP/1.0 one as it is, to the close.
+    let chunked_out = req.version() == Version::HTTP_11
+        && matches!(framing, Framing::Chunked | Framing::UntilClose);
+    let keep =
+        x.client_keeps && !ctx.sessions.is_draining() && (chunked_out || framing.is_delimited());
+    let head = response_head(&resp, framing, chunked_out, keep);
+    let mut sink = Sink::new(io, head, chunked_out, idle);
+    let copied = body::copy(
+        &mut up.io,
+        early,
+        Decoder::new(framing),
+        &mut sink,
+        u64::MAX,
+        idle,
+    )
+    .await;
+    let status = resp.status.as_u16();
+    let copied = match copied {
+        Ok(c) => c,
+        Err(e) => {
+            // Part of the response may be out: the client learns of the
+            // failure from the connection closing before the body's end.
+            let side = if e.on_read_side() {
+                "upstream"
+            } else {
+                "client"
+            };
+            let error = Some(format!("{side}: {e}"));
+            return (Next::Close, Some(outcome(status, 0, &up, error)));
+        }
+    };
+    let out = outcome(status, copied.bytes, &up, None);
+    let reusable = resp.version == Version::HTTP_11
+        && !upgrade::has_token(&resp.headers, header::CONNECTION, "close")
+        && framing.is_delimited()
+        && copied.rest.is_empty();
+    if reusable {
+        x.route.upstream.checkin(up);
+    }
+    if keep {
+        return (Next::KeepAlive(x.rest), Some(out));
+    }
+    super::linger_close(io, ctx.server.request_timeout).await;
+    (Next::Close, Some(out))
+}
+
+/// Answers 502 for an upstream answer that cannot be passed on.
+async fn bad_gateway<'r>(
+    io: &mut Transport,
+    peer: SocketAddr,
+    path: &str,
+    ctx: &Context,
+    outcome: Outcome<'r>,
+) -> (Next, Option<Outcome<'r>>) {
+    let reject = Reject::new(
+        StatusCode::BAD_GATEWAY,
+        "bad gateway: invalid upstream answer",
+    );
+    let _ = refuse(io, peer, path, reject, false, "request refused", ctx).await;
+    (Next::Close, Some(outcome))
+}
+
+/// The client-facing head: the backend's end-to-end headers, framed for
+/// this client.
+fn response_head(
+    resp: &head::Response,
+    framing: Framing,
+    chunked_out: bool,
+    keep: bool,
+) -> Vec<u8> {
+    let mut h: HeaderMap = forwarded::end_to_end(&resp.headers);
+    match framing {
+        Framing::Length(n) => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        _ if chunked_out => {
+            h.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+        // A response to HEAD, or a 304, states the length of the body it
+        // does not carry.
+        Framing::None => {
+            if let Some(n) = resp.headers.get(header::CONTENT_LENGTH) {
+                h.insert(header::CONTENT_LENGTH, n.clone());
+            }
+        }
+        Framing::Chunked | Framing::UntilClose => {}
+    }
+    if !keep {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    head::encode_response(resp.status, &h, b"")
+}
