@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # framegate next to nginx and HAProxy, and next to no proxy at all (direct),
-# on the same machine in the same run. Prints a markdown table of absolute
-# numbers and ratios to direct. See load-tests/README.md for the method.
+# on the same machine in the same run: a WebSocket workload, then an HTTP
+# one. Prints a markdown table of absolute numbers and ratios to direct for
+# each. See load-tests/README.md for the method.
 #
-#   load-tests/run.sh            # the full comparison, best of 2 rounds (~6 minutes once built)
-#   load-tests/run.sh --quick    # a smoke run: one short round, 1,000 idle connections (~3 minutes)
+#   load-tests/run.sh              # both workloads, best of 2 rounds (~9 minutes once built)
+#   load-tests/run.sh --quick      # a smoke run: one short round of each (~3 minutes)
+#   load-tests/run.sh --ws-only    # only the WebSocket workload (also with --quick)
+#   load-tests/run.sh --http-only  # only the HTTP workload (also with --quick)
 #
-# The proxy runs alone on core 0; the echo backend and the load generator
-# share core 1. Every proxy gets one worker (framegate --workers 1,
+# The proxy runs alone on core 0; the backend (echo_backend for WebSockets,
+# http_backend for HTTP) and the load generator (loadgen, wrk) share core 1.
+# Every proxy gets one worker (framegate --workers 1,
 # worker_processes 1, nbthread 1) and is started afresh for each measurement.
+# A target that fails a measurement (it does not start, or errs) gets n/a in
+# the table and the run goes on.
 # Ports are picked at run time; configs and logs go to a temp dir that is
 # removed at the end, with every process this script started.
 set -euo pipefail
@@ -16,40 +22,61 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 here="$repo/load-tests"
 
 quick=0
+ws=1
+http=1
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
-    *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+    --ws-only) http=0 ;;
+    --http-only) ws=0 ;;
+    *) echo "usage: $0 [--quick] [--ws-only | --http-only]" >&2; exit 2 ;;
   esac
 done
+if [ "$ws$http" = 00 ]; then
+  echo "usage: $0 [--quick] [--ws-only | --http-only]" >&2
+  exit 2
+fi
 # Other processes on the machine only ever make a run slower, so each
 # measurement is repeated `rounds` times (targets interleaved) and the table
 # keeps the best round of each.
+# wrk counts in whole seconds.
 if [ "$quick" = 1 ]; then
-  rounds=1; tp_secs=2; lat_secs=2; hs_secs=2; warmup=0.5; idle_conns=1000
+  rounds=1; tp_secs=2; lat_secs=2; hs_secs=2; warmup=0.5; idle_conns=1000; http_secs=2
 else
-  rounds=2; tp_secs=4; lat_secs=3; hs_secs=3; warmup=1; idle_conns=9000
+  rounds=2; tp_secs=4; lat_secs=3; hs_secs=3; warmup=1; idle_conns=9000; http_secs=4
 fi
+http_warmup=1
+http_idle_conns=2000
 targets=(direct framegate guarded nginx haproxy)
-started=$(date +%s)
+http_targets=(direct framegate nginx haproxy)
 
 if [ "$(nproc)" -lt 2 ]; then
   echo "run.sh: needs 2 cores (proxy on core 0, backend and load generator on core 1)" >&2
   exit 1
 fi
-if ! command -v nginx > /dev/null || ! command -v haproxy > /dev/null; then
-  echo "run.sh: installing nginx and haproxy"
+missing=()
+for tool in nginx haproxy; do
+  command -v "$tool" > /dev/null || missing+=("$tool")
+done
+if [ "$http" = 1 ] && ! command -v wrk > /dev/null; then missing+=(wrk); fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "run.sh: installing ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy > /dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null
 fi
 nginx_bin=$(command -v nginx)
 haproxy_bin=$(command -v haproxy)
 
-(cd "$repo" && cargo build --release --quiet --bin framegate --example loadgen --example echo_backend)
-bin="$repo/target/release"
+(cd "$repo" && cargo build --release --quiet --bin framegate --example loadgen --example echo_backend \
+  --example http_backend)
+bin="${CARGO_TARGET_DIR:-$repo/target}/release"
 loadgen=(taskset -c 1 "$bin/examples/loadgen")
+httpload=(taskset -c 1 python3 "$here/httpload.py")
 
 work=$(mktemp -d)
+# nginx's worker runs as another user (nobody) when started as root, and
+# spools request bodies to $work/nginx-body (which its master creates for it).
+chmod 711 "$work"
 results="$work/results"
 pids=()
 cleanup() {
@@ -78,34 +105,57 @@ wait_port() {
 # Fills a template's @...@ placeholders into the temp dir.
 render() {
   sed -e "s|@WORK@|$work|g" -e "s|@REPO@|$repo|g" -e "s|@PORT@|$port|g" \
-    -e "s|@BACKEND_PORT@|$backend_port|g" "$here/$1" > "$work/$1"
+    -e "s|@BACKEND_PORT@|$backend_port|g" -e "s|@HTTP_BACKEND_PORT@|$http_backend_port|g" \
+    "$here/$1" > "$work/$1"
 }
 
-# The echo backend, for the whole run.
-taskset -c 1 "$bin/examples/echo_backend" --threads 1 > "$work/backend.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-  grep -q '^listening' "$work/backend.out" && break
-  sleep 0.05
-done
-backend_port=$(awk '/^listening/ { n = split($2, a, ":"); print a[n] }' "$work/backend.out")
-[ -n "$backend_port" ] || { echo "run.sh: the echo backend did not start" >&2; exit 1; }
+# Starts example $1 on core 1 for the whole run and sets started_port to
+# its port (not printed: in a $(...) subshell its PID would not reach pids).
+start_backend() {
+  taskset -c 1 "$bin/examples/$1" --threads 1 > "$work/$1.out" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    grep -q '^listening' "$work/$1.out" && break
+    sleep 0.05
+  done
+  started_port=$(awk '/^listening/ { n = split($2, a, ":"); print a[n] }' "$work/$1.out")
+  [ -n "$started_port" ] || { echo "run.sh: $1 did not start" >&2; exit 1; }
+}
+backend_port=
+http_backend_port=
+if [ "$ws" = 1 ]; then
+  start_backend echo_backend
+  backend_port=$started_port
+fi
+if [ "$http" = 1 ]; then
+  start_backend http_backend
+  http_backend_port=$started_port
+fi
 
-# Starts $1 on core 0; sets url, proxy (its main PID) and watch (the PIDs
-# whose CPU and memory count, comma-separated).
+# Which workload `start` sets a proxy up for: ws or http (its own configs
+# and backend).
+workload=ws
+
+# Starts $1 on core 0 for the current workload; sets addr (IP:PORT to
+# connect to), url (ws://addr/), proxy (its main PID) and watch (the PIDs
+# whose CPU and memory count, comma-separated). Fails if it does not listen.
 start() {
   proxy=
   watch=
+  local suffix=
+  [ "$workload" = ws ] || suffix=-http
   if [ "$1" = direct ]; then
-    url="ws://127.0.0.1:$backend_port/"
+    if [ "$workload" = ws ]; then addr=127.0.0.1:$backend_port; else addr=127.0.0.1:$http_backend_port; fi
+    url="ws://$addr/"
     return
   fi
   port=$(free_port)
-  url="ws://127.0.0.1:$port/"
+  addr=127.0.0.1:$port
+  url="ws://$addr/"
   case "$1" in
     framegate)
-      render framegate.toml
-      RUST_LOG=info taskset -c 0 "$bin/framegate" --workers 1 --config "$work/framegate.toml" \
+      render "framegate$suffix.toml"
+      RUST_LOG=info taskset -c 0 "$bin/framegate" --workers 1 --config "$work/framegate$suffix.toml" \
         > /dev/null 2>> "$work/framegate.log" &
       ;;
     guarded)
@@ -114,18 +164,19 @@ start() {
         --config "$work/framegate-guarded.toml" > /dev/null 2>> "$work/framegate.log" &
       ;;
     nginx)
-      render nginx.conf
-      taskset -c 0 "$nginx_bin" -c "$work/nginx.conf" -e "$work/nginx-error.log" -g 'daemon off;' \
-        2>> "$work/nginx-error.log" &
+      render "nginx$suffix.conf"
+      taskset -c 0 "$nginx_bin" -c "$work/nginx$suffix.conf" -e "$work/nginx-error.log" \
+        -g 'daemon off;' 2>> "$work/nginx-error.log" &
       ;;
     haproxy)
-      render haproxy.cfg
-      taskset -c 0 "$haproxy_bin" -db -f "$work/haproxy.cfg" > /dev/null 2>> "$work/haproxy.log" &
+      render "haproxy$suffix.cfg"
+      taskset -c 0 "$haproxy_bin" -db -f "$work/haproxy$suffix.cfg" > /dev/null \
+        2>> "$work/haproxy.log" &
       ;;
   esac
   proxy=$!
   pids+=("$proxy")
-  wait_port "$port"
+  wait_port "$port" || return 1
   # nginx's master forks its worker (maybe after it listens): count every
   # process of the proxy.
   watch=
@@ -151,18 +202,25 @@ stop() {
 }
 # Runs one measurement of `target` (a fresh proxy) and appends
 # `target scenario key=value...` to the results. In the command, @URL@ is
-# the proxy's URL and `--cpu-pid @WATCH@` / `--rss-pid @WATCH@` its PIDs
-# (dropped for direct, where there is no proxy).
+# the proxy's ws:// URL, @ADDR@ its IP:PORT, and `--cpu-pid @WATCH@` /
+# `--rss-pid @WATCH@` its PIDs (dropped for direct, where there is no proxy).
+# A target that does not start or whose command fails is reported and left
+# out of the results (n/a in the table).
 measure() {
   local target=$1 scenario=$2
   shift 2
-  start "$target"
+  if ! start "$target"; then
+    echo "  $target $scenario FAILED: it did not start (see its log)"
+    stop
+    return 0
+  fi
   local cmd=() a
   for a in "$@"; do
     if [ "$a" = @WATCH@ ]; then
       if [ -n "$watch" ]; then cmd+=("$watch"); else unset 'cmd[-1]'; fi
     else
-      cmd+=("${a//@URL@/$url}")
+      a=${a//@URL@/$url}
+      cmd+=("${a//@ADDR@/$addr}")
     fi
   done
   local out
@@ -210,39 +268,82 @@ EOF
 )
 auth=(--header "Authorization: Bearer $token")
 
-echo "load-tests: backend on :$backend_port; $(uptime)"
-for round in $(seq "$rounds"); do
-  # Every run leaves kernel state behind (TIME_WAIT sockets, grown slabs)
-  # that makes the next one cheaper or dearer, so the order alternates:
-  # with best-of-rounds, each target gets an early and a late turn.
-  order=("${targets[@]}")
+# Every run leaves kernel state behind (TIME_WAIT sockets, grown slabs)
+# that makes the next one cheaper or dearer, so the order alternates: with
+# best-of-rounds, each target gets an early and a late turn. Sets `order` to
+# the arguments, reversed in even rounds.
+round_order() {
+  order=("$@")
   if [ $((round % 2)) = 0 ]; then
     order=()
-    for ((i = ${#targets[@]} - 1; i >= 0; i--)); do order+=("${targets[i]}"); done
+    for ((i = $# ; i >= 1; i--)); do order+=("${!i}"); done
   fi
-  for size in 64 1024 16384; do
-    echo "round $round: throughput, 64 connections x 16 in flight, $size B"
+}
+
+ws_part() {
+  workload=ws
+  local started
+  started=$(date +%s)
+  for round in $(seq "$rounds"); do
+    round_order "${targets[@]}"
+    for size in 64 1024 16384; do
+      echo "round $round: throughput, 64 connections x 16 in flight, $size B"
+      for t in "${order[@]}"; do
+        measure "$t" "tp$size" "${loadgen[@]}" throughput --url @URL@ "${auth[@]}" --cpu-pid @WATCH@ \
+          --size "$size" --conns 64 --window 16 --secs "$tp_secs" --warmup "$warmup"
+      done
+    done
+    echo "round $round: latency, one connection, 32 B ping-pong"
     for t in "${order[@]}"; do
-      measure "$t" "tp$size" "${loadgen[@]}" throughput --url @URL@ "${auth[@]}" --cpu-pid @WATCH@ \
-        --size "$size" --conns 64 --window 16 --secs "$tp_secs" --warmup "$warmup"
+      measure "$t" latency "${loadgen[@]}" latency --url @URL@ "${auth[@]}" --secs "$lat_secs" --warmup "$warmup"
+    done
+    echo "round $round: handshakes, 32 workers: connect + upgrade + close"
+    fill_time_wait
+    for t in "${order[@]}"; do
+      measure "$t" handshakes "${loadgen[@]}" handshakes --url @URL@ "${auth[@]}" --cpu-pid @WATCH@ \
+        --workers 32 --sources 8 --secs "$hs_secs" --warmup "$warmup"
     done
   done
-  echo "round $round: latency, one connection, 32 B ping-pong"
-  for t in "${order[@]}"; do
-    measure "$t" latency "${loadgen[@]}" latency --url @URL@ "${auth[@]}" --secs "$lat_secs" --warmup "$warmup"
+  echo "idle, $idle_conns connections held from 8 source addresses"
+  for t in "${targets[@]:1}"; do
+    measure "$t" idle "${loadgen[@]}" idle --url @URL@ "${auth[@]}" --conns "$idle_conns" --sources 8 \
+      --rss-pid @WATCH@
   done
-  echo "round $round: handshakes, 32 workers: connect + upgrade + close"
-  fill_time_wait
-  for t in "${order[@]}"; do
-    measure "$t" handshakes "${loadgen[@]}" handshakes --url @URL@ "${auth[@]}" --cpu-pid @WATCH@ \
-      --workers 32 --sources 8 --secs "$hs_secs" --warmup "$warmup"
-  done
-done
-echo "idle, $idle_conns connections held from 8 source addresses"
-for t in "${targets[@]:1}"; do
-  measure "$t" idle "${loadgen[@]}" idle --url @URL@ "${auth[@]}" --conns "$idle_conns" --sources 8 \
-    --rss-pid @WATCH@
-done
+  echo "_took ws secs=$(($(date +%s) - started))" >> "$results"
+}
 
-took=$(($(date +%s) - started))
-python3 "$here/table.py" "$results" "$took" "$rounds" "load-tests/run.sh${*:+ $*}"
+# The HTTP workload: wrk keeps 64 keep-alive connections busy, one request
+# in flight on each; every proxy keeps a pool of keep-alive connections to
+# the backend.
+http_part() {
+  workload=http
+  local started
+  started=$(date +%s)
+  local wrk_args=(--conns 64 --secs "$http_secs" --warmup "$http_warmup" --cpu-pid @WATCH@)
+  for round in $(seq "$rounds"); do
+    round_order "${http_targets[@]}"
+    for path in 100 16k; do
+      echo "round $round: HTTP, 64 keep-alive connections, GET /$path"
+      for t in "${order[@]}"; do
+        measure "$t" "http$path" "${httpload[@]}" wrk --url "http://@ADDR@/$path" "${wrk_args[@]}"
+      done
+    done
+    echo "round $round: HTTP, 64 keep-alive connections, POST /upload of 1 MiB"
+    for t in "${order[@]}"; do
+      measure "$t" upload "${httpload[@]}" wrk --url "http://@ADDR@/upload" --upload 1048576 \
+        "${wrk_args[@]}"
+    done
+  done
+  echo "HTTP idle, $http_idle_conns keep-alive connections held after one GET each"
+  for t in "${http_targets[@]:1}"; do
+    measure "$t" http_idle "${httpload[@]}" idle --url "http://@ADDR@/100" --conns "$http_idle_conns" \
+      --rss-pid @WATCH@
+  done
+  echo "_took http secs=$(($(date +%s) - started))" >> "$results"
+}
+
+echo "load-tests: backends on :${backend_port:--} (ws), :${http_backend_port:--} (http); $(uptime)"
+touch "$results"
+if [ "$ws" = 1 ]; then ws_part; fi
+if [ "$http" = 1 ]; then http_part; fi
+python3 "$here/table.py" "$results" "$rounds" "load-tests/run.sh${*:+ $*}"

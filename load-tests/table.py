@@ -1,9 +1,14 @@
-"""Turns run.sh's results into the markdown table and the issue-5 target check.
+"""Turns run.sh's results into markdown tables and the target checks: one
+for the WebSocket workload (issue 5's targets) and one for the HTTP workload,
+each printed when the run made it.
 
 Each results line is `target scenario key=value...`, the `result` line of
-one loadgen run. A measurement repeated over rounds keeps its best value
+one loadgen or httpload.py run; `_took WORKLOAD secs=N` lines give each
+workload's duration. A measurement repeated over rounds keeps its best value
 (highest rate, lowest CPU or latency): other load on the machine only ever
-makes a run worse. Usage: table.py RESULTS SECONDS_TAKEN ROUNDS COMMAND
+makes a run worse. A target with no result where it should have one (it
+failed) shows n/a; – is a cell that does not apply (no proxy CPU for direct).
+Usage: table.py RESULTS ROUNDS COMMAND
 """
 
 import datetime
@@ -11,13 +16,16 @@ import os
 import sys
 
 TARGETS = ["direct", "framegate", "guarded", "nginx", "haproxy"]
+HTTP_TARGETS = ["direct", "framegate", "nginx", "haproxy"]
 NAMES = {"direct": "direct", "framegate": "framegate", "guarded": "framegate, guarded",
          "nginx": "nginx", "haproxy": "HAProxy"}
 SIZES = [("tp64", "64 B"), ("tp1024", "1 KiB"), ("tp16384", "16 KiB")]
+HTTP_SIZES = [("http100", "100 B"), ("http16k", "16 KiB")]
 
 
 # Keys where more is better; for every other key less is better.
-HIGHER = {"msgs_per_s", "per_s", "msgs", "count", "conns"}
+HIGHER = {"msgs_per_s", "per_s", "msgs", "count", "conns", "req_per_s", "up_mib_per_s",
+          "down_mib_per_s", "requests"}
 
 
 def load(path):
@@ -42,31 +50,49 @@ def get(r, target, scenario, key):
 
 
 def rate(v):
-    if v is None:
-        return "–"
     return f"{v / 1000:.0f}k" if v >= 10000 else f"{v / 1000:.1f}k"
 
 
-def main():
-    r = load(sys.argv[1])
-    took, rounds, command = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    rows = []
+class Table:
+    """The rows of one markdown table over `targets`."""
 
-    def row(metric, fmt, key_of, scenario, ratio_to_direct, with_direct=True):
-        cells = []
+    def __init__(self, r, targets):
+        self.r, self.targets, self.rows = r, targets, []
+
+    def row(self, metric, fmt, key_of, scenario, ratio_to_direct, with_direct=True):
+        r, cells = self.r, []
         direct = get(r, "direct", scenario, key_of)
-        for t in TARGETS:
+        for t in self.targets:
             v = get(r, t, scenario, key_of)
             if t == "direct" and not with_direct:
                 cells.append("–")
             elif v is None:
-                cells.append("–")
+                cells.append("n/a")
             elif t != "direct" and ratio_to_direct and direct:
                 cells.append(f"{fmt(v)} ({v / direct:.2f}×)")
             else:
                 cells.append(fmt(v))
-        rows.append(f"| {metric} | " + " | ".join(cells) + " |")
+        self.rows.append(f"| {metric} | " + " | ".join(cells) + " |")
 
+    def print(self):
+        print("| metric | " + " | ".join(NAMES[t] for t in self.targets) + " |")
+        print("|---|" + "---|" * len(self.targets))
+        print("\n".join(self.rows))
+
+
+def main():
+    r = load(sys.argv[1])
+    rounds, command = int(sys.argv[2]), sys.argv[3]
+    took = {scenario: int(v["secs"]) for (t, scenario), v in r.items() if t == "_took"}
+    if "ws" in took:
+        ws_table(r, took["ws"], rounds, command)
+    if "http" in took:
+        http_table(r, took["http"], rounds, command)
+
+
+def ws_table(r, took, rounds, command):
+    table = Table(r, TARGETS)
+    row = table.row
     for scenario, label in SIZES:
         row(f"msgs/s {label}", rate, "msgs_per_s", scenario, True)
     for scenario, label in SIZES:
@@ -82,8 +108,10 @@ def main():
 
     idle = get(r, "framegate", "idle", "conns")
     print()
+    print("## WebSocket workload")
+    print()
     print(f"{datetime.date.today()}, {os.cpu_count()} cores, `{command}` "
-          f"({took} s, best of {rounds} round(s); "
+          f"(this part {took} s, best of {rounds} round(s); "
           f"idle: {int(idle) if idle else 'no'} connections held)")
     print()
     print("framegate `--workers 1`, default policy, access log on (stdout, sent to /dev/null);"
@@ -97,9 +125,7 @@ def main():
           " 1h`, `option httplog` to stdout). Every proxy writes one access-log line per"
           " session. Proxy on core 0; backend and load generator on core 1.")
     print()
-    print("| metric | " + " | ".join(NAMES[t] for t in TARGETS) + " |")
-    print("|---|" + "---|" * len(TARGETS))
-    print("\n".join(rows))
+    table.print()
     print()
     for target in ("framegate", "guarded"):
         print()
@@ -139,6 +165,72 @@ def check(r, target):
         fg, ng = get(r, target, "latency", key), get(r, "nginx", "latency", key)
         if fg is not None and ng:
             out.append(f"RTT {label} ≤ nginx: {fg:.1f} vs {ng:.1f} µs — {verdict(fg <= ng)}")
+    return out
+
+
+def http_table(r, took, rounds, command):
+    table = Table(r, HTTP_TARGETS)
+    row = table.row
+    for scenario, label in HTTP_SIZES:
+        row(f"req/s {label}", rate, "req_per_s", scenario, True)
+    for scenario, label in HTTP_SIZES:
+        row(f"proxy CPU s per 1M requests, {label}", lambda v: f"{v:.2f}", "cpu_s_per_1m",
+            scenario, False, with_direct=False)
+    row("1 MiB uploads: MiB/s", lambda v: f"{v:.0f}", "up_mib_per_s", "upload", True)
+    row("proxy CPU ms per 1 MiB upload", lambda v: f"{v / 1000:.2f}", "cpu_s_per_1m", "upload",
+        False, with_direct=False)
+    idle = next((r[(t, "http_idle")] for t in HTTP_TARGETS if (t, "http_idle") in r), {})
+    row("proxy RSS per idle keep-alive client connection (KiB)", lambda v: f"{v:.1f}",
+        "kib_per_conn", "http_idle", False, with_direct=False)
+    print()
+    print("## HTTP workload")
+    print()
+    print(f"{datetime.date.today()}, {os.cpu_count()} cores, `{command}` "
+          f"(this part {took} s, best of {rounds} round(s); "
+          f"idle: {int(idle.get('measured', 0)):,} connections measured, "
+          f"{int(idle.get('conns', 0)):,} held)")
+    print()
+    print("wrk -t1, 64 keep-alive connections, one request in flight on each; bodies of 100 B"
+          " and 16 KiB (`GET`), uploads of 1 MiB (`POST`, Content-Length). framegate"
+          " `--workers 1`, default policy, access log on (stdout, sent to /dev/null),"
+          " `load-tests/framegate-http.toml`; nginx: `load-tests/nginx-http.conf`"
+          " (proxy_http_version 1.1, `Connection \"\"`, an upstream `keepalive 64` pool,"
+          " `worker_processes 1`, default buffers, so request bodies are spooled to disk,"
+          " access log on); HAProxy: `load-tests/haproxy-http.cfg` (`mode http`,"
+          " `http-reuse always`, `nbthread 1`, `option httplog` to stdout). Every proxy writes"
+          " one access-log line per request. Proxy on core 0; backend and wrk on core 1.")
+    print()
+    table.print()
+    print()
+    print()
+    print("framegate against the HTTP targets:")
+    for line in http_check(r, "framegate"):
+        print(f"- {line}")
+
+
+def http_check(r, target):
+    def verdict(ok):
+        return "met" if ok else "MISSED"
+
+    out = []
+    for scenario, label in HTTP_SIZES:
+        fg, ng = get(r, target, scenario, "req_per_s"), get(r, "nginx", scenario, "req_per_s")
+        if fg is not None and ng:
+            out.append(f"req/s {label} ≥ nginx: {fg / ng:.2f}× — {verdict(fg >= ng)}")
+    for scenario, label in HTTP_SIZES:
+        fg, ng = get(r, target, scenario, "cpu_s_per_1m"), get(r, "nginx", scenario, "cpu_s_per_1m")
+        if fg is not None and ng:
+            out.append(f"CPU per request {label} ≤ nginx: {fg:.2f} vs {ng:.2f} s per 1M — "
+                       f"{verdict(fg <= ng)}")
+    fg, hap = get(r, target, "upload", "up_mib_per_s"), get(r, "haproxy", "upload", "up_mib_per_s")
+    if fg is not None and hap:
+        out.append(f"1 MiB uploads ≥ HAProxy's rate: {fg / hap:.2f}× — {verdict(fg >= hap)}")
+    kib = get(r, target, "http_idle", "kib_per_conn")
+    if kib is not None:
+        out.append(f"RSS per idle keep-alive client connection ≤ 4 KiB: {kib:.1f} KiB — "
+                   f"{verdict(kib <= 4.0)}")
+    if not out:
+        out.append("no results (every framegate measurement failed)")
     return out
 
 
