@@ -1,11 +1,5 @@
 //! `framegate`: run the gateway, or check a config.
 
-/// mimalloc instead of glibc's malloc: a plain HTTP request allocates its
-/// heads and header maps, and glibc's consolidation of freed chunks was a
-/// tenth of the gateway's user time per request (measured with perf).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::{io::IsTerminal, num::NonZeroUsize, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;

@@ -127,7 +127,8 @@ pub async fn serve(
                 inflight.take();
                 pending = match rest.is_empty() {
                     false => rest,
-                    true => match next_request(&mut io, &ctx).await {
+                    // Boxed: its timer is not carried by the session's task.
+                    true => match Box::pin(next_request(&mut io, &ctx)).await {
                         Some(first) => first,
                         None => return,
                     },

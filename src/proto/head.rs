@@ -5,6 +5,7 @@
 
 use std::io;
 
+use bytes::BytesMut;
 use http::{
     header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode,
     Uri, Version,
@@ -263,12 +264,19 @@ fn version(minor: Option<u8>) -> Version {
     }
 }
 
+/// The parsed headers as a map. Every value is a slice of one shared
+/// buffer: one allocation per head, not one per header.
 fn header_map(headers: &[httparse::Header<'_>]) -> Result<HeaderMap, HeadError> {
     let mut map = HeaderMap::with_capacity(headers.len());
+    let mut values = BytesMut::with_capacity(headers.iter().map(|h| h.value.len()).sum());
+    for h in headers {
+        values.extend_from_slice(h.value);
+    }
+    let mut values = values.freeze();
     for h in headers {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HeadError::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
+        let value = HeaderValue::from_maybe_shared(values.split_to(h.value.len()))
             .map_err(|_| HeadError::Malformed("invalid header value"))?;
         map.append(name, value);
     }
