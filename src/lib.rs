@@ -60,7 +60,7 @@ mod echo;
 mod gateway;
 mod http;
 mod listener;
-mod log;
+pub mod log;
 pub mod proto;
 mod relay;
 mod route;

@@ -33,16 +33,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Log lines are written by a thread of their own, in batches: a line per
-    // plain HTTP request written from the request's path would cost a
-    // system call each (a fifth of a small request's CPU, measured). Lines
-    // are never dropped (a full queue makes the logger wait), and whatever
-    // is queued is written when the guard drops, at exit.
-    let (writer, _flush_at_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::new(std::io::stdout()));
     tracing_subscriber::fmt()
-        .with_writer(writer)
+        .with_writer(framegate::log::Stdout)
         .with_ansi(std::io::stdout().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -85,11 +77,13 @@ fn run(config: Config, path: PathBuf, workers: usize) -> anyhow::Result<()> {
         .unwrap_or(NonZeroUsize::MIN);
     raise_fd_limit(&config, workers);
     // This thread is worker 0; signals, reloads and the drain run here too.
+    framegate::log::buffer_this_thread();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(framegate::log::flush_this_thread)
         .build()
         .context("starting the runtime")?;
-    rt.block_on(async {
+    let ran = rt.block_on(async {
         // Signal handlers before the sockets: a signal sent once `listening`
         // is logged must find them installed, not the default action.
         let hup = signal(SignalKind::hangup());
@@ -99,7 +93,10 @@ fn run(config: Config, path: PathBuf, workers: usize) -> anyhow::Result<()> {
         let report = gateway.run(stop).await;
         tracing::info!(cut = report.cut, "stopped");
         Ok(())
-    })
+    });
+    // Worker 0 is the main thread, whose lines no thread exit writes.
+    framegate::log::flush_this_thread();
+    ran
 }
 
 /// Descriptors not counted as room for sessions: stdio, each worker's

@@ -194,8 +194,10 @@ fn worker(
     finished: CancellationToken,
     _exited: mpsc::Sender<()>,
 ) {
+    crate::log::buffer_this_thread();
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(crate::log::flush_this_thread)
         .build()
     {
         Ok(rt) => rt.block_on(async {
