@@ -334,3 +334,35 @@ async fn one_attempt_does_not_fail_over() {
     assert_eq!(refused(gw.addr, "127.0.0.1", "/", &[]).await.status, 502);
     assert_eq!(who(&gw, "127.0.0.1", "/", &[]).await, "live");
 }
+
+/// `examples/sticky.toml`, with its three backends' ports and its listener
+/// moved to this test's: every client stays on one backend.
+#[tokio::test]
+async fn the_sticky_example_keeps_each_client_on_one_backend() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fleet = fleet(&NAMES).await;
+    let mut text = std::fs::read_to_string(repo.join("examples/sticky.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace(
+            "\"../policies\"",
+            &format!("{:?}", repo.join("policies").to_str().unwrap()),
+        );
+    for (port, url) in ["9001", "9002", "9003"].iter().zip(fleet.urls()) {
+        text = text.replace(&format!("ws://127.0.0.1:{port}"), &url);
+    }
+    assert!(text.contains("balance = \"client_ip\""), "{text}");
+    let gw = Gateway::from_toml(&text).start().await;
+    for ip in clients().take(6) {
+        let first = who(&gw, &ip, "/", &[]).await;
+        assert_eq!(who(&gw, &ip, "/", &[]).await, first, "{ip}");
+    }
+    // The script that runs it is at least valid bash.
+    let script = repo.join("examples/sticky.sh");
+    let ok = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
