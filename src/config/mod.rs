@@ -256,6 +256,19 @@ impl<'a> Checker<'a> {
                 );
             }
             if let Some(route) = self.route(r, bound, &policy_dir) {
+                let balance = upstreams.get(&route.upstream).map(|u| &u.balance);
+                if let Some(Some(KeySource::Claim(claim))) = balance.map(|b| &b.source) {
+                    if route.policy.admission.auth.is_none() {
+                        self.err(
+                            &r.upstream,
+                            format!(
+                                "upstream `{}` balances on the claim `{claim}`, but policy `{}` \
+                                 has no [auth] to read it from",
+                                route.upstream, route.policy.name
+                            ),
+                        );
+                    }
+                }
                 routes.push(route);
             }
         }

@@ -366,3 +366,33 @@ async fn the_sticky_example_keeps_each_client_on_one_backend() {
         .unwrap();
     assert!(ok.success());
 }
+
+/// `claim:sub`: a user's sessions reach one server whatever address or
+/// connection they come from; the key is read after the token is checked.
+#[tokio::test]
+async fn a_claim_key_is_sticky_per_subject() {
+    let fleet = fleet(&NAMES).await;
+    let gw = Gateway::builder()
+        .route(route("/", "app").policy("auth"))
+        .upstream_with("app", &fleet.urls(), "balance = \"claim:sub\"")
+        .policy(
+            "auth",
+            "[auth]\nalgorithms = [\"HS256\"]\nsecret_file = \"hs.key\"\n",
+        )
+        .file("hs.key", SECRET)
+        .start()
+        .await;
+    let mut seen = Vec::new();
+    for user in 0..12 {
+        let bearer = format!("Bearer {}", hs256(&format!("user-{user}")));
+        let headers = [("authorization", bearer.as_str())];
+        let first = who(&gw, "127.0.0.2", "/", &headers).await;
+        assert_eq!(
+            who(&gw, "127.0.0.3", "/", &headers).await,
+            first,
+            "user-{user}"
+        );
+        seen.push(first);
+    }
+    assert!(tally(seen).len() > 1);
+}

@@ -537,3 +537,24 @@ max_attempts = 2
     );
     assert!(ok, "stderr: {stderr}");
 }
+
+#[test]
+fn a_claim_key_needs_auth_on_the_route() {
+    let bad = r#"[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/"
+upstream = "app"
+
+[upstream.app]
+servers = ["ws://127.0.0.1:9001"]
+balance = "claim:sub"
+"#;
+    let stderr = refused(bad);
+    assert_reported(
+        &stderr,
+        "bad.toml:6:",
+        "upstream `app` balances on the claim `sub`, but policy `default` has no [auth]",
+    );
+}
