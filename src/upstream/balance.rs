@@ -133,9 +133,9 @@ impl Balancer {
     /// The order to try the servers in for one connection with this key
     /// (used only by [`Pick::Hash`]): every server once, best first.
     pub fn candidates(&self, key: Option<Key>) -> Candidates<'_> {
-        let mut rng = rand::rng();
+        // The thread's generator, reached only by `random_two`.
         self.candidates_with(key, &mut |bound| {
-            rand::Rng::random_range(&mut rng, 0..bound)
+            rand::Rng::random_range(&mut rand::rng(), 0..bound)
         })
     }
 
