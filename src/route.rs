@@ -304,6 +304,7 @@ mod tests {
             upstream: Timeouts {
                 connect: Duration::from_secs(1),
                 handshake: Duration::from_secs(1),
+                attempt: Duration::from_secs(1),
             },
             admission: Arc::default(),
             http: HttpRules {

@@ -82,6 +82,9 @@ pub struct Identity {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// The token, kept only when the route forwards it.
     token: Option<String>,
+    /// Every claim, for an upstream that balances on one (`claim:NAME`);
+    /// dropped with the identity when the session starts.
+    pub claims: Map<String, Value>,
 }
 
 /// Why a token was refused.
@@ -299,6 +302,7 @@ impl Auth {
             expires: exp.map(NumericDate::time),
             headers,
             token: self.forward_token.then_some(token),
+            claims,
         })
     }
 

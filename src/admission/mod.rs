@@ -333,6 +333,11 @@ impl Admitted {
         }
     }
 
+    /// The checked token's claims, when the route has `[auth]`.
+    pub fn claims(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.identity.as_ref().map(|id| &id.claims)
+    }
+
     /// The relay's checks for the client leg and the upstream leg.
     pub fn gates(&self) -> (Option<Gate>, Option<Gate>) {
         let expiry = self

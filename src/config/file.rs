@@ -229,10 +229,20 @@ pub struct RouteSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
-    /// Backend WebSocket servers as `ws://host:port` or `wss://host:port`, used
-    /// round-robin; a server that refuses the connection is skipped.
+    /// Backend WebSocket servers as `ws://host:port` or `wss://host:port`, or
+    /// `{ url = "ws://host:port", weight = 2 }` for a larger share (weights
+    /// 1 to 100, default 1). A server that cannot be reached is skipped.
     #[serde(default)]
-    pub servers: Vec<Spanned<String>>,
+    pub servers: Vec<Spanned<ServerEntry>>,
+    /// How connections are spread over the servers: `"round_robin"` (the
+    /// default; weighted), `"least_conn"`, `"random_two"`, or a consistent
+    /// hash of a key: `"client_ip"` (nginx's `ip_hash`), `"header:NAME"`,
+    /// `"cookie:NAME"`, `"query:NAME"`, `"claim:NAME"` (a token claim; the
+    /// route needs `[auth]`). A request without the key goes round robin.
+    pub balance: Option<Spanned<String>>,
+    /// Servers tried for one connection before the client gets its 502 or
+    /// 504, the first included; 1 turns failing over off.
+    pub max_attempts: Option<Spanned<usize>>,
     /// Serve this upstream from inside the gateway instead: `"echo"` sends
     /// every message back. Meant for trying framegate out and for tests.
     pub builtin: Option<Spanned<String>>,
@@ -246,6 +256,49 @@ pub struct UpstreamSection {
     /// How long an idle pooled connection is kept.
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Timeout,
+}
+
+/// One entry of an upstream's `servers`: a URL, or a table with a weight.
+#[derive(Debug)]
+pub struct ServerEntry {
+    pub url: String,
+    pub weight: Option<u32>,
+}
+
+/// Written by hand, for the same reason as [`OneOrMany`].
+impl<'de> Deserialize<'de> for ServerEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            url: String,
+            weight: Option<u32>,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ServerEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a server URL or a table { url = \"ws://host:port\", weight = N }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(ServerEntry {
+                    url: v.to_owned(),
+                    weight: None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ServerEntry {
+                    url: t.url,
+                    weight: t.weight,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `policies/NAME.toml`: limits and timeouts applied to a session.
@@ -502,9 +555,15 @@ pub struct UpstreamPolicy {
     /// Time allowed to open the TCP connection (and TLS) to a server; then 504.
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: Timeout,
-    /// Time allowed for the server to answer the WebSocket upgrade; then 504.
+    /// Time allowed from the first attempt to the upstream's 101, across every
+    /// server tried; then 504.
     #[serde(default = "defaults::handshake_timeout")]
     pub handshake_timeout: Timeout,
+    /// Time one server has to answer the upgrade while another is left to
+    /// try; then the next server is tried. The last one tried has what is
+    /// left of `handshake_timeout`.
+    #[serde(default = "defaults::attempt_timeout")]
+    pub attempt_timeout: Timeout,
     /// Ping the upstream after this long without hearing from it; `"off"` never pings.
     #[serde(default = "defaults::upstream_ping_interval")]
     pub ping_interval: Optional,
@@ -521,6 +580,7 @@ impl Default for UpstreamPolicy {
             max_message_size: defaults::upstream_max_size(),
             connect_timeout: defaults::connect_timeout(),
             handshake_timeout: defaults::handshake_timeout(),
+            attempt_timeout: defaults::attempt_timeout(),
             ping_interval: defaults::upstream_ping_interval(),
             pong_timeout: defaults::upstream_pong_timeout(),
         }
@@ -598,6 +658,11 @@ pub mod defaults {
     }
     pub fn handshake_timeout() -> Timeout {
         Timeout(Duration::from_secs(10))
+    }
+    /// A third of `handshake_timeout`: a silent server costs that, and the
+    /// next one still has the rest.
+    pub fn attempt_timeout() -> Timeout {
+        Timeout(Duration::from_secs(3))
     }
     pub fn close_timeout() -> Timeout {
         Timeout(Duration::from_secs(5))

@@ -29,7 +29,7 @@ use crate::{
     },
     route::{HttpRules, Policy},
     tls,
-    upstream::{PoolLimits, ServerSpec, Timeouts},
+    upstream::{Balance, KeySource, Pick, PoolLimits, ServerSpec, Timeouts, MAX_WEIGHT},
 };
 use file::{ConfigFile, ListenerSection, PolicyFile, RouteSection, UpstreamSection};
 
@@ -81,12 +81,13 @@ pub struct RouteConfig {
 pub struct UpstreamConfig {
     pub servers: UpstreamServers,
     pub pool: PoolLimits,
+    pub balance: Balance,
 }
 
 /// Where an upstream's connections go.
 #[derive(Debug, Clone)]
 pub enum UpstreamServers {
-    /// Real servers, tried round-robin.
+    /// Real servers, spread as the group's `balance` says.
     Servers(Vec<ServerSpec>),
     /// The gateway's own echo server.
     BuiltinEcho,
@@ -255,6 +256,19 @@ impl<'a> Checker<'a> {
                 );
             }
             if let Some(route) = self.route(r, bound, &policy_dir) {
+                let balance = upstreams.get(&route.upstream).map(|u| &u.balance);
+                if let Some(Some(KeySource::Claim(claim))) = balance.map(|b| &b.source) {
+                    if route.policy.admission.auth.is_none() {
+                        self.err(
+                            &r.upstream,
+                            format!(
+                                "upstream `{}` balances on the claim `{claim}`, but policy `{}` \
+                                 has no [auth] to read it from",
+                                route.upstream, route.policy.name
+                            ),
+                        );
+                    }
+                }
                 routes.push(route);
             }
         }
@@ -407,8 +421,10 @@ impl<'a> Checker<'a> {
     ) -> Option<UpstreamConfig> {
         let u = section.get_ref();
         let servers = self.upstream_servers(name, section)?;
+        let balance = self.balance(u);
         Some(UpstreamConfig {
             servers,
+            balance,
             pool: PoolLimits {
                 max_idle: u.max_idle_per_server,
                 idle_timeout: u.idle_timeout.0,
@@ -448,7 +464,11 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        let client_tls = if u.servers.iter().any(|s| s.get_ref().starts_with("wss://")) {
+        let client_tls = if u
+            .servers
+            .iter()
+            .any(|s| s.get_ref().url.starts_with("wss://"))
+        {
             match u.ca.as_ref() {
                 None => Some(tls::client_config(None)),
                 Some(ca) => match tls::load_ca(&self.path(ca.get_ref())) {
@@ -464,17 +484,47 @@ impl<'a> Checker<'a> {
         };
         let mut servers = Vec::new();
         for s in &u.servers {
-            match parse_server(s.get_ref()) {
+            let entry = s.get_ref();
+            let weight = entry.weight.unwrap_or(1);
+            if !(1..=MAX_WEIGHT).contains(&weight) {
+                self.err(
+                    s,
+                    format!("weight {weight} is out of range (1 to {MAX_WEIGHT})"),
+                );
+            }
+            match parse_server(&entry.url) {
                 Ok((tls, host, port)) => servers.push(ServerSpec {
-                    url: s.get_ref().clone(),
+                    url: entry.url.clone(),
                     host,
                     port,
                     tls: if tls { client_tls.clone() } else { None },
+                    weight,
                 }),
                 Err(msg) => self.err(s, msg),
             }
         }
         Some(UpstreamServers::Servers(servers))
+    }
+
+    /// `balance` and `max_attempts`.
+    fn balance(&mut self, u: &UpstreamSection) -> Balance {
+        let mut balance = Balance::default();
+        if let Some(b) = &u.balance {
+            match parse_balance(b.get_ref()) {
+                Ok((pick, source)) => {
+                    balance.pick = pick;
+                    balance.source = source;
+                }
+                Err(msg) => self.err(b, msg),
+            }
+        }
+        if let Some(n) = &u.max_attempts {
+            match *n.get_ref() {
+                0 => self.err(n, "max_attempts must be at least 1 (1: no failover)"),
+                n => balance.max_attempts = n,
+            }
+        }
+        balance
     }
 
     fn route(
@@ -650,6 +700,7 @@ pub fn policy_from(name: &str, p: &PolicyFile, admission: crate::admission::Rule
         upstream: Timeouts {
             connect: p.upstream.connect_timeout.0,
             handshake: p.upstream.handshake_timeout.0,
+            attempt: p.upstream.attempt_timeout.0,
         },
         admission: Arc::new(admission),
         http: HttpRules {
@@ -660,6 +711,39 @@ pub fn policy_from(name: &str, p: &PolicyFile, admission: crate::admission::Rule
             origin: p.http.origin,
         },
     }
+}
+
+/// An upstream's `balance`: the policy, and the key of a hashing one.
+fn parse_balance(text: &str) -> Result<(Pick, Option<KeySource>), String> {
+    const KNOWN: &str = "round_robin, least_conn, random_two, client_ip, header:NAME, \
+                         cookie:NAME, query:NAME, claim:NAME";
+    let plain = match text {
+        "round_robin" => Some(Pick::RoundRobin),
+        "least_conn" => Some(Pick::LeastConn),
+        "random_two" => Some(Pick::RandomTwo),
+        "client_ip" => return Ok((Pick::Hash, Some(KeySource::ClientIp))),
+        _ => None,
+    };
+    if let Some(pick) = plain {
+        return Ok((pick, None));
+    }
+    let Some((kind, name)) = text.split_once(':') else {
+        return Err(format!("unknown balance `{text}` (one of: {KNOWN})"));
+    };
+    if name.is_empty() {
+        return Err(format!("balance `{text}` names no {kind}"));
+    }
+    let source = match kind {
+        "header" => KeySource::Header(
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("`{name}` is not a header name"))?,
+        ),
+        "cookie" => KeySource::Cookie(name.to_owned()),
+        "query" => KeySource::Query(name.to_owned()),
+        "claim" => KeySource::Claim(name.to_owned()),
+        _ => return Err(format!("unknown balance `{text}` (one of: {KNOWN})")),
+    };
+    Ok((Pick::Hash, Some(source)))
 }
 
 /// `ws://host:port` → (tls, host, port). Paths are refused: rewriting is the route's job.
@@ -700,6 +784,42 @@ fn parse_server(url: &str) -> Result<(bool, String, u16), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn balance_spellings() {
+        let ok = |t: &str| parse_balance(t).unwrap();
+        assert_eq!(ok("round_robin"), (Pick::RoundRobin, None));
+        assert_eq!(ok("least_conn"), (Pick::LeastConn, None));
+        assert_eq!(ok("random_two"), (Pick::RandomTwo, None));
+        assert_eq!(ok("client_ip"), (Pick::Hash, Some(KeySource::ClientIp)));
+        assert_eq!(
+            ok("header:X-Tenant"),
+            (
+                Pick::Hash,
+                Some(KeySource::Header(http::HeaderName::from_static("x-tenant")))
+            )
+        );
+        assert_eq!(
+            ok("cookie:io"),
+            (Pick::Hash, Some(KeySource::Cookie("io".into())))
+        );
+        assert_eq!(
+            ok("query:sid"),
+            (Pick::Hash, Some(KeySource::Query("sid".into())))
+        );
+        assert_eq!(
+            ok("claim:sub"),
+            (Pick::Hash, Some(KeySource::Claim("sub".into())))
+        );
+        for bad in ["ip_hash", "clientip", "header:", "header:a b", "uri:x", ""] {
+            assert!(parse_balance(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_balance("ip_hash").unwrap_err(),
+            "unknown balance `ip_hash` (one of: round_robin, least_conn, random_two, \
+             client_ip, header:NAME, cookie:NAME, query:NAME, claim:NAME)"
+        );
+    }
 
     #[test]
     fn server_urls() {

@@ -300,10 +300,11 @@ impl Kept {
                         host: addr.ip().to_string(),
                         port: addr.port(),
                         tls: None,
+                        weight: 1,
                     }]
                 }
             };
-            let group = Upstream::new(name.clone(), spec.pool, servers);
+            let group = Upstream::with_balance(name.clone(), spec.pool, servers, spec.balance);
             upstreams.insert(name, Arc::new(group));
         }
         let routes: Vec<Arc<Route>> = config

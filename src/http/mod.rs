@@ -22,9 +22,11 @@ use tokio::{
 };
 
 use crate::{
-    admission::{Admission, Admitted, Kind},
+    admission::{client_ip, Admission, Admitted, Kind},
     proto::{
-        close, forwarded, frame,
+        close,
+        forwarded::{self, ClientIp},
+        frame,
         head::{self, HeadError},
         host,
         reject::Reject,
@@ -34,7 +36,7 @@ use crate::{
     route::{Route, Routes},
     shutdown::Sessions,
     stream::{Stream, Transport},
-    upstream::{UpstreamError, UpstreamRequest},
+    upstream::{Facts, InFlight, Key, UpstreamError, UpstreamRequest},
 };
 
 /// How much a client may send ahead of its 101 while the upstream is being
@@ -104,6 +106,8 @@ struct Accepted {
     route: Arc<Route>,
     admitted: Admitted,
     server: String,
+    /// Counts the session on its server for as long as it lives.
+    load: InFlight,
 }
 
 /// Serves one client connection (already past TLS, if any). `inflight`
@@ -158,6 +162,7 @@ fn session(
         route,
         admitted,
         server,
+        load,
     } = up.accepted;
     let (client_gate, upstream_gate) = admitted.gates();
     let slots = admitted.slots;
@@ -174,6 +179,7 @@ fn session(
     Box::pin(async move {
         // Held for the session's whole life, released on every way out.
         let _slots = slots;
+        let _load = load;
         let started = Instant::now();
         // Counted as ended before it stops being tracked: the drain report,
         // read once nothing is tracked, must include it.
@@ -489,6 +495,7 @@ async fn upgrade_request(
             req.uri(),
         )
         .await?;
+    let key = balance_key(&route, &client, req.headers(), req.uri(), &admitted, ctx);
 
     // The validated host, as sent upstream in `X-Forwarded-Host` and (with
     // `preserve_host`) `Host`.
@@ -511,7 +518,7 @@ async fn upgrade_request(
     };
     let connected = route
         .upstream
-        .connect(upstream_req, &route.policy.upstream)
+        .connect(upstream_req, &route.policy.upstream, key)
         .await
         .map_err(|e| {
             tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream handshake failed");
@@ -532,6 +539,29 @@ async fn upgrade_request(
             route,
             admitted,
             server: connected.server,
+            load: connected.load,
         },
     ))
+}
+
+/// The key the route's upstream balances on, if it hashes one: read the
+/// same way for an upgrade and for a plain request (Engine.IO's polling
+/// requests and the upgrade that follows them must reach one server), from
+/// the request as the client sent it and the client as admission resolved
+/// and grouped it.
+fn balance_key(
+    route: &Route,
+    client: &ClientIp,
+    headers: &http::HeaderMap,
+    uri: &http::Uri,
+    admitted: &Admitted,
+    ctx: &Context,
+) -> Option<Key> {
+    let prefix = ctx.server.admission.client_ipv6_prefix;
+    route.upstream.key(&Facts {
+        client: client_ip::client_key(client.ip, prefix),
+        headers,
+        uri,
+        claims: admitted.claims(),
+    })
 }

@@ -203,6 +203,7 @@ async fn exchange<'r>(
         }
     };
 
+    let key = super::balance_key(route, &client, &req_headers, req.uri(), &admitted, ctx);
     let host = at.authority.as_ref().map(host::Authority::header_value);
     let mut headers = forwarded::upstream_headers(
         req_headers,
@@ -228,7 +229,7 @@ async fn exchange<'r>(
     }
 
     let upstream = &route.upstream;
-    let mut up = match upstream.checkout(route.policy.upstream.connect).await {
+    let mut up = match upstream.checkout(&route.policy.upstream, key).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream unreachable");

@@ -3,178 +3,648 @@
 //! A balancer does not connect; it yields *candidates*, best first, each
 //! server at most once, and the group ([`super::Upstream`]) tries them in
 //! that order for as long as its failover rule allows. That is pingora's
-//! `select_with(key, max_iter, accept)` shape: policies that need a key
-//! (a hash of the client or a cookie, for stickiness) or live state (the
-//! in-flight counts of least-connections, health) take it here and still
-//! yield candidates, so the group's loop stays the same.
+//! `select_with(key, max_iter, accept)` shape: every policy takes what it
+//! needs here (a key's hash, the live counts) and still yields candidates,
+//! so the group's loop is the same for all of them.
 //!
-//! Round robin is the only policy today.
+//! The policies ([`Pick`]):
+//!
+//! - **Round robin**, weighted the way nginx does it ("smooth" weighted
+//!   round robin: weights 5,1,1 give `a a b a c a a`, never `a a a a a b c`).
+//!   The order of one period is computed once, so a connection costs one
+//!   atomic increment and no lock.
+//! - **Least connections**: the server with the fewest live sessions and
+//!   in-flight requests per unit of weight; ties are broken in turn, so
+//!   an idle group is still used evenly.
+//! - **Power of two random choices**: two servers drawn at random (by
+//!   weight), the less loaded one first. Nearly as even as least
+//!   connections without every connection agreeing on the same minimum.
+//! - **Hashing** a per-request key with rendezvous (highest random weight)
+//!   hashing: every server gets a score for the key and the highest wins.
+//!   When a server joins, only the keys it now wins move (about 1/N); when
+//!   one leaves, only its own keys do. Failing over is deterministic: the
+//!   next candidate is the server with the next highest score, the one the
+//!   key would move to if the first were gone.
+//!
+//! Live counts are plain atomics, one per server, taken with an RAII
+//! [`InFlight`] guard (pingora's `Inflight`): a WebSocket session holds its
+//! guard for its whole life, a plain HTTP request while it is in flight,
+//! and every way out releases it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::{
+    cmp::Reverse,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
 
-/// Servers taken in turn: each connection starts one server further along
-/// than the previous one, and goes on from there (wrapping) if it has to.
-#[derive(Debug, Default)]
-pub struct RoundRobin {
-    /// Connections started so far (wrapping); the next one starts at
-    /// `next % n`.
-    next: AtomicUsize,
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use super::affinity::Key;
+
+/// How a group orders its servers for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Fewest live connections per unit of weight.
+    LeastConn,
+    /// The less loaded of two random servers.
+    RandomTwo,
+    /// Rendezvous hashing of the request's key; round robin for a request
+    /// without one.
+    Hash,
 }
 
-impl RoundRobin {
-    pub fn new() -> Self {
-        Self::default()
-    }
+/// The largest period of the weighted round robin: weights are checked at
+/// load to be at most [`MAX_WEIGHT`], so this bounds the server count too.
+pub const MAX_WEIGHT: u32 = 100;
 
-    /// The order to try `servers` in for one connection: every server once,
-    /// starting at the next turn. Each call takes one turn, however many of
-    /// its candidates are then tried.
-    pub fn candidates<'a, T>(&self, servers: &'a [T]) -> Candidates<'a, T> {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        let start = if servers.is_empty() {
-            0
+/// One group's balancer: its policy, its servers' weights and hash seeds,
+/// and the live count of each server.
+#[derive(Debug)]
+pub struct Balancer {
+    pick: Pick,
+    weights: Vec<u32>,
+    /// Each server's rendezvous seed, from its URL as written (and how many
+    /// servers before it have the same URL). Nothing per process: every
+    /// gateway with the same server list sends a key to the same server.
+    seeds: Vec<u64>,
+    /// Every weight is the same: round robin is a plain rotation and a
+    /// hash score is the raw hash (no floating point at all).
+    uniform: bool,
+    /// The servers of one smooth weighted round-robin period, in order
+    /// (empty when `uniform`).
+    wheel: Vec<usize>,
+    /// Running sums of the weights, for weighted random draws.
+    cumulative: Vec<u64>,
+    /// Connections started so far (wrapping): the round-robin turn.
+    turn: AtomicUsize,
+    /// Live sessions and in-flight requests, per server.
+    loads: Vec<Arc<AtomicUsize>>,
+}
+
+/// A draw in `0..bound`; the real one is `rand`'s thread-local generator,
+/// tests pass a seeded one.
+pub type Draw<'r> = &'r mut dyn FnMut(u64) -> u64;
+
+impl Balancer {
+    /// A balancer for servers with these labels (URLs as written) and
+    /// weights (each at least 1).
+    pub fn new<'a>(pick: Pick, servers: impl IntoIterator<Item = (&'a str, u32)>) -> Self {
+        let mut labels: Vec<&str> = Vec::new();
+        let mut weights = Vec::new();
+        let mut seeds = Vec::new();
+        for (label, weight) in servers {
+            // The same URL twice is two servers (twice the share): the
+            // second gets its own seed, still the same on every instance.
+            let twins = labels.iter().filter(|l| **l == label).count() as u64;
+            seeds.push(xxh3_64_with_seed(label.as_bytes(), twins));
+            labels.push(label);
+            weights.push(weight.max(1));
+        }
+        let uniform = weights.windows(2).all(|w| w[0] == w[1]);
+        let wheel = if uniform {
+            Vec::new()
         } else {
-            turn % servers.len()
+            smooth_wheel(&weights)
         };
-        Candidates {
-            servers,
-            start,
-            taken: 0,
+        let cumulative = weights
+            .iter()
+            .scan(0u64, |sum, w| {
+                *sum += u64::from(*w);
+                Some(*sum)
+            })
+            .collect();
+        let loads = weights.iter().map(|_| Arc::default()).collect();
+        Balancer {
+            pick,
+            weights,
+            seeds,
+            uniform,
+            wheel,
+            cumulative,
+            turn: AtomicUsize::new(0),
+            loads,
         }
     }
-}
 
-/// The servers one connection may try, in order (see
-/// [`RoundRobin::candidates`]).
-#[derive(Debug, Clone)]
-pub struct Candidates<'a, T> {
-    servers: &'a [T],
-    start: usize,
-    taken: usize,
-}
-
-impl<'a, T> Candidates<'a, T> {
-    /// The candidates with their indexes in the server list (which keys
-    /// per-server state such as the idle connection pool).
-    pub fn indexed(mut self) -> impl Iterator<Item = (usize, &'a T)> {
-        std::iter::from_fn(move || {
-            let i = self.next_index()?;
-            Some((i, &self.servers[i]))
+    /// The order to try the servers in for one connection with this key
+    /// (used only by [`Pick::Hash`]): every server once, best first.
+    pub fn candidates(&self, key: Option<Key>) -> Candidates<'_> {
+        // The thread's generator, reached only by `random_two`.
+        self.candidates_with(key, &mut |bound| {
+            rand::Rng::random_range(&mut rand::rng(), 0..bound)
         })
     }
 
-    fn next_index(&mut self) -> Option<usize> {
-        let n = self.servers.len();
-        if self.taken == n {
-            return None;
+    /// [`Balancer::candidates`] with the random draws of [`Pick::RandomTwo`]
+    /// from `draw`.
+    pub fn candidates_with(&self, key: Option<Key>, draw: Draw<'_>) -> Candidates<'_> {
+        let n = self.weights.len();
+        let plan = if n == 0 {
+            Plan::Rotate { first: 0, start: 0 }
+        } else {
+            match (self.pick, key) {
+                (Pick::Hash, Some(key)) => Plan::Ranked {
+                    key: key.0,
+                    last: None,
+                },
+                (Pick::RoundRobin | Pick::Hash, _) => self.next_turn(),
+                (Pick::LeastConn, _) => self.least_loaded(),
+                (Pick::RandomTwo, _) => self.two_choices(draw),
+            }
+        };
+        Candidates {
+            balancer: self,
+            plan,
+            taken: 0,
+            cursor: 0,
         }
-        // `start < n`, so this neither overflows nor needs a second modulo.
-        let i = self.start + self.taken;
-        self.taken += 1;
-        Some(if i >= n { i - n } else { i })
+    }
+
+    /// Counts one connection to server `i` until the guard is dropped.
+    pub fn in_flight(&self, i: usize) -> InFlight {
+        let count = self.loads[i].clone();
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count)
+    }
+
+    /// Server `i`'s live sessions and in-flight requests.
+    pub fn load(&self, i: usize) -> usize {
+        self.loads[i].load(Ordering::Relaxed)
+    }
+
+    fn next_turn(&self) -> Plan {
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let first = match self.uniform {
+            true => turn % self.weights.len(),
+            false => self.wheel[turn % self.wheel.len()],
+        };
+        Plan::Rotate {
+            first,
+            start: first,
+        }
+    }
+
+    /// Whether server `a` is less loaded than `b`, per unit of weight.
+    fn lighter(&self, a: usize, b: usize) -> bool {
+        // load_a / w_a < load_b / w_b, without division.
+        let (la, lb) = (self.load(a) as u64, self.load(b) as u64);
+        la * u64::from(self.weights[b]) < lb * u64::from(self.weights[a])
+    }
+
+    fn least_loaded(&self) -> Plan {
+        let n = self.weights.len();
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
+        let mut best = start;
+        for k in 1..n {
+            let i = (start + k) % n;
+            if self.lighter(i, best) {
+                best = i;
+            }
+        }
+        Plan::Rotate { first: best, start }
+    }
+
+    fn two_choices(&self, draw: Draw<'_>) -> Plan {
+        let n = self.weights.len();
+        let a = self.weighted(draw(self.total()));
+        let mut b = self.weighted(draw(self.total()));
+        if b == a && n > 1 {
+            // Another server, uniformly among the rest.
+            b = (a + 1 + draw(n as u64 - 1) as usize) % n;
+        }
+        let first = if self.lighter(b, a) { b } else { a };
+        Plan::Rotate {
+            first,
+            start: (first + 1) % n,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// The server a draw in `0..total` falls on, by weight.
+    fn weighted(&self, r: u64) -> usize {
+        self.cumulative.partition_point(|&c| c <= r)
+    }
+
+    /// Server `i`'s rendezvous score for `key` (higher wins).
+    fn score(&self, key: u64, i: usize) -> u64 {
+        let h = xxh3_64_with_seed(&key.to_le_bytes(), self.seeds[i]);
+        if self.uniform {
+            return h;
+        }
+        // Weighted rendezvous hashing: w / -ln(u) for u uniform in (0, 1)
+        // wins in proportion to w. A positive f64's bits order as the value.
+        let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        (f64::from(self.weights[i]) / -u.ln()).to_bits()
     }
 }
 
-impl<'a, T> Iterator for Candidates<'a, T> {
-    type Item = &'a T;
+/// The hash of a key's bytes: xxh3 with its default (constant) secret, the
+/// same in every process and on every platform.
+pub fn hash(bytes: &[u8]) -> u64 {
+    xxh3_64(bytes)
+}
 
-    fn next(&mut self) -> Option<&'a T> {
-        let i = self.next_index()?;
-        Some(&self.servers[i])
+/// One period of nginx's smooth weighted round robin: at each step every
+/// server gains its weight, the highest (first on a tie) is taken and
+/// loses the total.
+fn smooth_wheel(weights: &[u32]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    (0..total)
+        .map(|_| {
+            let mut best = 0;
+            for (i, w) in weights.iter().enumerate() {
+                current[i] += i64::from(*w);
+                if current[i] > current[best] {
+                    best = i;
+                }
+            }
+            current[best] -= total;
+            best
+        })
+        .collect()
+}
+
+/// Counts one live session or in-flight request on a server; dropping it
+/// stops counting.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Plan {
+    /// `first`, then every other server in list order from `start`
+    /// (wrapping).
+    Rotate { first: usize, start: usize },
+    /// By rendezvous score, highest first (ties: lower index first).
+    Ranked {
+        key: u64,
+        last: Option<(u64, Reverse<usize>)>,
+    },
+}
+
+/// The servers one connection may try, as indexes into the server list,
+/// best first, each once (see [`Balancer::candidates`]).
+#[derive(Debug, Clone)]
+pub struct Candidates<'b> {
+    balancer: &'b Balancer,
+    plan: Plan,
+    taken: usize,
+    /// How far along the rotation (after `first`) we are.
+    cursor: usize,
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let b = self.balancer;
+        let n = b.weights.len();
+        if self.taken == n {
+            return None;
+        }
+        self.taken += 1;
+        match &mut self.plan {
+            Plan::Rotate { first, start } => {
+                if self.taken == 1 {
+                    return Some(*first);
+                }
+                loop {
+                    let i = (*start + self.cursor) % n;
+                    self.cursor += 1;
+                    if i != *first {
+                        return Some(i);
+                    }
+                }
+            }
+            Plan::Ranked { key, last } => {
+                // The best score below the last one taken: no allocation,
+                // and usually only the first is ever asked for.
+                let next = (0..n)
+                    .map(|i| (b.score(*key, i), Reverse(i)))
+                    .filter(|s| last.is_none_or(|l| *s < l))
+                    .max()?;
+                *last = Some(next);
+                Some(next.1 .0)
+            }
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.servers.len() - self.taken;
+        let left = self.balancer.weights.len() - self.taken;
         (left, Some(left))
     }
 }
 
-impl<T> ExactSizeIterator for Candidates<'_, T> {}
+impl ExactSizeIterator for Candidates<'_> {}
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
-    fn order(rr: &RoundRobin, servers: &[char]) -> String {
-        rr.candidates(servers).collect()
+    fn servers(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("ws://10.0.0.{i}:8080")).collect()
+    }
+
+    fn balancer(pick: Pick, labels: &[String], weights: &[u32]) -> Balancer {
+        Balancer::new(
+            pick,
+            labels
+                .iter()
+                .map(String::as_str)
+                .zip(weights.iter().copied()),
+        )
+    }
+
+    fn even(pick: Pick, n: usize) -> Balancer {
+        balancer(pick, &servers(n), &vec![1; n])
+    }
+
+    /// A small deterministic generator (splitmix64) for the random draws.
+    fn seeded(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |bound| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % bound
+        }
+    }
+
+    fn order(b: &Balancer, key: Option<Key>) -> Vec<usize> {
+        b.candidates_with(key, &mut seeded(1)).collect()
+    }
+
+    fn key(s: &str) -> Option<Key> {
+        Some(Key(hash(s.as_bytes())))
     }
 
     #[test]
-    fn each_connection_starts_one_further_and_wraps() {
-        let rr = RoundRobin::new();
-        let servers = ['a', 'b', 'c'];
-        assert_eq!(order(&rr, &servers), "abc");
-        assert_eq!(order(&rr, &servers), "bca");
-        assert_eq!(order(&rr, &servers), "cab");
-        assert_eq!(order(&rr, &servers), "abc");
+    fn round_robin_starts_one_further_and_wraps() {
+        let b = even(Pick::RoundRobin, 3);
+        assert_eq!(order(&b, None), [0, 1, 2]);
+        assert_eq!(order(&b, None), [1, 2, 0]);
+        assert_eq!(order(&b, None), [2, 0, 1]);
+        assert_eq!(order(&b, None), [0, 1, 2]);
     }
 
     #[test]
     fn a_connection_takes_one_turn_however_many_it_tries() {
-        let rr = RoundRobin::new();
-        let servers = ['a', 'b', 'c'];
-        // The first connection tries two servers; the next still starts at b.
-        assert_eq!(rr.candidates(&servers).take(2).count(), 2);
-        assert_eq!(order(&rr, &servers), "bca");
-        // One that tries none takes its turn too.
-        rr.candidates(&servers);
-        assert_eq!(order(&rr, &servers), "abc");
+        let b = even(Pick::RoundRobin, 3);
+        assert_eq!(b.candidates(None).take(2).count(), 2);
+        assert_eq!(order(&b, None), [1, 2, 0]);
+        b.candidates(None);
+        assert_eq!(order(&b, None), [0, 1, 2]);
     }
 
     #[test]
-    fn one_server_is_always_the_only_candidate() {
-        let rr = RoundRobin::new();
-        for _ in 0..3 {
-            assert_eq!(order(&rr, &['a']), "a");
-        }
-    }
-
-    #[test]
-    fn no_servers_no_candidates() {
-        let rr = RoundRobin::new();
-        let none: [char; 0] = [];
-        assert_eq!(rr.candidates(&none).next(), None);
-        assert_eq!(rr.candidates(&none).len(), 0);
-    }
-
-    #[test]
-    fn the_count_is_exact() {
-        let rr = RoundRobin::new();
-        let servers = ['a', 'b', 'c', 'd'];
-        let mut c = rr.candidates(&servers);
-        assert_eq!(c.len(), 4);
-        c.next();
-        assert_eq!(c.size_hint(), (3, Some(3)));
+    fn smooth_weighted_round_robin_interleaves_as_nginx_does() {
+        let b = balancer(Pick::RoundRobin, &servers(3), &[5, 1, 1]);
+        let firsts: Vec<usize> = (0..14).map(|_| order(&b, None)[0]).collect();
+        // nginx's documented sequence for 5,1,1: a a b a c a a, twice.
+        assert_eq!(firsts, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
+        // Every server is still a candidate, each once.
+        let mut all = order(&b, None);
+        all.sort_unstable();
+        assert_eq!(all, [0, 1, 2]);
     }
 
     #[test]
     fn the_turn_counter_wraps_without_overflow() {
-        let rr = RoundRobin {
-            next: AtomicUsize::new(usize::MAX),
-        };
-        let servers = ['a', 'b', 'c'];
+        let b = even(Pick::RoundRobin, 3);
+        b.turn.store(usize::MAX, Ordering::Relaxed);
         // usize::MAX % 3 == 0; the counter then wraps to 0.
-        assert_eq!(order(&rr, &servers), "abc");
-        assert_eq!(order(&rr, &servers), "abc");
-        assert_eq!(order(&rr, &servers), "bca");
+        assert_eq!(order(&b, None), [0, 1, 2]);
+        assert_eq!(order(&b, None), [0, 1, 2]);
+        assert_eq!(order(&b, None), [1, 2, 0]);
     }
 
     #[test]
-    fn concurrent_connections_share_the_turns() {
-        let rr = std::sync::Arc::new(RoundRobin::new());
-        let servers = ['a', 'b', 'c', 'd'];
-        let firsts: Vec<char> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8)
-                .map(|_| {
-                    let rr = rr.clone();
-                    s.spawn(move || *rr.candidates(&servers).next().unwrap())
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        // Eight turns over four servers: each server starts exactly twice.
-        for s in servers {
-            assert_eq!(firsts.iter().filter(|&&f| f == s).count(), 2, "{firsts:?}");
+    fn no_servers_no_candidates() {
+        for pick in [
+            Pick::RoundRobin,
+            Pick::LeastConn,
+            Pick::RandomTwo,
+            Pick::Hash,
+        ] {
+            let b = even(pick, 0);
+            assert_eq!(order(&b, key("k")), Vec::<usize>::new());
+            assert_eq!(b.candidates(None).len(), 0);
         }
+    }
+
+    #[test]
+    fn every_policy_yields_every_server_once() {
+        for pick in [
+            Pick::RoundRobin,
+            Pick::LeastConn,
+            Pick::RandomTwo,
+            Pick::Hash,
+        ] {
+            let b = balancer(pick, &servers(5), &[1, 3, 1, 2, 1]);
+            for k in ["a", "b", "c"] {
+                let mut c = b.candidates(key(k));
+                assert_eq!(c.len(), 5);
+                c.next();
+                assert_eq!(c.size_hint(), (4, Some(4)));
+                let mut all: Vec<usize> = b.candidates(key(k)).collect();
+                all.sort_unstable();
+                assert_eq!(all, [0, 1, 2, 3, 4], "{pick:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn least_conn_prefers_the_least_loaded_and_rotates_ties() {
+        let b = even(Pick::LeastConn, 3);
+        // Idle: in turn.
+        assert_eq!(order(&b, None)[0], 0);
+        assert_eq!(order(&b, None)[0], 1);
+        let _held: Vec<InFlight> = (0..3).map(|_| b.in_flight(0)).collect();
+        let _one = b.in_flight(1);
+        for _ in 0..5 {
+            assert_eq!(order(&b, None)[0], 2);
+        }
+        // Guards released on drop: 0 and 2 are idle again, 1 is not.
+        drop(_held);
+        assert_eq!(b.load(0), 0);
+        for _ in 0..4 {
+            assert_ne!(order(&b, None)[0], 1);
+        }
+    }
+
+    #[test]
+    fn least_conn_follows_live_sessions() {
+        // Sessions that stay open: each new one goes where there are fewest.
+        let b = balancer(Pick::LeastConn, &servers(3), &[1, 1, 2]);
+        let mut held = Vec::new();
+        for _ in 0..400 {
+            let first = order(&b, None)[0];
+            held.push(b.in_flight(first));
+        }
+        // Weighted 1:1:2 exactly (give or take one).
+        let loads: Vec<usize> = (0..3).map(|i| b.load(i)).collect();
+        assert!(loads[0].abs_diff(100) <= 1, "{loads:?}");
+        assert!(loads[1].abs_diff(100) <= 1, "{loads:?}");
+        assert!(loads[2].abs_diff(200) <= 2, "{loads:?}");
+    }
+
+    #[test]
+    fn random_two_spreads_live_sessions_evenly() {
+        let b = even(Pick::RandomTwo, 3);
+        let mut draw = seeded(7);
+        let mut held = Vec::new();
+        for _ in 0..300 {
+            let first = b.candidates_with(None, &mut draw).next().unwrap();
+            held.push(b.in_flight(first));
+        }
+        for i in 0..3 {
+            assert!(b.load(i).abs_diff(100) <= 20, "{}", b.load(i));
+        }
+    }
+
+    #[test]
+    fn random_two_takes_the_less_loaded_of_its_two() {
+        let b = even(Pick::RandomTwo, 2);
+        let _busy = b.in_flight(0);
+        // With two servers the two draws are always both of them.
+        for s in 0..20 {
+            assert_eq!(b.candidates_with(None, &mut seeded(s)).next(), Some(1));
+        }
+    }
+
+    fn firsts(b: &Balancer, keys: usize) -> Vec<usize> {
+        (0..keys)
+            .map(|k| order(b, key(&format!("client-{k}")))[0])
+            .collect()
+    }
+
+    fn counts(firsts: &[usize], n: usize) -> Vec<usize> {
+        (0..n)
+            .map(|i| firsts.iter().filter(|&&f| f == i).count())
+            .collect()
+    }
+
+    #[test]
+    fn hashing_spreads_keys_within_bounds() {
+        let b = even(Pick::Hash, 3);
+        let c = counts(&firsts(&b, 3000), 3);
+        for n in &c {
+            assert!(n.abs_diff(1000) <= 100, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn hashing_respects_weights() {
+        let b = balancer(Pick::Hash, &servers(3), &[1, 1, 2]);
+        let c = counts(&firsts(&b, 4000), 3);
+        assert!(c[0].abs_diff(1000) <= 120, "{c:?}");
+        assert!(c[1].abs_diff(1000) <= 120, "{c:?}");
+        assert!(c[2].abs_diff(2000) <= 160, "{c:?}");
+    }
+
+    #[test]
+    fn a_key_goes_to_the_same_server_from_a_fresh_balancer() {
+        let one = even(Pick::Hash, 3);
+        let two = even(Pick::Hash, 3);
+        for k in 0..200 {
+            let k = key(&format!("198.51.100.{k}"));
+            assert_eq!(order(&one, k), order(&two, k));
+            // And every time on the same one.
+            assert_eq!(order(&one, k), order(&one, k));
+        }
+    }
+
+    /// Pinned: a change here moves every client of every deployed fleet.
+    #[test]
+    fn the_hash_is_stable_across_builds() {
+        assert_eq!(hash(b"203.0.113.7"), xxh3_64(b"203.0.113.7"));
+        let b = even(Pick::Hash, 3);
+        let got: Vec<Vec<usize>> = ["alice", "bob", "carol", "dave", "erin", "frank"]
+            .iter()
+            .map(|k| order(&b, key(k)))
+            .collect();
+        assert_eq!(got, PINNED_ORDERS);
+    }
+    const PINNED_ORDERS: [[usize; 3]; 6] = [
+        [0, 2, 1],
+        [0, 1, 2],
+        [0, 2, 1],
+        [2, 1, 0],
+        [0, 1, 2],
+        [0, 1, 2],
+    ];
+
+    #[test]
+    fn adding_a_fourth_server_moves_only_its_share() {
+        let three = even(Pick::Hash, 3);
+        let four = even(Pick::Hash, 4);
+        let (before, after) = (firsts(&three, 3000), firsts(&four, 3000));
+        let stayed = before.iter().zip(&after).filter(|(a, b)| a == b).count();
+        assert!(stayed * 3 >= 3000 * 2, "{stayed} of 3000 stayed");
+        // And the ones that moved all went to the new server.
+        assert!(before.iter().zip(&after).all(|(a, b)| a == b || *b == 3));
+    }
+
+    #[test]
+    fn removing_a_server_moves_only_its_keys() {
+        let three = even(Pick::Hash, 3);
+        let labels = servers(3);
+        // Server 1 gone: its keys go to their second choice, the rest stay.
+        let two = balancer(Pick::Hash, &[labels[0].clone(), labels[2].clone()], &[1, 1]);
+        for k in 0..500 {
+            let k = key(&format!("k{k}"));
+            let full = order(&three, k);
+            let fewer = order(&two, k);
+            let expected: Vec<usize> = full
+                .iter()
+                .filter(|&&i| i != 1)
+                .map(|&i| if i == 2 { 1 } else { 0 })
+                .collect();
+            assert_eq!(fewer, expected);
+        }
+    }
+
+    #[test]
+    fn failing_over_takes_the_next_server_in_hash_order() {
+        let b = even(Pick::Hash, 4);
+        let mut seen = HashMap::new();
+        for k in 0..100 {
+            let o = order(&b, key(&format!("u{k}")));
+            // Deterministic, and every server once.
+            assert_eq!(o, order(&b, key(&format!("u{k}"))));
+            *seen.entry(o[1]).or_insert(0) += 1;
+        }
+        // Second choices are spread too, not all on one neighbour.
+        assert_eq!(seen.len(), 4, "{seen:?}");
+    }
+
+    #[test]
+    fn a_hash_without_a_key_falls_back_to_round_robin() {
+        let b = even(Pick::Hash, 3);
+        let f: Vec<usize> = (0..6).map(|_| order(&b, None)[0]).collect();
+        assert_eq!(f, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn twin_urls_are_two_servers() {
+        let labels = vec!["ws://a:1".to_owned(), "ws://a:1".to_owned()];
+        let b = balancer(Pick::Hash, &labels, &[1, 1]);
+        let c = counts(&firsts(&b, 1000), 2);
+        assert!(c[0].abs_diff(500) <= 80, "{c:?}");
     }
 }

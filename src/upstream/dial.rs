@@ -55,6 +55,7 @@ mod tests {
             host: addr.ip().to_string(),
             port: addr.port(),
             tls: tls.then(|| crate::tls::client_config(None)),
+            weight: 1,
         })
     }
 
@@ -102,6 +103,7 @@ mod tests {
             host: "localhost".into(),
             port,
             tls: Some(crate::tls::client_config(Some(roots))),
+            weight: 1,
         });
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();

@@ -17,6 +17,8 @@ pub struct ServerSpec {
     pub port: u16,
     /// Present for `wss://` servers.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Its share relative to the group's other servers (at least 1).
+    pub weight: u32,
 }
 
 /// One backend server, ready to dial.
@@ -26,11 +28,10 @@ pub struct ServerSpec {
 /// and error. A group may list the same URL twice (and so send it twice the
 /// share); the two are then separate endpoints with the same label.
 ///
-/// Per-endpoint live state (an in-flight count whose RAII guard a session
-/// holds, for least-connections; passive health) is not here yet. It will
-/// sit beside the endpoint, shared and keyed by the label, so that it
-/// outlives a reload as the admission counts do; the endpoint itself stays
-/// immutable and is rebuilt with each config.
+/// Per-endpoint live state (the in-flight count whose RAII guard a session
+/// holds, for least-connections) sits beside the endpoint, in the group's
+/// balancer; the endpoint itself stays immutable and is rebuilt with each
+/// config.
 pub struct Endpoint {
     label: String,
     host: String,
@@ -57,6 +58,7 @@ impl ServerSpec {
             host: addr.ip().to_string(),
             port: addr.port(),
             tls: None,
+            weight: 1,
         }
     }
 }
@@ -124,6 +126,7 @@ mod tests {
             host: host.into(),
             port,
             tls: tls.then(|| crate::tls::client_config(None)),
+            weight: 1,
         }
     }
 

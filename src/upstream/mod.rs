@@ -7,7 +7,9 @@
 //!
 //! - [`endpoint`]: what a server is (its label, address and TLS settings),
 //!   resolved once per config.
-//! - [`balance`]: which servers to try, in order ([`RoundRobin`] today).
+//! - [`balance`]: which servers to try, in order (round robin, least
+//!   connections, two random choices, consistent hashing).
+//! - [`affinity`]: the key a hashing group balances on, read from a request.
 //! - [`dial`]: TCP, then TLS with SNI for `wss://`, to a
 //!   [`Transport`](crate::stream::Transport) (`connect_timeout` for each).
 //! - [`ws`]: the client handshake over that transport: the upgrade request,
@@ -22,6 +24,7 @@
 //! connection with [`Upstream::checkout`] (a pooled one when the chosen
 //! server has one) and give it back with [`Upstream::checkin`].
 
+mod affinity;
 mod balance;
 mod dial;
 mod endpoint;
@@ -32,24 +35,32 @@ mod ws;
 use std::{io, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue};
+use tokio::time::Instant;
 
-use self::{balance::RoundRobin, endpoint::Endpoint, error::Phase};
 pub use self::{
+    affinity::{Facts, Key, KeySource},
+    balance::{InFlight, Pick, MAX_WEIGHT},
     endpoint::ServerSpec,
     error::UpstreamError,
     pool::PoolLimits,
     ws::{UpstreamRequest, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
 };
+use self::{balance::Balancer, endpoint::Endpoint, error::Phase};
 use crate::stream::{Stream, Transport};
 
 /// How long reaching an upstream may take (from the route's policy).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     /// TCP connect, and then the TLS handshake for `wss://` (each has the
-    /// whole of it).
+    /// whole of it), at each server tried.
     pub connect: Duration,
-    /// From the upgrade request to the upstream's 101.
+    /// From the first attempt to the upstream's 101, across every server
+    /// tried: the longest a client waits before its 504.
     pub handshake: Duration,
+    /// How long one server has to answer the upgrade while another server
+    /// is left to try; the last server tried has what is left of
+    /// `handshake`.
+    pub attempt: Duration,
 }
 
 /// A finished upstream handshake.
@@ -61,14 +72,39 @@ pub struct Connected {
     pub headers: HeaderMap,
     /// Which server, for logs.
     pub server: String,
+    /// Counts the session on its server (least connections): hold it for
+    /// the session's life.
+    pub load: InFlight,
 }
 
-/// A named group of servers used round-robin.
+/// How a group spreads its connections (`[upstream.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balance {
+    pub pick: Pick,
+    /// The key of [`Pick::Hash`].
+    pub source: Option<KeySource>,
+    /// Servers tried for one connection at most (the first included).
+    pub max_attempts: usize,
+}
+
+impl Default for Balance {
+    fn default() -> Self {
+        Balance {
+            pick: Pick::RoundRobin,
+            source: None,
+            max_attempts: 3,
+        }
+    }
+}
+
+/// A named group of servers and how connections are spread over them.
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
     endpoints: Vec<Endpoint>,
-    balance: RoundRobin,
+    balance: Balancer,
+    source: Option<KeySource>,
+    max_attempts: usize,
     pool: Arc<pool::Pool>,
 }
 
@@ -80,6 +116,8 @@ pub struct Conn<'a> {
     endpoint: &'a Endpoint,
     /// It came from the pool (so the server may have closed it just now).
     pub reused: bool,
+    /// Counts the request on its server while it is in flight.
+    _load: InFlight,
 }
 
 impl<'a> Conn<'a> {
@@ -95,37 +133,75 @@ impl<'a> Conn<'a> {
 }
 
 impl Upstream {
+    /// A round-robin group (see [`Upstream::with_balance`]).
+    #[cfg(test)]
     pub fn new(name: String, pool: PoolLimits, specs: Vec<ServerSpec>) -> Self {
+        Self::with_balance(name, pool, specs, Balance::default())
+    }
+
+    pub fn with_balance(
+        name: String,
+        pool: PoolLimits,
+        specs: Vec<ServerSpec>,
+        balance: Balance,
+    ) -> Self {
+        let balancer = Balancer::new(
+            balance.pick,
+            specs.iter().map(|s| (s.url.as_str(), s.weight)),
+        );
         Upstream {
             name,
             pool: pool::Pool::new(specs.len(), pool),
             endpoints: specs.into_iter().map(Endpoint::new).collect(),
-            balance: RoundRobin::new(),
+            balance: balancer,
+            source: balance.source,
+            max_attempts: balance.max_attempts.max(1),
         }
     }
 
-    /// A connection to the next server for a plain HTTP request: an idle
-    /// one from the pool if that server has one, else a new one (failing
-    /// over to the next server while it cannot be reached, as
-    /// [`Upstream::connect`] does).
-    pub async fn checkout(&self, connect: Duration) -> Result<Conn<'_>, UpstreamError> {
+    /// The request's key, when the group hashes one: the one reading of
+    /// it that the upgrade and plain requests share, so both reach the
+    /// same server.
+    pub fn key(&self, facts: &Facts<'_>) -> Option<Key> {
+        self.source.as_ref()?.key(facts)
+    }
+
+    /// A connection to the chosen server for a plain HTTP request: an idle
+    /// one from the pool if that server has one, else a new one, failing
+    /// over to the next candidate while a server cannot be reached
+    /// (refused, timed out, TLS failed: nothing of the request was sent,
+    /// so this is safe for any method), within `max_attempts` and the
+    /// `handshake` deadline.
+    pub async fn checkout(
+        &self,
+        policy: &Timeouts,
+        key: Option<Key>,
+    ) -> Result<Conn<'_>, UpstreamError> {
+        let deadline = Instant::now() + policy.handshake;
         let mut last = None;
-        for (server, endpoint) in self.balance.candidates(&self.endpoints).indexed() {
+        for server in self.balance.candidates(key).take(self.max_attempts) {
+            let Some(left) = time_left(deadline) else {
+                break;
+            };
+            let endpoint = &self.endpoints[server];
+            let load = self.balance.in_flight(server);
             if let Some(io) = self.pool.take(server) {
                 return Ok(Conn {
                     io,
                     server,
                     endpoint,
                     reused: true,
+                    _load: load,
                 });
             }
-            match dial::dial(endpoint, connect).await {
+            match dial::dial(endpoint, policy.connect.min(left)).await {
                 Ok(io) => {
                     return Ok(Conn {
                         io,
                         server,
                         endpoint,
                         reused: false,
+                        _load: load,
                     })
                 }
                 Err(e) if fails_over(&e) => {
@@ -151,6 +227,7 @@ impl Upstream {
             server: conn.server,
             endpoint: conn.endpoint,
             reused: false,
+            _load: self.balance.in_flight(conn.server),
         })
     }
 
@@ -167,22 +244,44 @@ impl Upstream {
         }
     }
 
-    /// Connects to the next server, failing over to the ones after it while
-    /// the failover rule (`fails_over`, below) allows; each server is tried
-    /// at most once, and the last failure is the answer when none succeeds.
+    /// Connects to the balancer's first candidate, failing over to the
+    /// next while the failover rule (`fails_over`, below) allows, at most
+    /// `max_attempts` servers and within the `handshake` deadline; the
+    /// last failure is the answer when none succeeds.
     ///
-    /// There is no deadline across attempts yet: each has its own timeouts,
-    /// so failing over is bounded by the number of servers.
+    /// While another server is left to try, one that does not answer the
+    /// upgrade has `attempt` (not the whole deadline), so a backend that
+    /// accepts TCP and never answers costs its clients that much and not
+    /// their 504.
     pub async fn connect(
         &self,
         req: UpstreamRequest<'_>,
         policy: &Timeouts,
+        key: Option<Key>,
     ) -> Result<Connected, UpstreamError> {
+        let deadline = Instant::now() + policy.handshake;
+        let candidates = self.balance.candidates(key).take(self.max_attempts);
+        let tries = candidates.len();
         let mut last = None;
-        for endpoint in self.balance.candidates(&self.endpoints) {
-            match attempt(endpoint, &req, policy).await {
+        for (n, server) in candidates.enumerate() {
+            let Some(left) = time_left(deadline) else {
+                break;
+            };
+            let endpoint = &self.endpoints[server];
+            let limits = Timeouts {
+                connect: policy.connect.min(left),
+                handshake: match n + 1 < tries {
+                    true => policy.attempt.min(left),
+                    false => left,
+                },
+                attempt: policy.attempt,
+            };
+            // Counted from the moment it is chosen, so that a burst of
+            // connections does not all pick the same least-loaded server.
+            let load = self.balance.in_flight(server);
+            match attempt(endpoint, &req, &limits, load).await {
                 Err(e) if fails_over(&e) => {
-                    tracing::warn!(upstream = %self.name, error = %e, "server unreachable, trying the next one");
+                    tracing::warn!(upstream = %self.name, error = %e, "server failed, trying the next one");
                     last = Some(e);
                 }
                 other => return other,
@@ -192,26 +291,35 @@ impl Upstream {
     }
 }
 
+/// What is left before `deadline`; `None` once it has passed.
+fn time_left(deadline: Instant) -> Option<Duration> {
+    Some(deadline.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+}
+
 /// Whether the upgrade request counts as idempotent when deciding if it may
 /// be repeated on another server ([`Retry::allows`](error::Retry::allows)).
 /// It is a `GET`, which HTTP calls idempotent, and nginx's
 /// `proxy_next_upstream` treats it so; a backend that acts on the upgrade
-/// itself (registers a session, say) may see it twice. Today's behaviour;
-/// the next policy revisits it.
+/// itself (registers a session, say) may see it twice.
 const UPGRADE_IS_IDEMPOTENT: bool = true;
 
 /// Whether a failed attempt moves on to the next server: when a retry is
 /// safe ([`UpstreamError::retry`], with the upgrade taken as idempotent)
-/// *and* the server could not be reached or broke the connection before a
-/// complete answer (an I/O error or a close, in any [`Phase`]), as nginx's
-/// `proxy_next_upstream error` does for a `GET`.
+/// *and* the server could not be reached, broke the connection before a
+/// complete answer, or gave none in time (an I/O error, a close or a
+/// timeout, in any [`Phase`]), as nginx's `proxy_next_upstream error
+/// timeout` does for a `GET`. The group's loop bounds what this costs:
+/// `max_attempts` servers within one deadline.
 ///
-/// Not after a timeout, though one in TCP or TLS is safe to retry: each
-/// attempt would cost the client its whole timeout again, and there is no
-/// deadline across attempts yet. Not after an answer, a refusal or an
-/// invalid 101: the server is up and said what it meant.
+/// Not after an answer, a refusal or an invalid 101: the server is up and
+/// said what it meant. Never after the client's 101: by then there is no
+/// attempt left to fail.
 fn fails_over(e: &UpstreamError) -> bool {
-    e.retry().allows(UPGRADE_IS_IDEMPOTENT) && matches!(e, UpstreamError::Unreachable { .. })
+    e.retry().allows(UPGRADE_IS_IDEMPOTENT)
+        && matches!(
+            e,
+            UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. }
+        )
 }
 
 /// One server: dial, then handshake.
@@ -219,6 +327,7 @@ async fn attempt(
     endpoint: &Endpoint,
     req: &UpstreamRequest<'_>,
     policy: &Timeouts,
+    load: InFlight,
 ) -> Result<Connected, UpstreamError> {
     let io = dial::dial(endpoint, policy.connect).await?;
     let done = ws::handshake(io, endpoint, req, policy.handshake).await?;
@@ -227,6 +336,7 @@ async fn attempt(
         protocol: done.protocol,
         headers: done.headers,
         server: endpoint.label().to_owned(),
+        load,
     })
 }
 
@@ -246,7 +356,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_failure_to_reach_fails_over() {
+    fn a_failure_to_reach_or_a_silence_fails_over_an_answer_does_not() {
         let s = "ws://10.0.0.5:8080";
         let limit = Duration::from_secs(1);
         let eof = || io::Error::from(io::ErrorKind::UnexpectedEof);
@@ -254,9 +364,9 @@ mod tests {
             (UpstreamError::unreachable(s, Phase::Connect, eof()), true),
             (UpstreamError::unreachable(s, Phase::Tls, eof()), true),
             (UpstreamError::unreachable(s, Phase::Upgrade, eof()), true),
-            (UpstreamError::timeout(s, Phase::Connect, limit), false),
-            (UpstreamError::timeout(s, Phase::Tls, limit), false),
-            (UpstreamError::timeout(s, Phase::Upgrade, limit), false),
+            (UpstreamError::timeout(s, Phase::Connect, limit), true),
+            (UpstreamError::timeout(s, Phase::Tls, limit), true),
+            (UpstreamError::timeout(s, Phase::Upgrade, limit), true),
             (
                 UpstreamError::Refused {
                     server: s.into(),
@@ -270,8 +380,8 @@ mod tests {
                 false,
             ),
         ];
-        for (e, fails_over_today) in cases {
-            assert_eq!(fails_over(&e), fails_over_today, "{e}");
+        for (e, fails_over_now) in cases {
+            assert_eq!(fails_over(&e), fails_over_now, "{e}");
             // Never beyond what is safe for an idempotent request (a GET).
             if fails_over(&e) {
                 assert!(e.retry().allows(true), "{e}");
@@ -353,10 +463,11 @@ mod tests {
     const POLICY: Timeouts = Timeouts {
         connect: Duration::from_secs(5),
         handshake: Duration::from_secs(5),
+        attempt: Duration::from_secs(5),
     };
 
     async fn connect(up: &Upstream, policy: &Timeouts) -> Result<Connected, UpstreamError> {
-        up.connect(request(), policy).await
+        up.connect(request(), policy, None).await
     }
 
     #[tokio::test]
@@ -389,8 +500,8 @@ mod tests {
         assert_eq!(live_n.load(Ordering::SeqCst), 2);
     }
 
-    /// Today's rule: a server that takes the request and hangs up counts as
-    /// unreachable, so the request goes to the next server.
+    /// A server that takes the request and hangs up counts as unreachable,
+    /// so the request goes to the next server.
     #[tokio::test]
     async fn a_hang_up_during_the_upgrade_fails_over_to_the_next() {
         let (flaky, flaky_n) = server(Behaviour::HangUp).await;
@@ -401,15 +512,38 @@ mod tests {
         assert_eq!(flaky_n.load(Ordering::SeqCst), 1);
     }
 
-    #[tokio::test]
-    async fn a_timeout_does_not_fail_over() {
-        let (silent, _) = server(Behaviour::Silent).await;
+    /// A server that accepts and never answers has `attempt`, then the next
+    /// server is tried within what is left of the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_server_fails_over_after_its_attempt_timeout() {
+        let (silent, silent_n) = server(Behaviour::Silent).await;
         let (live, live_n) = server(Behaviour::Accept).await;
+        let live_url = live.url.clone();
         let up = Upstream::new("pool".into(), PoolLimits::default(), vec![silent, live]);
         let policy = Timeouts {
-            handshake: Duration::from_millis(200),
+            attempt: Duration::from_secs(1),
             ..POLICY
         };
+        let started = Instant::now();
+        assert_eq!(connect(&up, &policy).await.unwrap().server, live_url);
+        // Paused clock: exactly the attempt timeout was spent on the silent one.
+        assert_eq!(started.elapsed().as_secs(), 1);
+        assert_eq!(silent_n.load(Ordering::SeqCst), 1);
+        assert_eq!(live_n.load(Ordering::SeqCst), 1);
+    }
+
+    /// The last server tried has the whole of what is left of the deadline,
+    /// and then the client gets a 504.
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_bounds_every_attempt_together() {
+        let (a, _) = server(Behaviour::Silent).await;
+        let (b, _) = server(Behaviour::Silent).await;
+        let up = Upstream::new("pool".into(), PoolLimits::default(), vec![a, b]);
+        let policy = Timeouts {
+            attempt: Duration::from_secs(2),
+            ..POLICY
+        };
+        let started = Instant::now();
         let err = connect(&up, &policy).await.err().unwrap();
         assert!(
             matches!(
@@ -421,7 +555,62 @@ mod tests {
             ),
             "{err:?}"
         );
+        assert_eq!(err.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(started.elapsed(), POLICY.handshake);
+    }
+
+    #[tokio::test]
+    async fn max_attempts_bounds_the_servers_tried() {
+        let (first, second) = (closed_port().await, closed_port().await);
+        let (live, live_n) = server(Behaviour::Accept).await;
+        let balance = Balance {
+            max_attempts: 2,
+            ..Balance::default()
+        };
+        let up = Upstream::with_balance(
+            "pool".into(),
+            PoolLimits::default(),
+            vec![first, second, live],
+            balance,
+        );
+        // Starts at the first dead one and gives up before the live one.
+        assert!(connect(&up, &POLICY).await.is_err());
         assert_eq!(live_n.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_session_is_counted_while_it_lives() {
+        let (a, _) = server(Behaviour::Accept).await;
+        let (b, _) = server(Behaviour::Accept).await;
+        let balance = Balance {
+            pick: Pick::LeastConn,
+            ..Balance::default()
+        };
+        let up = Upstream::with_balance("pool".into(), PoolLimits::default(), vec![a, b], balance);
+        let held = connect(&up, &POLICY).await.unwrap();
+        // The next two go to the other server while the first is held.
+        for _ in 0..2 {
+            let other = connect(&up, &POLICY).await.unwrap();
+            assert_ne!(other.server, held.server);
+        }
+        assert_eq!((up.balance.load(0) + up.balance.load(1)), 1);
+        drop(held);
+        assert_eq!((up.balance.load(0), up.balance.load(1)), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_plain_request_is_counted_while_in_flight() {
+        let (a, _) = server(Behaviour::Accept).await;
+        let up = Upstream::new("pool".into(), PoolLimits::default(), vec![a]);
+        let conn = up.checkout(&POLICY, None).await.unwrap();
+        assert_eq!(up.balance.load(0), 1);
+        up.checkin(conn);
+        assert_eq!(up.balance.load(0), 0);
+        let conn = up.checkout(&POLICY, None).await.unwrap();
+        assert!(conn.reused);
+        assert_eq!(up.balance.load(0), 1);
+        drop(conn);
+        assert_eq!(up.balance.load(0), 0);
     }
 
     #[tokio::test]

@@ -492,3 +492,69 @@ async fn the_echo_example_serves() {
         .await;
     assert_eq!(ws.expect_close().await, (1000, "bye".into()));
 }
+
+#[test]
+fn balance_and_weights_are_checked_with_their_lines() {
+    let bad = r#"[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/"
+upstream = "app"
+
+[upstream.app]
+servers = ["ws://127.0.0.1:9001", { url = "ws://127.0.0.1:9002", weight = 0 }]
+balance = "ip_hash"
+max_attempts = 0
+"#;
+    let stderr = refused(bad);
+    assert_reported(
+        &stderr,
+        "bad.toml:9:",
+        "weight 0 is out of range (1 to 100)",
+    );
+    assert_reported(&stderr, "bad.toml:10:", "unknown balance `ip_hash`");
+    assert_reported(&stderr, "bad.toml:11:", "max_attempts must be at least 1");
+}
+
+#[test]
+fn weighted_servers_and_a_balance_check_ok() {
+    let good = r#"[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/"
+upstream = "app"
+
+[upstream.app]
+servers = ["ws://127.0.0.1:9001", { url = "ws://127.0.0.1:9002", weight = 3 }]
+balance = "cookie:io"
+max_attempts = 2
+"#;
+    let (ok, _, stderr) = check(
+        "framegate.toml",
+        &[("framegate.toml", good), ("policies/default.toml", "")],
+    );
+    assert!(ok, "stderr: {stderr}");
+}
+
+#[test]
+fn a_claim_key_needs_auth_on_the_route() {
+    let bad = r#"[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/"
+upstream = "app"
+
+[upstream.app]
+servers = ["ws://127.0.0.1:9001"]
+balance = "claim:sub"
+"#;
+    let stderr = refused(bad);
+    assert_reported(
+        &stderr,
+        "bad.toml:6:",
+        "upstream `app` balances on the claim `sub`, but policy `default` has no [auth]",
+    );
+}

@@ -16,6 +16,7 @@ mod admission_limits;
 mod admission_logs;
 mod admission_policies;
 mod admission_session;
+mod balancing;
 mod browser;
 mod close;
 mod config_check;

@@ -236,3 +236,111 @@ async fn python_client_polls_then_upgrades_and_exchanges_events() {
 
     server.session(Transport::WebSocket).await;
 }
+
+/// Three Socket.IO servers with no shared adapter (each session lives in
+/// one server's memory) behind one upstream with `balance`, as the nginx
+/// guides set it up with `ip_hash`.
+async fn three_behind(balance: &str) -> (Vec<Server>, Gateway) {
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(Server::start().await);
+    }
+    let urls: Vec<String> = servers.iter().map(Server::url).collect();
+    let gw = Gateway::builder()
+        .route(route("/", "app").policy("default"))
+        .upstream_with("app", &urls, &format!("balance = \"{balance}\""))
+        .start()
+        .await;
+    (servers, gw)
+}
+
+/// Clients on other hosts: loopback addresses other than 127.0.0.1.
+const FROM: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+
+/// The Node client from `from` with its default transports.
+fn client_from(gw: &Gateway, from: &str) -> Command {
+    let mut c = Command::new("node");
+    c.args(["client.js", &format!("http://{}", gw.addr), "--from", from])
+        .current_dir(PEERS);
+    c
+}
+
+/// With `client_ip`, every client connects, upgrades and exchanges events,
+/// and each server saw every request of the sessions it created: all of a
+/// client's requests (polling and upgrade) at one server, and that server
+/// opened, upgraded and served its session.
+#[tokio::test]
+#[ignore = "needs the Socket.IO peers; tests/run-all.sh installs them and runs this"]
+async fn client_ip_keeps_each_session_on_the_server_that_created_it() {
+    let (mut servers, gw) = three_behind("client_ip").await;
+    for from in FROM {
+        let out = run(
+            &format!("the client from {from}"),
+            &mut client_from(&gw, from),
+        )
+        .await;
+        assert_eq!(out, "ok first=polling transport=websocket", "{from}");
+    }
+    // Every server's lines, until all three sessions have had their event.
+    let mut seen: Vec<Vec<String>> = vec![Vec::new(); servers.len()];
+    eventually("an echo event per session at the servers", || {
+        for (lines, server) in seen.iter_mut().zip(&mut servers) {
+            lines.extend(server.lines.so_far());
+        }
+        seen.iter().map(|l| count(l, "echo ")).sum::<usize>() == FROM.len()
+    })
+    .await;
+    for from in FROM {
+        let at: Vec<usize> = (0..seen.len())
+            .filter(|&i| {
+                seen[i]
+                    .iter()
+                    .any(|l| l.ends_with(&format!(" forwarded={from}")))
+            })
+            .collect();
+        assert_eq!(
+            at.len(),
+            1,
+            "{from}'s requests reached servers {at:?}: {seen:#?}"
+        );
+    }
+    for lines in &seen {
+        let clients = FROM
+            .iter()
+            .filter(|f| {
+                lines
+                    .iter()
+                    .any(|l| l.ends_with(&format!(" forwarded={f}")))
+            })
+            .count();
+        // One session per client it saw, each opened, upgraded and served here.
+        for prefix in ["open ", "upgraded ", "connect ", "echo "] {
+            assert_eq!(count(lines, prefix), clients, "{prefix}: {lines:#?}");
+        }
+        assert!(
+            !lines.iter().any(|l| l.contains("forwarded=127.0.0.1")),
+            "{lines:#?}"
+        );
+    }
+}
+
+/// The control: round robin sends a session's requests to servers that
+/// never heard of it, and the clients fail as they do behind nginx without
+/// `ip_hash` (the second server answers `Session ID unknown`).
+#[tokio::test]
+#[ignore = "needs the Socket.IO peers; tests/run-all.sh installs them and runs this"]
+async fn round_robin_breaks_sessions_across_servers() {
+    let (_servers, gw) = three_behind("round_robin").await;
+    for from in FROM {
+        let out = guard_for(
+            "the client",
+            PEER,
+            client_from(&gw, from).kill_on_drop(true).output(),
+        )
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{from} connected: {stderr}");
+        assert!(stderr.contains("socket.io client: "), "{from}: {stderr}");
+    }
+}

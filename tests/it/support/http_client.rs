@@ -70,6 +70,15 @@ impl HttpConn {
         }
     }
 
+    /// A connection from the loopback address `from`.
+    pub async fn open_from(from: &str, addr: SocketAddr) -> HttpConn {
+        HttpConn {
+            stream: super::tcp_from(from, addr).await,
+            buf: Vec::new(),
+            trailers: Vec::new(),
+        }
+    }
+
     /// The socket, for another protocol; nothing may be left unread.
     pub fn into_stream(self) -> TcpStream {
         assert!(self.buf.is_empty(), "unread bytes: {:?}", self.buf);

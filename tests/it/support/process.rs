@@ -62,6 +62,11 @@ impl Lines {
         .await
     }
 
+    /// The lines that have arrived and not been taken yet, without waiting.
+    pub fn so_far(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+    }
+
     /// The next line containing `needle`, under [`guard`].
     pub async fn wait_for(&mut self, needle: &str) -> String {
         self.until(needle).await.pop().unwrap()

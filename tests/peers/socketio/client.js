@@ -6,21 +6,30 @@
 // result within 10 s, is one line on stderr and exit 1.
 // `node client.js URL polling` allows long-polling only: no upgrade, and
 // the events travel on polling requests (`ok first=polling transport=polling`).
+// `--from ADDR` connects from that local address (polling requests and the
+// WebSocket alike), as a client on another host would: for the gateway's
+// `balance = "client_ip"` tests, from 127.0.0.2, 127.0.0.3...
 "use strict";
 const assert = require("node:assert/strict");
+const http = require("node:http");
 const { io } = require("socket.io-client");
 
 const TIMEOUT_MS = 10_000;
-const [url, only] = process.argv.slice(2);
-if (!url || (only && only !== "polling")) {
-  console.error("usage: node client.js URL [polling]");
+const args = process.argv.slice(2);
+const fromAt = args.indexOf("--from");
+const from = fromAt >= 0 ? args.splice(fromAt, 2)[1] : undefined;
+const [url, only] = args;
+if (!url || (only && only !== "polling") || (fromAt >= 0 && !from)) {
+  console.error("usage: node client.js URL [polling] [--from ADDR]");
   process.exit(2);
 }
 const upgrades = !only;
 
 // Default options but one (two with `polling`): fail at once instead of
-// reconnecting.
-const socket = io(url, { reconnection: false, ...(only && { transports: [only] }) });
+// reconnecting. With `--from`, an agent bound to that address carries the
+// polling requests (xmlhttprequest-ssl) and the WebSocket (ws) both.
+const local = from && { agent: new http.Agent({ keepAlive: true, localAddress: from }), localAddress: from };
+const socket = io(url, { reconnection: false, ...(only && { transports: [only] }), ...local });
 const transport = () => socket.io.engine?.transport?.name;
 const fail = (msg) => {
   console.error(`socket.io client: ${msg} (connected=${socket.connected} transport=${transport()})`);
