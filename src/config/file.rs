@@ -231,8 +231,9 @@ pub struct RouteSection {
 pub struct UpstreamSection {
     /// Backend WebSocket servers as `ws://host:port` or `wss://host:port`, used
     /// round-robin; a server that refuses the connection is skipped.
+    /// An entry may also be a table: `{ url = "ws://...", drain = true }`.
     #[serde(default)]
-    pub servers: Vec<Spanned<String>>,
+    pub servers: Vec<Spanned<super::health::ServerEntry>>,
     /// Serve this upstream from inside the gateway instead: `"echo"` sends
     /// every message back. Meant for trying framegate out and for tests.
     pub builtin: Option<Spanned<String>>,
@@ -246,6 +247,23 @@ pub struct UpstreamSection {
     /// How long an idle pooled connection is kept.
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Timeout,
+    // --- health and draining (config/health.rs) ---
+    /// Consecutive failures to reach a server (refused, reset, timed out)
+    /// that eject it: no new sessions go to it until a back-off ends; 0 never ejects.
+    #[serde(default = "super::health::eject_after")]
+    pub eject_after: u32,
+    /// The first ejection's length; each further one doubles it (jittered
+    /// shorter by up to 20%), up to `eject_backoff_max`.
+    #[serde(default = "super::health::eject_backoff")]
+    pub eject_backoff: Timeout,
+    #[serde(default = "super::health::eject_backoff_max")]
+    pub eject_backoff_max: Timeout,
+    /// Active probes of every server (see `HealthCheckSection`).
+    pub health_check: Option<Spanned<super::health::HealthCheckSection>>,
+    /// A draining (or removed) server's live sessions are closed spread over
+    /// this window, each at a message boundary; `"off"` closes them all at once.
+    #[serde(default = "super::health::drain_window")]
+    pub drain_window: Optional,
 }
 
 /// `policies/NAME.toml`: limits and timeouts applied to a session.

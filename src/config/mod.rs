@@ -7,6 +7,7 @@
 
 mod admission;
 pub mod file;
+pub mod health;
 pub mod units;
 
 use std::{
@@ -81,6 +82,10 @@ pub struct RouteConfig {
 pub struct UpstreamConfig {
     pub servers: UpstreamServers,
     pub pool: PoolLimits,
+    /// Passive ejection, active probes, drain window (config/health.rs).
+    pub health: crate::upstream::health::Settings,
+    /// URLs of the servers marked `drain = true`.
+    pub draining: std::collections::BTreeSet<String>,
 }
 
 /// Where an upstream's connections go.
@@ -407,8 +412,17 @@ impl<'a> Checker<'a> {
     ) -> Option<UpstreamConfig> {
         let u = section.get_ref();
         let servers = self.upstream_servers(name, section)?;
+        let health = self.health(name, u);
+        let draining = u
+            .servers
+            .iter()
+            .filter(|s| s.get_ref().drain)
+            .map(|s| s.get_ref().url.clone())
+            .collect();
         Some(UpstreamConfig {
             servers,
+            health,
+            draining,
             pool: PoolLimits {
                 max_idle: u.max_idle_per_server,
                 idle_timeout: u.idle_timeout.0,
@@ -448,7 +462,7 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        let client_tls = if u.servers.iter().any(|s| s.get_ref().starts_with("wss://")) {
+        let client_tls = if u.servers.iter().any(|s| s.get_ref().url.starts_with("wss://")) {
             match u.ca.as_ref() {
                 None => Some(tls::client_config(None)),
                 Some(ca) => match tls::load_ca(&self.path(ca.get_ref())) {
@@ -464,9 +478,9 @@ impl<'a> Checker<'a> {
         };
         let mut servers = Vec::new();
         for s in &u.servers {
-            match parse_server(s.get_ref()) {
+            match parse_server(&s.get_ref().url) {
                 Ok((tls, host, port)) => servers.push(ServerSpec {
-                    url: s.get_ref().clone(),
+                    url: s.get_ref().url.clone(),
                     host,
                     port,
                     tls: if tls { client_tls.clone() } else { None },

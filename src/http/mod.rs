@@ -104,6 +104,8 @@ struct Accepted {
     route: Arc<Route>,
     admitted: Admitted,
     server: String,
+    /// Its server's drain (health): moves the session off it.
+    moved: Option<crate::relay::DrainSignal>,
 }
 
 /// Serves one client connection (already past TLS, if any). `inflight`
@@ -157,6 +159,7 @@ fn session(
         route,
         admitted,
         server,
+        moved,
     } = up.accepted;
     let (client_gate, upstream_gate) = admitted.gates();
     let slots = admitted.slots;
@@ -168,6 +171,7 @@ fn session(
         Some(drain),
         Jitter::random(),
     )
+    .moved_by(moved)
     .gated(client_gate, upstream_gate);
     let path = up.path;
     Box::pin(async move {
@@ -520,7 +524,7 @@ async fn upgrade_request(
                 UpstreamError::Refused { status, answer, .. } => {
                     Reject::passed_on(status, &answer.headers, answer.body)
                 }
-                e => Reject::new(e.status(), e.public_message()),
+                e => upstream_reject(&e),
             }
         })?;
     let headers = upgrade::accept(&up, connected.protocol, connected.headers);
@@ -531,6 +535,18 @@ async fn upgrade_request(
             route,
             admitted,
             server: connected.server,
+            moved: connected.drain,
         },
     ))
+}
+
+/// What the client is told when the upstream cannot be reached: its status
+/// and line, and `Retry-After` when no server is up (a 503 at once rather
+/// than an attempt at a server known to be down).
+pub(crate) fn upstream_reject(e: &UpstreamError) -> Reject {
+    let reject = Reject::new(e.status(), e.public_message());
+    match e.retry_after() {
+        Some(secs) => reject.with_header(http::header::RETRY_AFTER, secs.into()),
+        None => reject,
+    }
 }

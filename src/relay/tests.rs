@@ -31,7 +31,7 @@ use super::{
     leg::{Leg, LegState},
     lifecycle::{Due, Keepalive, Rules},
     phase::{Event, Phase, State},
-    DrainSignal, Ending, Jitter, Session, SessionRules, Summary,
+    DrainBy, DrainSignal, Ending, Jitter, Session, SessionRules, Summary,
 };
 use crate::proto::{
     close,
@@ -930,7 +930,7 @@ fn lifecycle_md_names_every_variant() {
     };
     let phase = |p| match p {
         Phase::Open { .. } => "Phase::Open",
-        Phase::Draining => "Phase::Draining",
+        Phase::Draining(_) => "Phase::Draining",
         Phase::Closing(_) => "Phase::Closing",
         Phase::Lingering(_) => "Phase::Lingering",
     };
@@ -945,7 +945,7 @@ fn lifecycle_md_names_every_variant() {
         Due::Dead(_) => "Due::Dead",
         Due::Idle => "Due::Idle",
         Due::Lifetime => "Due::Lifetime",
-        Due::Drain => "Due::Drain",
+        Due::Drain(_) => "Due::Drain",
     };
     let ending = Ending::Gateway { reason: "" };
     let verdict = close::peer_of_vanished(Side::Client);
@@ -956,7 +956,7 @@ fn lifecycle_md_names_every_variant() {
         leg(LegState::Closed),
         leg(LegState::Gone),
         phase(Phase::Open { armed: None }),
-        phase(Phase::Draining),
+        phase(Phase::Draining(DrainBy::Gateway)),
         phase(Phase::Closing(ending)),
         phase(Phase::Lingering(ending)),
         event(Event::CloseReceived(None)),
@@ -967,7 +967,7 @@ fn lifecycle_md_names_every_variant() {
         due(Due::Dead(Side::Client)),
         due(Due::Idle),
         due(Due::Lifetime),
-        due(Due::Drain),
+        due(Due::Drain(DrainBy::Server)),
     ];
     let doc = include_str!("LIFECYCLE.md");
     for name in names {

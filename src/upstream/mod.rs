@@ -26,7 +26,9 @@ mod balance;
 mod dial;
 mod endpoint;
 mod error;
+pub mod health;
 mod pool;
+pub mod probe;
 mod ws;
 
 use std::{io, sync::Arc, time::Duration};
@@ -61,6 +63,8 @@ pub struct Connected {
     pub headers: HeaderMap,
     /// Which server, for logs.
     pub server: String,
+    /// Tells the session when its server drains (health.rs).
+    pub drain: Option<crate::relay::DrainSignal>,
 }
 
 /// A named group of servers used round-robin.
@@ -70,6 +74,8 @@ pub struct Upstream {
     endpoints: Vec<Endpoint>,
     balance: RoundRobin,
     pool: Arc<pool::Pool>,
+    /// Health and draining, index for index with `endpoints` (health.rs).
+    health: health::Group,
 }
 
 /// A connection for one plain HTTP request: give it back with
@@ -99,9 +105,18 @@ impl Upstream {
         Upstream {
             name,
             pool: pool::Pool::new(specs.len(), pool),
+            health: health::Group::standalone(specs.iter().map(|s| s.url.as_str())),
             endpoints: specs.into_iter().map(Endpoint::new).collect(),
             balance: RoundRobin::new(),
         }
+    }
+
+    /// The group with the servers' shared health states (from the
+    /// gateway's [`health::Registry`]), one per server in order.
+    pub fn with_health(mut self, health: health::Group) -> Self {
+        assert_eq!(health.servers.len(), self.endpoints.len());
+        self.health = health;
+        self
     }
 
     /// A connection to the next server for a plain HTTP request: an idle
@@ -110,7 +125,13 @@ impl Upstream {
     /// [`Upstream::connect`] does).
     pub async fn checkout(&self, connect: Duration) -> Result<Conn<'_>, UpstreamError> {
         let mut last = None;
+        let mut tried = false;
         for (server, endpoint) in self.balance.candidates(&self.endpoints).indexed() {
+            // health: a server that is down or draining gets nothing new.
+            if !self.available(server) {
+                continue;
+            }
+            tried = true;
             if let Some(io) = self.pool.take(server) {
                 return Ok(Conn {
                     io,
@@ -119,7 +140,9 @@ impl Upstream {
                     reused: true,
                 });
             }
-            match dial::dial(endpoint, connect).await {
+            let dialed = dial::dial(endpoint, connect).await;
+            self.report(server, &dialed); // health
+            match dialed {
                 Ok(io) => {
                     return Ok(Conn {
                         io,
@@ -135,6 +158,9 @@ impl Upstream {
                 Err(e) => return Err(e),
             }
         }
+        if !tried && !self.endpoints.is_empty() {
+            return Err(self.all_down()); // health
+        }
         Err(last.unwrap_or_else(|| self.no_servers()))
     }
 
@@ -145,7 +171,9 @@ impl Upstream {
         conn: &Conn<'a>,
         connect: Duration,
     ) -> Result<Conn<'a>, UpstreamError> {
-        let io = dial::dial(conn.endpoint, connect).await?;
+        let dialed = dial::dial(conn.endpoint, connect).await;
+        self.report(conn.server, &dialed); // health
+        let io = dialed?;
         Ok(Conn {
             io,
             server: conn.server,
@@ -179,14 +207,29 @@ impl Upstream {
         policy: &Timeouts,
     ) -> Result<Connected, UpstreamError> {
         let mut last = None;
-        for endpoint in self.balance.candidates(&self.endpoints) {
-            match attempt(endpoint, &req, policy).await {
+        let mut tried = false;
+        for (server, endpoint) in self.balance.candidates(&self.endpoints).indexed() {
+            // health: a server that is down or draining gets nothing new.
+            if !self.available(server) {
+                continue;
+            }
+            tried = true;
+            let outcome = attempt(endpoint, &req, policy).await;
+            self.report(server, &outcome); // health
+            match outcome {
                 Err(e) if fails_over(&e) => {
                     tracing::warn!(upstream = %self.name, error = %e, "server unreachable, trying the next one");
                     last = Some(e);
                 }
+                Ok(mut c) => {
+                    c.drain = Some(self.drain_signal(server)); // health
+                    return Ok(c);
+                }
                 other => return other,
             }
+        }
+        if !tried && !self.endpoints.is_empty() {
+            return Err(self.all_down()); // health
         }
         Err(last.unwrap_or_else(|| self.no_servers()))
     }
@@ -227,6 +270,8 @@ async fn attempt(
         protocol: done.protocol,
         headers: done.headers,
         server: endpoint.label().to_owned(),
+        // Set to the server's own signal by `Upstream::connect`.
+        drain: None,
     })
 }
 
