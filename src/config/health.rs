@@ -43,7 +43,9 @@ impl<'de> Deserialize<'de> for ServerEntry {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = ServerEntry;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a server URL or a table such as { url = \"ws://host:port\", drain = true }")
+                f.write_str(
+                    "a server URL or a table such as { url = \"ws://host:port\", drain = true }",
+                )
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ServerEntry, E> {
                 Ok(ServerEntry {
@@ -51,8 +53,12 @@ impl<'de> Deserialize<'de> for ServerEntry {
                     drain: false,
                 })
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ServerEntry, A::Error> {
-                let t = ServerTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ServerEntry, A::Error> {
+                let t =
+                    ServerTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
                 Ok(ServerEntry {
                     url: t.url,
                     drain: t.drain,
@@ -141,7 +147,10 @@ impl Checker<'_> {
         let path = c.path.as_ref().map(|p| p.get_ref().clone());
         if let Some(p) = &c.path {
             if !p.get_ref().starts_with('/') {
-                self.err(p, format!("upstream `{name}`: health_check path must start with `/`"));
+                self.err(
+                    p,
+                    format!("upstream `{name}`: health_check path must start with `/`"),
+                );
                 return None;
             }
         }
@@ -151,7 +160,10 @@ impl Checker<'_> {
             "http" => {
                 let expect = c.expect.as_ref().map_or(200, |e| *e.get_ref());
                 if !(100..=599).contains(&expect) {
-                    self.err(c.expect.as_ref().unwrap(), "expect must be a status (100 to 599)");
+                    self.err(
+                        c.expect.as_ref().unwrap(),
+                        "expect must be a status (100 to 599)",
+                    );
                     return None;
                 }
                 ProbeKind::Http { path, expect }
@@ -181,7 +193,10 @@ impl Checker<'_> {
             }
         }
         if c.timeout.0 > c.interval.0 {
-            self.err(h, format!("upstream `{name}`: health_check timeout is longer than its interval"));
+            self.err(
+                h,
+                format!("upstream `{name}`: health_check timeout is longer than its interval"),
+            );
             return None;
         }
         Some(Probe {

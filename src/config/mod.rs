@@ -462,7 +462,11 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        let client_tls = if u.servers.iter().any(|s| s.get_ref().url.starts_with("wss://")) {
+        let client_tls = if u
+            .servers
+            .iter()
+            .any(|s| s.get_ref().url.starts_with("wss://"))
+        {
             match u.ca.as_ref() {
                 None => Some(tls::client_config(None)),
                 Some(ca) => match tls::load_ca(&self.path(ca.get_ref())) {

@@ -178,7 +178,12 @@ impl Gateway {
             "draining"
         );
         let report = sessions.drain(timeout).await;
-        inner.kept.probes.lock().unwrap_or_else(|e| e.into_inner()).cancel();
+        inner
+            .kept
+            .probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cancel();
         finished.cancel();
         let _ = all_exited.recv().await;
         tracing::info!(

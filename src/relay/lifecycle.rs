@@ -323,7 +323,10 @@ mod tests {
             Some(t0 + 12 * S),
             "a second drain does not move the first"
         );
-        assert_eq!(drain_all(&mut life, t0 + 12 * S), [Due::Drain(DrainBy::Gateway)]);
+        assert_eq!(
+            drain_all(&mut life, t0 + 12 * S),
+            [Due::Drain(DrainBy::Gateway)]
+        );
         assert_eq!(drain_all(&mut life, t0 + 3600 * S), [Due::Lifetime]);
         assert_eq!(life.next_wake(), None);
     }
@@ -334,13 +337,24 @@ mod tests {
         let mut life = Lifecycle::new(Rules::default(), t0);
         life.drain(t0, 20 * S, DrainBy::Server);
         life.drain(t0 + S, 30 * S, DrainBy::Gateway);
-        assert_eq!(life.next_wake(), Some(t0 + 20 * S), "the later shutdown waits");
+        assert_eq!(
+            life.next_wake(),
+            Some(t0 + 20 * S),
+            "the later shutdown waits"
+        );
         life.drain(t0 + 2 * S, S, DrainBy::Gateway);
         assert_eq!(life.next_wake(), Some(t0 + 3 * S));
-        assert_eq!(drain_all(&mut life, t0 + 3 * S), [Due::Drain(DrainBy::Gateway)]);
+        assert_eq!(
+            drain_all(&mut life, t0 + 3 * S),
+            [Due::Drain(DrainBy::Gateway)]
+        );
         let mut life = Lifecycle::new(Rules::default(), t0);
         life.drain(t0, 5 * S, DrainBy::Gateway);
         life.drain(t0, S, DrainBy::Server);
-        assert_eq!(drain_all(&mut life, t0 + 5 * S), [Due::Drain(DrainBy::Gateway)], "a shutdown is never turned into a move");
+        assert_eq!(
+            drain_all(&mut life, t0 + 5 * S),
+            [Due::Drain(DrainBy::Gateway)],
+            "a shutdown is never turned into a move"
+        );
     }
 }

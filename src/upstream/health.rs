@@ -344,7 +344,11 @@ impl Building<'_> {
                 .unwrap_or_else(|| Arc::new(Server::new(label)));
             if server.set_draining(drain, settings.window) {
                 match drain {
-                    true => tracing::info!(upstream = group, server = label, "server draining: no new sessions, live ones move off"),
+                    true => tracing::info!(
+                        upstream = group,
+                        server = label,
+                        "server draining: no new sessions, live ones move off"
+                    ),
                     false => tracing::info!(upstream = group, server = label, "server undrained"),
                 }
             }
@@ -602,18 +606,30 @@ mod tests {
         let reg = Registry::default();
         let settings = Settings::default();
         let mut b = reg.begin();
-        let g1 = b.group("pool", &[("ws://a", false), ("ws://b", false)], settings.clone());
+        let g1 = b.group(
+            "pool",
+            &[("ws://a", false), ("ws://b", false)],
+            settings.clone(),
+        );
         b.finish();
         let (a, bb) = (g1.servers[0].clone(), g1.servers[1].clone());
         let removed = bb.drain_signal();
 
         let mut b = reg.begin();
-        let g2 = b.group("pool", &[("ws://a", false), ("ws://c", false)], settings.clone());
+        let g2 = b.group(
+            "pool",
+            &[("ws://a", false), ("ws://c", false)],
+            settings.clone(),
+        );
         b.finish();
         assert!(Arc::ptr_eq(&a, &g2.servers[0]), "a stays: same state");
         assert!(bb.is_draining(), "b was removed: its sessions move off");
         drop(removed);
-        assert_eq!(reg.servers.lock().unwrap().len(), 2, "bounded by the config");
+        assert_eq!(
+            reg.servers.lock().unwrap().len(),
+            2,
+            "bounded by the config"
+        );
     }
 
     #[test]
