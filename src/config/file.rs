@@ -230,7 +230,8 @@ pub struct RouteSection {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     /// Backend WebSocket servers as `ws://host:port` or `wss://host:port`, used
-    /// round-robin; a server that refuses the connection is skipped.
+    /// round-robin; a server that refuses the connection is skipped, and one
+    /// that fails `eject_after` times in a row is ejected for a while.
     /// An entry may also be a table: `{ url = "ws://...", drain = true }`.
     #[serde(default)]
     pub servers: Vec<Spanned<super::health::ServerEntry>>,
@@ -256,6 +257,7 @@ pub struct UpstreamSection {
     /// shorter by up to 20%), up to `eject_backoff_max`.
     #[serde(default = "super::health::eject_backoff")]
     pub eject_backoff: Timeout,
+    /// The longest an ejection lasts, however many came before it.
     #[serde(default = "super::health::eject_backoff_max")]
     pub eject_backoff_max: Timeout,
     /// Active probes of every server (see `HealthCheckSection`).

@@ -15,6 +15,9 @@
 //! - [`error`]: why an attempt failed, what the client is told, and whether
 //!   another server may be tried ([`Retry`](error::Retry)).
 //! - [`pool`]: idle keep-alive connections per server, for plain HTTP.
+//! - [`health`]: whether a server may take new sessions (passive ejection,
+//!   probe verdicts, draining), kept across reloads; [`probe`]: the active
+//!   probes, one task per group, run by the gateway.
 //!
 //! This module is the group: it takes the balancer's candidates in order,
 //! dials and handshakes each, and moves on to the next while its failover
