@@ -65,8 +65,11 @@ impl Server {
     }
 
     /// Stops listening (new connections are refused); live ones go on.
-    fn kill(&mut self) {
-        self.task.take().unwrap().abort();
+    async fn kill(&mut self) {
+        let task = self.task.take().unwrap();
+        task.abort();
+        // The listener is closed once the task is gone.
+        let _ = task.await;
     }
 
     /// Listens on the same port again.
@@ -200,7 +203,7 @@ async fn a_killed_server_is_ejected_and_recovers_once_restarted() {
     ))
     .await;
     assert_eq!(who(&gw).await, "a");
-    a.kill();
+    a.kill().await;
     for _ in 0..4 {
         assert_eq!(who(&gw).await, "b");
     }
@@ -238,13 +241,29 @@ async fn when_every_server_is_down_the_answer_is_503_at_once() {
 }
 
 #[tokio::test]
+async fn a_plain_request_to_a_group_that_is_down_gets_503_at_once() {
+    let closed = closed_port().await;
+    let url = format!("ws://127.0.0.1:{}", closed.port());
+    let gw = start(&config(
+        &[plain(&url)],
+        "eject_after = 1\neject_backoff = \"1h\"",
+    ))
+    .await;
+    let get = "GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    assert_eq!(http(gw.addr, get).await.status, 502);
+    let next = http(gw.addr, get).await;
+    assert_eq!(next.status, 503);
+    assert!(next.header("retry-after").is_some());
+}
+
+#[tokio::test]
 async fn active_probes_take_a_server_down_and_bring_it_back_up() {
     let a = Server::start("a").await;
     let b = Server::start("b").await;
     let gw = start(&config(
         &[plain(&a.url()), plain(&b.url())],
         "eject_after = 0\nhealth_check = { kind = \"http\", path = \"/healthz\", expect = 200, \
-         interval = \"20ms\", timeout = \"20ms\", rise = 2, fall = 2 }",
+         interval = \"100ms\", timeout = \"100ms\", rise = 2, fall = 2 }",
     ))
     .await;
     let mut seen: Vec<String> = vec![who(&gw).await, who(&gw).await];
@@ -409,4 +428,47 @@ async fn health_settings_are_checked_with_their_lines() {
     write_file(dir.path(), "framegate.toml", &text);
     write_file(dir.path(), "policies/default.toml", "");
     assert!(framegate::config::Config::load(&dir.path().join("framegate.toml")).is_err());
+}
+
+/// Probes reach `wss://` servers with the group's TLS settings: with its
+/// `ca` they pass and the server serves; without it they fail, and the
+/// server is taken down (503 at once, where a session attempt alone is a 502).
+#[tokio::test]
+async fn probes_of_a_wss_server_use_the_groups_tls_settings() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let backend = Backend::builder().tls(leaf.server_config()).echo().await;
+    let probe = "eject_after = 0\nhealth_check = { kind = \"websocket\", path = \"/probe\", \
+                 interval = \"300ms\", timeout = \"300ms\", rise = 1, fall = 1 }";
+    let trusted = format!("ca = \"ca.pem\"\n{probe}");
+    let gw = Gateway::from_toml(&config(&[plain(&backend.url())], &trusted))
+        .file("ca.pem", &ca.pem)
+        .start()
+        .await;
+    eventually("probe upgrades at the backend", || {
+        backend
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/probe")
+            .count()
+            >= 2
+    })
+    .await;
+    let mut c = connect(gw.addr, "/").await;
+    round_trip(&mut c, "over TLS").await;
+
+    let untrusted = Gateway::from_toml(&config(&[plain(&backend.url())], probe))
+        .start()
+        .await;
+    guard("the probes to take the server down", async {
+        loop {
+            let r = refused(untrusted.addr, "127.0.0.1", "/", &[]).await;
+            if r.status == 503 {
+                break;
+            }
+            assert_eq!(r.status, 502, "{}", r.body);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 }
