@@ -230,8 +230,10 @@ pub struct RouteSection {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     /// Backend WebSocket servers as `ws://host:port` or `wss://host:port`, or
-    /// `{ url = "ws://host:port", weight = 2 }` for a larger share (weights
-    /// 1 to 100, default 1). A server that cannot be reached is skipped.
+    /// a table `{ url = "ws://host:port", weight = 2, drain = true }`: a
+    /// larger share (weights 1 to 100, default 1), or no new sessions and the
+    /// live ones moved off. A server that cannot be reached is skipped, and
+    /// one that fails `eject_after` times in a row is ejected for a while.
     #[serde(default)]
     pub servers: Vec<Spanned<ServerEntry>>,
     /// How connections are spread over the servers: `"round_robin"` (the
@@ -256,13 +258,36 @@ pub struct UpstreamSection {
     /// How long an idle pooled connection is kept.
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Timeout,
+    // --- health and draining (config/health.rs) ---
+    /// Consecutive failures to reach a server (refused, reset, timed out)
+    /// that eject it: no new sessions go to it until a back-off ends; 0 never ejects.
+    #[serde(default = "super::health::eject_after")]
+    pub eject_after: u32,
+    /// The first ejection's length; each further one doubles it (jittered
+    /// shorter by up to 20%), up to `eject_backoff_max`.
+    #[serde(default = "super::health::eject_backoff")]
+    pub eject_backoff: Timeout,
+    /// The longest an ejection lasts, however many came before it.
+    #[serde(default = "super::health::eject_backoff_max")]
+    pub eject_backoff_max: Timeout,
+    /// Active probes of every server (see `HealthCheckSection`).
+    pub health_check: Option<Spanned<super::health::HealthCheckSection>>,
+    /// A draining (or removed) server's live sessions are closed spread over
+    /// this window, each at a message boundary; `"off"` closes them all at once.
+    #[serde(default = "super::health::drain_window")]
+    pub drain_window: Optional,
 }
 
-/// One entry of an upstream's `servers`: a URL, or a table with a weight.
+/// One entry of an upstream's `servers`: a URL, or a table with the URL and
+/// per-server settings.
 #[derive(Debug)]
 pub struct ServerEntry {
     pub url: String,
     pub weight: Option<u32>,
+    /// No new sessions go to this server, and its live sessions are moved
+    /// off (closed at message boundaries over `drain_window`; the client gets
+    /// 1012 and reconnects elsewhere). Undrain by setting it back and reloading.
+    pub drain: bool,
 }
 
 /// Written by hand, for the same reason as [`OneOrMany`].
@@ -273,17 +298,20 @@ impl<'de> Deserialize<'de> for ServerEntry {
         struct Table {
             url: String,
             weight: Option<u32>,
+            #[serde(default)]
+            drain: bool,
         }
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = ServerEntry;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a server URL or a table { url = \"ws://host:port\", weight = N }")
+                f.write_str("a server URL or a table { url = \"ws://host:port\", weight = N, drain = true }")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 Ok(ServerEntry {
                     url: v.to_owned(),
                     weight: None,
+                    drain: false,
                 })
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
@@ -294,6 +322,7 @@ impl<'de> Deserialize<'de> for ServerEntry {
                 Ok(ServerEntry {
                     url: t.url,
                     weight: t.weight,
+                    drain: t.drain,
                 })
             }
         }

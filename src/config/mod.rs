@@ -7,6 +7,7 @@
 
 mod admission;
 pub mod file;
+pub mod health;
 pub mod units;
 
 use std::{
@@ -82,6 +83,10 @@ pub struct UpstreamConfig {
     pub servers: UpstreamServers,
     pub pool: PoolLimits,
     pub balance: Balance,
+    /// Passive ejection, active probes, drain window (config/health.rs).
+    pub health: crate::upstream::health::Settings,
+    /// URLs of the servers marked `drain = true`.
+    pub draining: std::collections::BTreeSet<String>,
 }
 
 /// Where an upstream's connections go.
@@ -422,9 +427,18 @@ impl<'a> Checker<'a> {
         let u = section.get_ref();
         let servers = self.upstream_servers(name, section)?;
         let balance = self.balance(u);
+        let health = self.health(name, u);
+        let draining = u
+            .servers
+            .iter()
+            .filter(|s| s.get_ref().drain)
+            .map(|s| s.get_ref().url.clone())
+            .collect();
         Some(UpstreamConfig {
             servers,
             balance,
+            health,
+            draining,
             pool: PoolLimits {
                 max_idle: u.max_idle_per_server,
                 idle_timeout: u.idle_timeout.0,

@@ -24,7 +24,7 @@ use crate::{
     route::{Route, Routes},
     shutdown::{DrainReport, Sessions},
     tls,
-    upstream::{ServerSpec, Upstream},
+    upstream::{health, probe, ServerSpec, Upstream},
 };
 
 /// A gateway with its sockets bound, ready to serve.
@@ -66,6 +66,11 @@ struct Kept {
     addrs: Vec<SocketAddr>,
     /// The built-in echo backend, started once and kept across reloads.
     echo: OnceCell<SocketAddr>,
+    /// Servers' health and draining states by (group, URL), kept across
+    /// reloads for the servers that stay (upstream/health.rs).
+    health: Arc<health::Registry>,
+    /// Stops the current generation's active probes when it is replaced.
+    probes: std::sync::Mutex<CancellationToken>,
 }
 
 impl Gateway {
@@ -78,6 +83,8 @@ impl Gateway {
             pending: Arc::default(),
             addrs: config.listeners.iter().map(|l| l.addr).collect(),
             echo: OnceCell::new(),
+            health: Arc::default(),
+            probes: std::sync::Mutex::default(),
         };
         let mut sockets: Vec<Vec<_>> = (0..workers.get()).map(|_| Vec::new()).collect();
         for l in &config.listeners {
@@ -171,6 +178,12 @@ impl Gateway {
             "draining"
         );
         let report = sessions.drain(timeout).await;
+        inner
+            .kept
+            .probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cancel();
         finished.cancel();
         let _ = all_exited.recv().await;
         tracing::info!(
@@ -286,6 +299,8 @@ impl Kept {
     /// Builds what new connections use from a checked config.
     async fn generation(&self, config: Config) -> anyhow::Result<listener::Current> {
         let mut upstreams = HashMap::new();
+        // health: states kept for servers that stay; removed ones drain.
+        let mut building = self.health.begin();
         for (name, spec) in config.upstreams {
             let servers = match spec.servers {
                 UpstreamServers::Servers(servers) => servers,
@@ -304,9 +319,26 @@ impl Kept {
                     }]
                 }
             };
-            let group = Upstream::with_balance(name.clone(), spec.pool, servers, spec.balance);
+            let listed: Vec<(&str, bool)> = servers
+                .iter()
+                .map(|s| (s.url.as_str(), spec.draining.contains(&s.url)))
+                .collect();
+            let health = building.group(&name, &listed, spec.health);
+            let group = Upstream::with_balance(name.clone(), spec.pool, servers, spec.balance)
+                .with_health(health);
             upstreams.insert(name, Arc::new(group));
         }
+        building.finish();
+        // health: this generation's probes replace the last one's.
+        let probes = CancellationToken::new();
+        for group in upstreams.values() {
+            probe::spawn(group, probes.clone());
+        }
+        let old = std::mem::replace(
+            &mut *self.probes.lock().unwrap_or_else(|e| e.into_inner()),
+            probes,
+        );
+        old.cancel();
         let routes: Vec<Arc<Route>> = config
             .routes
             .into_iter()

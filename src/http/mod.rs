@@ -108,6 +108,8 @@ struct Accepted {
     server: String,
     /// Counts the session on its server for as long as it lives.
     load: InFlight,
+    /// Its server's drain (health): moves the session off it.
+    moved: Option<crate::relay::DrainSignal>,
 }
 
 /// Serves one client connection (already past TLS, if any). `inflight`
@@ -163,6 +165,7 @@ fn session(
         admitted,
         server,
         load,
+        moved,
     } = up.accepted;
     let (client_gate, upstream_gate) = admitted.gates();
     let slots = admitted.slots;
@@ -174,6 +177,7 @@ fn session(
         Some(drain),
         Jitter::random(),
     )
+    .moved_by(moved)
     .gated(client_gate, upstream_gate);
     let path = up.path;
     Box::pin(async move {
@@ -528,7 +532,7 @@ async fn upgrade_request(
                 UpstreamError::Refused { status, answer, .. } => {
                     Reject::passed_on(status, &answer.headers, answer.body)
                 }
-                e => Reject::new(e.status(), e.public_message()),
+                e => upstream_reject(&e),
             }
         })?;
     let headers = upgrade::accept(&up, connected.protocol, connected.headers);
@@ -540,6 +544,7 @@ async fn upgrade_request(
             admitted,
             server: connected.server,
             load: connected.load,
+            moved: connected.drain,
         },
     ))
 }
@@ -564,4 +569,15 @@ fn balance_key(
         uri,
         claims: admitted.claims(),
     })
+}
+
+/// What the client is told when the upstream cannot be reached: its status
+/// and line, and `Retry-After` when no server is up (a 503 at once rather
+/// than an attempt at a server known to be down).
+pub(crate) fn upstream_reject(e: &UpstreamError) -> Reject {
+    let reject = Reject::new(e.status(), e.public_message());
+    match e.retry_after() {
+        Some(secs) => reject.with_header(http::header::RETRY_AFTER, secs.into()),
+        None => reject,
+    }
 }

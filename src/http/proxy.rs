@@ -233,7 +233,7 @@ async fn exchange<'r>(
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream unreachable");
-            let reject = Reject::new(e.status(), e.public_message());
+            let reject = super::upstream_reject(&e);
             return refused(io, (peer, path), reject, keep_if_refused, early, "-", ctx).await;
         }
     };

@@ -183,13 +183,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Leg<S> {
 
     /// The close deadline passed: stop reading the leg, and send it the
     /// close it is still owed, if any.
-    pub(super) fn give_up(&mut self) {
+    pub(super) fn give_up(&mut self, by: super::DrainBy) {
         match self.state {
             // It closed and its peer never answered: its own code, echoed.
             LegState::CloseReceived(code) => self.close(code, ""),
             // Only a drain leaves a leg open this long (its close waits for
             // the message in flight to end): it gets the drain's close now.
-            LegState::Open => self.abandon(Some(1001), "going away"),
+            LegState::Open => {
+                let (code, reason) = by.close(self.side);
+                self.abandon(Some(code), reason);
+            }
             LegState::CloseSent => self.state = LegState::Closed,
             LegState::Closed | LegState::Gone => {}
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::DrainBy;
 use crate::proto::frame::Side;
 
 /// Keepalive for one leg.
@@ -40,8 +41,9 @@ pub enum Due {
     Idle,
     /// `max_lifetime` reached.
     Lifetime,
-    /// The gateway is shutting down and this session's turn has come.
-    Drain,
+    /// The gateway is shutting down, or the session's server drains, and
+    /// this session's turn has come.
+    Drain(DrainBy),
 }
 
 #[derive(Debug)]
@@ -85,7 +87,7 @@ pub struct Lifecycle {
     idle_timeout: Option<Duration>,
     last_data: Instant,
     end_of_life: Option<Instant>,
-    drain_at: Option<Instant>,
+    drain_at: Option<(Instant, DrainBy)>,
 }
 
 impl Lifecycle {
@@ -131,9 +133,18 @@ impl Lifecycle {
         }
     }
 
-    /// The gateway is draining: act after `delay` (the session's share of the spread).
-    pub fn drain(&mut self, now: Instant, delay: Duration) {
-        self.drain_at.get_or_insert(now + delay);
+    /// The gateway or the server is draining: act after `delay` (the
+    /// session's share of the spread). The first drain stands, unless the
+    /// gateway's own shutdown would come sooner than a server's.
+    pub fn drain(&mut self, now: Instant, delay: Duration, by: DrainBy) {
+        let at = now + delay;
+        match self.drain_at {
+            Some((t, DrainBy::Server)) if by == DrainBy::Gateway && at < t => {
+                self.drain_at = Some((at, by));
+            }
+            Some(_) => {}
+            None => self.drain_at = Some((at, by)),
+        }
     }
 
     /// The last measured ping round trip to `side`.
@@ -146,9 +157,11 @@ impl Lifecycle {
 
     /// What is due at `now`, most final first; call again until `None`.
     pub fn due(&mut self, now: Instant) -> Option<Due> {
-        if self.drain_at.is_some_and(|t| now >= t) {
-            self.drain_at = None;
-            return Some(Due::Drain);
+        if let Some((t, by)) = self.drain_at {
+            if now >= t {
+                self.drain_at = None;
+                return Some(Due::Drain(by));
+            }
         }
         if self.end_of_life.is_some_and(|t| now >= t) {
             self.end_of_life = None;
@@ -182,7 +195,7 @@ impl Lifecycle {
     /// When to call [`Lifecycle::due`] next, if ever.
     pub fn next_wake(&self) -> Option<Instant> {
         [
-            self.drain_at,
+            self.drain_at.map(|(t, _)| t),
             self.end_of_life,
             self.idle_timeout.map(|d| self.last_data + d),
             self.client.deadline(),
@@ -303,15 +316,45 @@ mod tests {
             t0,
         );
         assert_eq!(life.next_wake(), Some(t0 + 3600 * S));
-        life.drain(t0 + 10 * S, 2 * S);
-        life.drain(t0 + 11 * S, Duration::ZERO);
+        life.drain(t0 + 10 * S, 2 * S, DrainBy::Gateway);
+        life.drain(t0 + 11 * S, Duration::ZERO, DrainBy::Gateway);
         assert_eq!(
             life.next_wake(),
             Some(t0 + 12 * S),
             "a second drain does not move the first"
         );
-        assert_eq!(drain_all(&mut life, t0 + 12 * S), [Due::Drain]);
+        assert_eq!(
+            drain_all(&mut life, t0 + 12 * S),
+            [Due::Drain(DrainBy::Gateway)]
+        );
         assert_eq!(drain_all(&mut life, t0 + 3600 * S), [Due::Lifetime]);
         assert_eq!(life.next_wake(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sooner_shutdown_overtakes_a_server_drain() {
+        let t0 = Instant::now();
+        let mut life = Lifecycle::new(Rules::default(), t0);
+        life.drain(t0, 20 * S, DrainBy::Server);
+        life.drain(t0 + S, 30 * S, DrainBy::Gateway);
+        assert_eq!(
+            life.next_wake(),
+            Some(t0 + 20 * S),
+            "the later shutdown waits"
+        );
+        life.drain(t0 + 2 * S, S, DrainBy::Gateway);
+        assert_eq!(life.next_wake(), Some(t0 + 3 * S));
+        assert_eq!(
+            drain_all(&mut life, t0 + 3 * S),
+            [Due::Drain(DrainBy::Gateway)]
+        );
+        let mut life = Lifecycle::new(Rules::default(), t0);
+        life.drain(t0, 5 * S, DrainBy::Gateway);
+        life.drain(t0, S, DrainBy::Server);
+        assert_eq!(
+            drain_all(&mut life, t0 + 5 * S),
+            [Due::Drain(DrainBy::Gateway)],
+            "a shutdown is never turned into a move"
+        );
     }
 }

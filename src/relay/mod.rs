@@ -97,11 +97,56 @@ pub struct Summary {
     pub upstream_rtt: Option<Duration>,
 }
 
-/// The gateway is shutting down: when `signal` resolves the session starts
+/// The gateway is shutting down (or, given to [`Session::moved_by`], the
+/// session's server drains): when `signal` resolves the session starts
 /// closing, after its share ([`Jitter::drain`]) of `spread`.
 pub struct DrainSignal {
     pub signal: WaitForCancellationFutureOwned,
     pub spread: Option<Duration>,
+}
+
+/// Who drains a session, which decides what each leg is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainBy {
+    /// The gateway shuts down: 1001 "going away" to both legs.
+    Gateway,
+    /// The session's server drains (or was removed by a reload): the client
+    /// gets 1012 "service restart", which tells it to reconnect, and it lands
+    /// on another server; the backend gets 1001 "going away".
+    Server,
+}
+
+impl DrainBy {
+    /// The close a leg on `side` gets.
+    pub fn close(self, side: Side) -> (u16, &'static str) {
+        match (self, side) {
+            (DrainBy::Server, Side::Client) => (1012, "service restart"),
+            _ => (1001, "going away"),
+        }
+    }
+
+    /// Why the session ended, for the access log.
+    fn reason(self) -> &'static str {
+        match self {
+            DrainBy::Gateway => "going away",
+            DrainBy::Server => "server draining",
+        }
+    }
+}
+
+/// A drain signal being watched, and the session's delay after it.
+struct Watch {
+    signal: Pin<Box<WaitForCancellationFutureOwned>>,
+    delay: Duration,
+}
+
+impl Watch {
+    fn new(d: DrainSignal, share: f64) -> Self {
+        Watch {
+            signal: Box::pin(d.signal),
+            delay: d.spread.map_or(Duration::ZERO, |s| s.mul_f64(share)),
+        }
+    }
 }
 
 /// The random parts of a session's timing, drawn once by whoever starts it:
@@ -142,9 +187,12 @@ pub struct Session<C, U> {
     client: Leg<C>,
     upstream: Leg<U>,
     state: State,
-    drain: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    /// How long after the drain signal this session starts draining.
-    drain_delay: Duration,
+    /// The gateway's drain, and how long after it this session starts draining.
+    drain: Option<Watch>,
+    /// Its server's drain (see [`Session::moved_by`]).
+    moved: Option<Watch>,
+    /// [`Jitter::drain`], for a server drain given after `new`.
+    drain_share: f64,
 }
 
 impl<C, U> Session<C, U>
@@ -169,20 +217,23 @@ where
         rules.max_lifetime = rules
             .max_lifetime
             .map(|d| d.mul_f64(1.0 - jitter.lifetime * 0.1));
-        let (drain, drain_delay) = match drain {
-            Some(d) => (
-                Some(Box::pin(d.signal)),
-                d.spread.map_or(Duration::ZERO, |s| s.mul_f64(jitter.drain)),
-            ),
-            None => (None, Duration::ZERO),
-        };
+        let drain = drain.map(|d| Watch::new(d, jitter.drain));
         Session {
             client: Leg::new(Side::Client, client, policy),
             upstream: Leg::new(Side::Upstream, upstream, policy),
             state: State::new(Lifecycle::new(rules, now), policy.close_timeout, now),
             drain,
-            drain_delay,
+            moved: None,
+            drain_share: jitter.drain,
         }
+    }
+
+    /// Adds the session's server's drain: when `signal` resolves, after its
+    /// share of the spread, the client gets 1012 (reconnect) and the
+    /// backend 1001, each at a message boundary ([`DrainBy::Server`]).
+    pub fn moved_by(mut self, signal: Option<DrainSignal>) -> Self {
+        self.moved = signal.map(|d| Watch::new(d, self.drain_share));
+        self
     }
 
     /// Adds admission's per-leg checks: what each leg may send, and when the
@@ -226,9 +277,9 @@ where
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             self.state.now = Instant::now();
-            if self.state.draining() {
-                close_for_drain(&mut self.client, &self.upstream);
-                close_for_drain(&mut self.upstream, &self.client);
+            if let Some(by) = self.state.draining() {
+                close_for_drain(&mut self.client, &self.upstream, by);
+                close_for_drain(&mut self.upstream, &self.client, by);
             }
             SCRATCH.with_borrow_mut(|buf| {
                 while pump(
@@ -257,16 +308,18 @@ where
                 }
                 // The first close deadline: stop waiting for closes, send
                 // each leg the close it is still owed.
-                Phase::Draining | Phase::Closing(_) => {
+                Phase::Draining(_) | Phase::Closing(_) => {
                     ready!(self.state.timer.poll(cx));
+                    let by = self.state.draining();
                     debug_assert!(
-                        self.state.draining()
+                        by.is_some()
                             || ![self.client.state, self.upstream.state].contains(&LegState::Open),
                         "only a drain leaves a leg open until the close deadline"
                     );
+                    let by = by.unwrap_or(DrainBy::Gateway);
                     self.state.linger();
-                    self.client.give_up();
-                    self.upstream.give_up();
+                    self.client.give_up(by);
+                    self.upstream.give_up(by);
                 }
                 // The second: drop the sockets, written out or not.
                 Phase::Lingering(_) => {
@@ -281,10 +334,15 @@ where
     /// Returns whether anything was done (the pumps should run again).
     fn poll_open(&mut self, cx: &mut Context<'_>) -> bool {
         let now = self.state.now;
-        if let Some(drain) = &mut self.drain {
-            if drain.as_mut().poll(cx).is_ready() {
-                self.drain = None;
-                self.state.life.drain(now, self.drain_delay);
+        for (watch, by) in [
+            (&mut self.drain, DrainBy::Gateway),
+            (&mut self.moved, DrainBy::Server),
+        ] {
+            if let Some(w) = watch {
+                if w.signal.as_mut().poll(cx).is_ready() {
+                    self.state.life.drain(now, w.delay, by);
+                    *watch = None;
+                }
             }
         }
         let mut acted = false;
@@ -312,7 +370,7 @@ where
             Due::Dead(Side::Upstream) => on(upstream, client, state, Event::Unresponsive),
             Due::Idle => gateway_close(client, upstream, state, "idle timeout"),
             Due::Lifetime => gateway_close(client, upstream, state, "session lifetime reached"),
-            Due::Drain => state.drain(),
+            Due::Drain(by) => state.drain(by),
         }
     }
 }

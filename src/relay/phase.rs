@@ -23,7 +23,7 @@ use tokio::{
 use super::{
     leg::{Leg, LegState},
     lifecycle::Lifecycle,
-    Ending,
+    DrainBy, Ending,
 };
 use crate::proto::close::{self, Verdict};
 
@@ -35,9 +35,10 @@ pub(super) enum Phase {
     /// deadlines later, so the timer stays at the earlier time and is set
     /// again when it fires early, instead of being reset on every read.
     Open { armed: Option<Instant> },
-    /// The gateway is shutting down: each leg gets 1001 "going away" as soon
-    /// as no message to it is half relayed, and the close deadline runs.
-    Draining,
+    /// The gateway is shutting down, or the session's server drains: each
+    /// leg gets its drain close ([`DrainBy::close`]) as soon as no message to
+    /// it is half relayed, and the close deadline runs.
+    Draining(DrainBy),
     /// Something ended the session: each leg's close handshake runs until
     /// the close deadline.
     Closing(Ending),
@@ -52,8 +53,8 @@ impl Phase {
     pub(super) fn ending(&self) -> Option<Ending> {
         match *self {
             Phase::Open { .. } => None,
-            Phase::Draining => Some(Ending::Gateway {
-                reason: "going away",
+            Phase::Draining(by) => Some(Ending::Gateway {
+                reason: by.reason(),
             }),
             Phase::Closing(e) | Phase::Lingering(e) => Some(e),
         }
@@ -101,8 +102,12 @@ impl State {
         }
     }
 
-    pub(super) fn draining(&self) -> bool {
-        self.phase == Phase::Draining
+    /// Who is draining the session, while it drains.
+    pub(super) fn draining(&self) -> Option<DrainBy> {
+        match self.phase {
+            Phase::Draining(by) => Some(by),
+            _ => None,
+        }
     }
 
     /// The session ended for `ending`, unless it already had (the first
@@ -116,9 +121,9 @@ impl State {
 
     /// The drain reached this session: it ends, closing each leg at its
     /// next message boundary.
-    pub(super) fn drain(&mut self) {
+    pub(super) fn drain(&mut self, by: DrainBy) {
         if let Phase::Open { .. } = self.phase {
-            self.phase = Phase::Draining;
+            self.phase = Phase::Draining(by);
             self.timer.arm(self.now + self.close_timeout);
         }
     }

@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::{
     leg::{Leg, LegState},
     phase::{on, Event, State},
+    DrainBy,
 };
 use crate::proto::frame::{self, Stop};
 
@@ -27,16 +28,17 @@ thread_local! {
     pub(super) static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; frame::SCRATCH_SIZE].into_boxed_slice());
 }
 
-/// During a drain, closes `leg` with 1001 once no message toward it is half
-/// relayed (the close waits for the message in flight, bounded by the close
-/// deadline).
-pub(super) fn close_for_drain<A, B>(leg: &mut Leg<A>, feeder: &Leg<B>)
+/// During a drain, closes `leg` with the drain's code for its side
+/// ([`DrainBy::close`]) once no message toward it is half relayed (the
+/// close waits for the message in flight, bounded by the close deadline).
+pub(super) fn close_for_drain<A, B>(leg: &mut Leg<A>, feeder: &Leg<B>, by: DrainBy)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     if !feeder.decoder.mid_message() || !feeder.state.reads() {
-        leg.close(Some(1001), "going away");
+        let (code, reason) = by.close(leg.side);
+        leg.close(Some(code), reason);
     }
 }
 
@@ -145,8 +147,11 @@ where
             Some(Stop::Close(code)) => on(src, dst, state, Event::CloseReceived(code)),
             Some(Stop::Violation(v)) => on(src, dst, state, Event::Violation(v)),
         }
-        if state.draining() && !src.decoder.mid_message() {
-            dst.close(Some(1001), "going away");
+        if let Some(by) = state.draining() {
+            if !src.decoder.mid_message() {
+                let (code, reason) = by.close(dst.side);
+                dst.close(Some(code), reason);
+            }
         }
     }
 }

@@ -31,7 +31,7 @@ use super::{
     leg::{Leg, LegState},
     lifecycle::{Due, Keepalive, Rules},
     phase::{Event, Phase, State},
-    DrainSignal, Ending, Jitter, Session, SessionRules, Summary,
+    DrainBy, DrainSignal, Ending, Jitter, Session, SessionRules, Summary,
 };
 use crate::proto::{
     close,
@@ -208,11 +208,24 @@ fn launch(
     upstream_buffer: usize,
     client_gate: Option<Gate>,
 ) -> Running {
+    launch_moved(rules, drain, None, jitter, upstream_buffer, client_gate)
+}
+
+/// [`launch`] with the session's server's drain signal too.
+fn launch_moved(
+    rules: SessionRules,
+    drain: Option<DrainSignal>,
+    moved: Option<DrainSignal>,
+    jitter: Jitter,
+    upstream_buffer: usize,
+    client_gate: Option<Gate>,
+) -> Running {
     let (client_gw, client) = duplex(64 * 1024);
     let (upstream_gw, upstream) = duplex(upstream_buffer);
     let t0 = Instant::now();
-    let mut session =
-        Session::new(client_gw, upstream_gw, &rules, drain, jitter).gated(client_gate, None);
+    let mut session = Session::new(client_gw, upstream_gw, &rules, drain, jitter)
+        .moved_by(moved)
+        .gated(client_gate, None);
     Running {
         client: Peer {
             io: client,
@@ -619,6 +632,91 @@ async fn drain_sends_1001_to_both_legs_after_the_sessions_share_of_the_spread() 
     assert!(summary.clean, "drained sessions that answer count as clean");
 }
 
+// --- A server drain: the session moves off its server --------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_server_drain_sends_1012_to_the_client_and_1001_upstream_after_its_share() {
+    let (gateway, server) = (CancellationToken::new(), CancellationToken::new());
+    let mut s = launch_moved(
+        rules(Duration::from_secs(5), Rules::default()),
+        drain_signal(&gateway, Some(Duration::from_secs(100))),
+        drain_signal(&server, Some(Duration::from_secs(20))),
+        Jitter {
+            lifetime: 0.0,
+            drain: 0.5,
+        },
+        64 * 1024,
+        None,
+    );
+    server.cancel();
+    // Half of the server's 20 s window.
+    assert_eq!(
+        s.client.expect_close().await,
+        (1012, "service restart".into())
+    );
+    assert_eq!(s.elapsed(), Duration::from_secs(10));
+    assert_eq!(s.upstream.expect_close().await, (1001, "going away".into()));
+    answer_closes(&mut s, (1012, ""), (1001, "")).await;
+    let summary = s.summary().await;
+    assert!(summary.clean);
+    assert_eq!(
+        summary.ending,
+        Some(Ending::Gateway {
+            reason: "server draining"
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_drain_never_cuts_a_message_in_flight() {
+    let server = CancellationToken::new();
+    let mut s = launch_moved(
+        rules(Duration::from_secs(5), Rules::default()),
+        None,
+        drain_signal(&server, None),
+        NO_JITTER,
+        64 * 1024,
+        None,
+    );
+    s.upstream.send(false, TEXT, b"first half, ").await;
+    assert!(!s.client.frame().await.fin);
+    server.cancel();
+    assert_eq!(s.upstream.expect_close().await, (1001, "going away".into()));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    s.upstream.send(true, CONT, b"second half").await;
+    let last = s.client.frame().await;
+    assert_eq!((last.fin, &last.payload[..]), (true, &b"second half"[..]));
+    assert_eq!(
+        s.client.expect_close().await,
+        (1012, "service restart".into())
+    );
+    answer_closes(&mut s, (1012, ""), (1001, "")).await;
+    assert!(s.summary().await.clean);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_that_never_ends_holds_a_server_drain_only_until_the_close_deadline() {
+    let server = CancellationToken::new();
+    let mut s = launch_moved(
+        rules(Duration::from_secs(5), Rules::default()),
+        None,
+        drain_signal(&server, None),
+        NO_JITTER,
+        64 * 1024,
+        None,
+    );
+    s.upstream.send(false, TEXT, b"never finished").await;
+    assert!(!s.client.frame().await.fin);
+    server.cancel();
+    assert_eq!(s.upstream.expect_close().await, (1001, "going away".into()));
+    // At the close deadline the client still gets the move's code.
+    assert_eq!(
+        s.client.expect_close().await,
+        (1012, "service restart".into())
+    );
+    assert_eq!(s.elapsed(), Duration::from_secs(5));
+}
+
 #[tokio::test(start_paused = true)]
 async fn drain_never_cuts_a_message_in_flight() {
     let token = CancellationToken::new();
@@ -930,7 +1028,7 @@ fn lifecycle_md_names_every_variant() {
     };
     let phase = |p| match p {
         Phase::Open { .. } => "Phase::Open",
-        Phase::Draining => "Phase::Draining",
+        Phase::Draining(_) => "Phase::Draining",
         Phase::Closing(_) => "Phase::Closing",
         Phase::Lingering(_) => "Phase::Lingering",
     };
@@ -945,7 +1043,7 @@ fn lifecycle_md_names_every_variant() {
         Due::Dead(_) => "Due::Dead",
         Due::Idle => "Due::Idle",
         Due::Lifetime => "Due::Lifetime",
-        Due::Drain => "Due::Drain",
+        Due::Drain(_) => "Due::Drain",
     };
     let ending = Ending::Gateway { reason: "" };
     let verdict = close::peer_of_vanished(Side::Client);
@@ -956,7 +1054,7 @@ fn lifecycle_md_names_every_variant() {
         leg(LegState::Closed),
         leg(LegState::Gone),
         phase(Phase::Open { armed: None }),
-        phase(Phase::Draining),
+        phase(Phase::Draining(DrainBy::Gateway)),
         phase(Phase::Closing(ending)),
         phase(Phase::Lingering(ending)),
         event(Event::CloseReceived(None)),
@@ -967,7 +1065,7 @@ fn lifecycle_md_names_every_variant() {
         due(Due::Dead(Side::Client)),
         due(Due::Idle),
         due(Due::Lifetime),
-        due(Due::Drain),
+        due(Due::Drain(DrainBy::Server)),
     ];
     let doc = include_str!("LIFECYCLE.md");
     for name in names {

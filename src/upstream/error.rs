@@ -103,6 +103,10 @@ pub enum UpstreamError {
     /// The server's answer was not a valid WebSocket handshake.
     #[error("{server} broke the handshake: {why}")]
     Invalid { server: String, why: String },
+    /// Every server of the group is ejected, down by its probes, or
+    /// draining: nothing was tried (see `health.rs`).
+    #[error("no server of {upstream} is up")]
+    AllDown { upstream: String, retry_after: u64 },
 }
 
 /// A server's refusal of an upgrade, as the client gets it.
@@ -137,10 +141,11 @@ impl UpstreamError {
         }
     }
 
-    /// 504 for timeouts, 502 for everything else.
+    /// 504 for timeouts, 503 when no server is up, 502 for everything else.
     pub fn status(&self) -> StatusCode {
         match self {
             UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::AllDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -152,6 +157,16 @@ impl UpstreamError {
             UpstreamError::Timeout { .. } => "gateway timeout: upstream did not answer in time",
             UpstreamError::Refused { .. } => "bad gateway: upstream refused the WebSocket upgrade",
             UpstreamError::Invalid { .. } => "bad gateway: upstream sent an invalid handshake",
+            UpstreamError::AllDown { .. } => "service unavailable: no upstream server is up; retry",
+        }
+    }
+
+    /// Seconds the client should wait before retrying (`Retry-After`), when
+    /// the gateway knows: when no server is up.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            UpstreamError::AllDown { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -163,6 +178,8 @@ impl UpstreamError {
                 *phase
             }
             UpstreamError::Refused { .. } | UpstreamError::Invalid { .. } => Phase::Upgrade,
+            // Nothing was tried.
+            UpstreamError::AllDown { .. } => Phase::Connect,
         }
     }
 

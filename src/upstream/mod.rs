@@ -17,6 +17,9 @@
 //! - [`error`]: why an attempt failed, what the client is told, and whether
 //!   another server may be tried ([`Retry`](error::Retry)).
 //! - [`pool`]: idle keep-alive connections per server, for plain HTTP.
+//! - [`health`]: whether a server may take new sessions (passive ejection,
+//!   probe verdicts, draining), kept across reloads; [`probe`]: the active
+//!   probes, one task per group, run by the gateway.
 //!
 //! This module is the group: it takes the balancer's candidates in order,
 //! dials and handshakes each, and moves on to the next while its failover
@@ -29,7 +32,9 @@ mod balance;
 mod dial;
 mod endpoint;
 mod error;
+pub mod health;
 mod pool;
+pub mod probe;
 mod ws;
 
 use std::{io, sync::Arc, time::Duration};
@@ -75,6 +80,8 @@ pub struct Connected {
     /// Counts the session on its server (least connections): hold it for
     /// the session's life.
     pub load: InFlight,
+    /// Tells the session when its server drains (health.rs).
+    pub drain: Option<crate::relay::DrainSignal>,
 }
 
 /// How a group spreads its connections (`[upstream.NAME]`).
@@ -106,6 +113,8 @@ pub struct Upstream {
     source: Option<KeySource>,
     max_attempts: usize,
     pool: Arc<pool::Pool>,
+    /// Health and draining, index for index with `endpoints` (health.rs).
+    health: health::Group,
 }
 
 /// A connection for one plain HTTP request: give it back with
@@ -152,11 +161,20 @@ impl Upstream {
         Upstream {
             name,
             pool: pool::Pool::new(specs.len(), pool),
+            health: health::Group::standalone(specs.iter().map(|s| s.url.as_str())),
             endpoints: specs.into_iter().map(Endpoint::new).collect(),
             balance: balancer,
             source: balance.source,
             max_attempts: balance.max_attempts.max(1),
         }
+    }
+
+    /// The group with the servers' shared health states (from the
+    /// gateway's [`health::Registry`]), one per server in order.
+    pub fn with_health(mut self, health: health::Group) -> Self {
+        assert_eq!(health.servers.len(), self.endpoints.len());
+        self.health = health;
+        self
     }
 
     /// The request's key, when the group hashes one: the one reading of
@@ -179,7 +197,11 @@ impl Upstream {
     ) -> Result<Conn<'_>, UpstreamError> {
         let deadline = Instant::now() + policy.handshake;
         let mut last = None;
-        for server in self.balance.candidates(key).take(self.max_attempts) {
+        let servers = self.available_candidates(key);
+        if servers.is_empty() && !self.endpoints.is_empty() {
+            return Err(self.all_down()); // health
+        }
+        for server in servers {
             let Some(left) = time_left(deadline) else {
                 break;
             };
@@ -194,7 +216,9 @@ impl Upstream {
                     _load: load,
                 });
             }
-            match dial::dial(endpoint, policy.connect.min(left)).await {
+            let dialed = dial::dial(endpoint, policy.connect.min(left)).await;
+            self.report(server, &dialed); // health
+            match dialed {
                 Ok(io) => {
                     return Ok(Conn {
                         io,
@@ -221,7 +245,9 @@ impl Upstream {
         conn: &Conn<'a>,
         connect: Duration,
     ) -> Result<Conn<'a>, UpstreamError> {
-        let io = dial::dial(conn.endpoint, connect).await?;
+        let dialed = dial::dial(conn.endpoint, connect).await;
+        self.report(conn.server, &dialed); // health
+        let io = dialed?;
         Ok(Conn {
             io,
             server: conn.server,
@@ -234,6 +260,17 @@ impl Upstream {
     /// Keeps a connection whose exchange ended cleanly for the next request.
     pub fn checkin(&self, conn: Conn<'_>) {
         self.pool.put(conn.server, conn.io);
+    }
+
+    /// The servers to try for one connection, best first: the balancer's
+    /// candidates that are up and not draining (health), at most
+    /// `max_attempts` of them.
+    fn available_candidates(&self, key: Option<Key>) -> Vec<usize> {
+        self.balance
+            .candidates(key)
+            .filter(|&server| self.available(server))
+            .take(self.max_attempts)
+            .collect()
     }
 
     fn no_servers(&self) -> UpstreamError {
@@ -260,10 +297,13 @@ impl Upstream {
         key: Option<Key>,
     ) -> Result<Connected, UpstreamError> {
         let deadline = Instant::now() + policy.handshake;
-        let candidates = self.balance.candidates(key).take(self.max_attempts);
-        let tries = candidates.len();
+        let servers = self.available_candidates(key);
+        if servers.is_empty() && !self.endpoints.is_empty() {
+            return Err(self.all_down()); // health
+        }
+        let tries = servers.len();
         let mut last = None;
-        for (n, server) in candidates.enumerate() {
+        for (n, server) in servers.into_iter().enumerate() {
             let Some(left) = time_left(deadline) else {
                 break;
             };
@@ -279,10 +319,16 @@ impl Upstream {
             // Counted from the moment it is chosen, so that a burst of
             // connections does not all pick the same least-loaded server.
             let load = self.balance.in_flight(server);
-            match attempt(endpoint, &req, &limits, load).await {
+            let outcome = attempt(endpoint, &req, &limits, load).await;
+            self.report(server, &outcome); // health
+            match outcome {
                 Err(e) if fails_over(&e) => {
                     tracing::warn!(upstream = %self.name, error = %e, "server failed, trying the next one");
                     last = Some(e);
+                }
+                Ok(mut c) => {
+                    c.drain = Some(self.drain_signal(server)); // health
+                    return Ok(c);
                 }
                 other => return other,
             }
@@ -337,6 +383,8 @@ async fn attempt(
         headers: done.headers,
         server: endpoint.label().to_owned(),
         load,
+        // Set to the server's own signal by `Upstream::connect`.
+        drain: None,
     })
 }
 

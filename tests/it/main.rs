@@ -23,6 +23,7 @@ mod config_check;
 mod flow;
 mod forwarding;
 mod handshake;
+mod health;
 mod http;
 mod lifecycle;
 mod limits;

@@ -147,7 +147,14 @@ async fn sighup_under_load_loses_no_frame_and_closes_no_session() {
             .await
             .unwrap();
     }
-    config_for(dir.path(), &new_url);
+    // `/` moves to a new group; the old server stays in the config (a server
+    // removed by a reload has its sessions moved off: tests/it/health.rs).
+    Gateway::builder()
+        .route(route("/", "fresh").policy("default"))
+        .upstream("fresh", &[&new_url])
+        .route(route("/old", "backend").policy("default"))
+        .upstream("backend", &[&old_url])
+        .write(dir.path());
     gw.signal("HUP");
     gw.wait_for("reloaded").await;
     reloaded_tx.send(true).unwrap();

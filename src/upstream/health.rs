@@ -1,0 +1,659 @@
+//! Whether a server may take new sessions: passive health (consecutive
+//! failures eject it for a growing, jittered back-off), active probes
+//! (up/down after `rise`/`fall` results in a row), and draining (no new
+//! sessions, and the live ones are moved off, see [`Server::drain_signal`]).
+//!
+//! The decisions are a pure state machine ([`State`]) that is told what
+//! happened and what time it is, unit-tested on tokio's paused clock. Around
+//! it, [`Server`] is one server's shared state (behind a lock taken once per
+//! attempt, never per frame), and [`Registry`] keeps a [`Server`] per
+//! `(group, label)` across reloads, so a server that stays in the config
+//! keeps its health and its draining state, and one a reload removes is
+//! drained.
+//!
+//! Availability filters the balancer's candidates (see
+//! [`Upstream::available`](super::Upstream::available)); it does not choose
+//! an order, so any balancing policy's output can pass through it.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{error::UpstreamError, Upstream};
+use crate::relay::DrainSignal;
+
+/// Passive health: how failures of real traffic eject a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passive {
+    /// Consecutive failures that eject a server; 0 never ejects.
+    pub eject_after: u32,
+    /// The first ejection's length; each one after it (without a success
+    /// between) doubles, up to `backoff_max`.
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Passive {
+            eject_after: 3,
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How far the back-off is shortened at random: up to this fraction, so
+/// that servers ejected together (a network blip) are not all retried in
+/// the same instant, and the back-off never exceeds its cap.
+const BACKOFF_JITTER: f64 = 0.2;
+
+/// What an active probe asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// The TCP connection (and TLS for `wss://`) completes.
+    Tcp,
+    /// `GET path` is answered with status `expect`.
+    Http { path: String, expect: u16 },
+    /// A WebSocket upgrade to `path` is answered with 101.
+    WebSocket { path: String },
+}
+
+/// Active probes of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub kind: ProbeKind,
+    /// Time between the starts of two rounds.
+    pub interval: Duration,
+    /// Bound on one probe (connect, TLS, request and answer).
+    pub timeout: Duration,
+    /// Successes in a row that bring a down server up.
+    pub rise: u32,
+    /// Failures in a row that take an up server down.
+    pub fall: u32,
+}
+
+/// A change worth one log line: logged once per transition, not per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Passive: ejected for this long.
+    Ejected(Duration),
+    /// Passive: a success after an ejection.
+    Recovered,
+    /// Active: `fall` failed probes in a row.
+    ProbeDown,
+    /// Active: `rise` good probes in a row.
+    ProbeUp,
+}
+
+/// One server's health, pure: told what happened and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// Consecutive failures since the last success or ejection.
+    fails: u32,
+    /// Ejections without a success between (the back-off's exponent).
+    ejections: u32,
+    /// Ejected until then; past it, the server gets a trial (the next
+    /// failure ejects it again at once, a success recovers it).
+    until: Option<Instant>,
+    /// The active probes' verdict (up when there are no probes).
+    up: bool,
+    /// Probe results in a row that disagree with `up`.
+    streak: u32,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            fails: 0,
+            ejections: 0,
+            until: None,
+            up: true,
+            streak: 0,
+        }
+    }
+}
+
+impl State {
+    /// Whether new sessions may go to the server at `now`.
+    pub fn available(&self, now: Instant) -> bool {
+        self.up && self.until.is_none_or(|t| now >= t)
+    }
+
+    /// When an ejection ends, if the server is ejected at `now`.
+    pub fn ejected_until(&self, now: Instant) -> Option<Instant> {
+        self.until.filter(|&t| now < t)
+    }
+
+    /// An attempt failed to reach the server. `jitter` in `[0, 1)`
+    /// shortens the back-off by up to [`BACKOFF_JITTER`].
+    pub fn failure(&mut self, rules: &Passive, now: Instant, jitter: f64) -> Option<Transition> {
+        if rules.eject_after == 0 || self.ejected_until(now).is_some() {
+            // Attempts that began before the ejection: already counted.
+            return None;
+        }
+        self.fails += 1;
+        let trial = self.until.is_some();
+        if !trial && self.fails < rules.eject_after {
+            return None;
+        }
+        let exp = self.ejections.min(16);
+        let full = rules
+            .backoff
+            .saturating_mul(1 << exp)
+            .min(rules.backoff_max);
+        let d = full.mul_f64(1.0 - BACKOFF_JITTER * jitter.clamp(0.0, 1.0));
+        self.ejections += 1;
+        self.fails = 0;
+        self.until = Some(now + d);
+        Some(Transition::Ejected(d))
+    }
+
+    /// An attempt reached the server (a handshake or a response head).
+    pub fn success(&mut self) -> Option<Transition> {
+        self.fails = 0;
+        let was_ejected = self.ejections > 0;
+        self.ejections = 0;
+        self.until = None;
+        was_ejected.then_some(Transition::Recovered)
+    }
+
+    /// An active probe's result.
+    pub fn probed(&mut self, ok: bool, rules: &Probe) -> Option<Transition> {
+        if ok == self.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if self.up { rules.fall } else { rules.rise };
+        if self.streak < needed.max(1) {
+            return None;
+        }
+        self.streak = 0;
+        self.up = ok;
+        if ok {
+            // Probes found it serving again: forget the passive back-off too.
+            self.success();
+            Some(Transition::ProbeUp)
+        } else {
+            Some(Transition::ProbeDown)
+        }
+    }
+
+    /// Probes were switched off by a reload: their verdict no longer holds.
+    fn unprobed(&mut self) {
+        self.up = true;
+        self.streak = 0;
+    }
+}
+
+/// One server's live state, shared by every generation that lists it.
+#[derive(Debug)]
+pub struct Server {
+    label: String,
+    state: Mutex<State>,
+    drain: Mutex<Drain>,
+}
+
+#[derive(Debug, Default)]
+struct Drain {
+    /// Cancelled when the server starts draining; replaced by a fresh one
+    /// when it is undrained, so later sessions are not told.
+    token: CancellationToken,
+    /// The group's `drain_window` when last configured.
+    window: Option<Duration>,
+}
+
+impl Server {
+    pub fn new(label: &str) -> Self {
+        Server {
+            label: label.to_owned(),
+            state: Mutex::default(),
+            drain: Mutex::default(),
+        }
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn drain_state(&self) -> MutexGuard<'_, Drain> {
+        self.drain.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether new sessions may go here at `now`: healthy and not draining.
+    pub fn available(&self, now: Instant) -> bool {
+        !self.is_draining() && self.state().available(now)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.drain_state().token.is_cancelled()
+    }
+
+    /// What a session on this server watches: when the server drains, the
+    /// session closes at a message boundary after its share of the window
+    /// (client 1012, backend 1001).
+    pub fn drain_signal(&self) -> DrainSignal {
+        let d = self.drain_state();
+        DrainSignal {
+            signal: d.token.clone().cancelled_owned(),
+            spread: d.window,
+        }
+    }
+
+    /// Sets the draining state from the config; returns whether it changed.
+    fn set_draining(&self, on: bool, window: Option<Duration>) -> bool {
+        let mut d = self.drain_state();
+        d.window = window;
+        match (on, d.token.is_cancelled()) {
+            (true, false) => d.token.cancel(),
+            (false, true) => d.token = CancellationToken::new(),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Removed by a reload: its sessions move off over the last window.
+    fn removed(&self) {
+        self.drain_state().token.cancel();
+    }
+
+    pub(super) fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state())
+    }
+}
+
+/// One group's health settings and its servers' states, index for index
+/// with its endpoints.
+#[derive(Debug)]
+pub struct Group {
+    pub servers: Vec<Arc<Server>>,
+    pub passive: Passive,
+    pub probe: Option<Probe>,
+}
+
+impl Group {
+    /// States of their own for `labels`, not shared with any registry (a
+    /// group built outside a gateway, as in tests).
+    pub fn standalone<'a>(labels: impl Iterator<Item = &'a str>) -> Self {
+        Group {
+            servers: labels.map(|l| Arc::new(Server::new(l))).collect(),
+            passive: Passive::default(),
+            probe: None,
+        }
+    }
+}
+
+/// What the config says about one group's health and draining.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub passive: Passive,
+    pub probe: Option<Probe>,
+    /// Sessions of a draining or removed server are closed spread over this.
+    pub window: Option<Duration>,
+}
+
+/// Server states by `(group, label)`, kept across reloads; holds exactly the
+/// servers of the current config (bounded by it).
+#[derive(Debug, Default)]
+pub struct Registry {
+    servers: Mutex<HashMap<(String, String), Arc<Server>>>,
+}
+
+/// One config generation being built: the servers it lists.
+pub struct Building<'a> {
+    registry: &'a Registry,
+    seen: HashMap<(String, String), Arc<Server>>,
+}
+
+impl Registry {
+    pub fn begin(&self) -> Building<'_> {
+        Building {
+            registry: self,
+            seen: HashMap::new(),
+        }
+    }
+}
+
+impl Building<'_> {
+    /// The states of `group`'s servers (`(label, drain)` in config order),
+    /// kept from the last generation where they were listed.
+    pub fn group(&mut self, group: &str, servers: &[(&str, bool)], settings: Settings) -> Group {
+        let kept = self
+            .registry
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut states = Vec::with_capacity(servers.len());
+        for &(label, drain) in servers {
+            let key = (group.to_owned(), label.to_owned());
+            let server = self
+                .seen
+                .get(&key)
+                .or_else(|| kept.get(&key))
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Server::new(label)));
+            if server.set_draining(drain, settings.window) {
+                match drain {
+                    true => tracing::info!(
+                        upstream = group,
+                        server = label,
+                        "server draining: no new sessions, live ones move off"
+                    ),
+                    false => tracing::info!(upstream = group, server = label, "server undrained"),
+                }
+            }
+            if settings.probe.is_none() {
+                server.with_state(State::unprobed);
+            }
+            self.seen.insert(key, server.clone());
+            states.push(server);
+        }
+        Group {
+            servers: states,
+            passive: settings.passive,
+            probe: settings.probe,
+        }
+    }
+
+    /// The generation is complete: servers it no longer lists are drained
+    /// and forgotten.
+    pub fn finish(self) {
+        let mut kept = self
+            .registry
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for ((group, label), server) in kept.drain() {
+            if !self.seen.contains_key(&(group.clone(), label.clone())) {
+                tracing::info!(upstream = %group, server = %label, "server removed: live sessions move off");
+                server.removed();
+            }
+        }
+        *kept = self.seen;
+    }
+}
+
+// === health on the group ===
+
+impl Upstream {
+    /// Whether server `index` may take a new session now. The candidate
+    /// loops skip servers for which this is false.
+    pub(super) fn available(&self, index: usize) -> bool {
+        self.health.servers[index].available(Instant::now())
+    }
+
+    /// Records how an attempt at server `index` went; logs transitions.
+    /// A failure is not reaching it (unreachable or timed out); any answer,
+    /// even a refusal or an invalid one, shows it is up.
+    pub(super) fn report<T>(&self, index: usize, outcome: &Result<T, UpstreamError>) {
+        let server = &self.health.servers[index];
+        let reached = !matches!(
+            outcome,
+            Err(UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. })
+        );
+        let change = server.with_state(|s| match reached {
+            true => s.success(),
+            false => s.failure(&self.health.passive, Instant::now(), rand::random()),
+        });
+        log(&self.name, server.label(), change);
+    }
+
+    /// Records an active probe's result; logs transitions.
+    pub(super) fn probed(&self, index: usize, ok: bool) {
+        let Some(rules) = &self.health.probe else {
+            return;
+        };
+        let server = &self.health.servers[index];
+        let change = server.with_state(|s| s.probed(ok, rules));
+        log(&self.name, server.label(), change);
+    }
+
+    /// The answer when no server may take a session: 503 at once, with
+    /// when to retry (the earliest end of an ejection, else a probe
+    /// interval, else a second).
+    pub(super) fn all_down(&self) -> UpstreamError {
+        let now = Instant::now();
+        let soonest = self
+            .health
+            .servers
+            .iter()
+            .filter(|s| !s.is_draining())
+            .filter_map(|s| s.with_state(|st| st.ejected_until(now)))
+            .min()
+            .map(|t| t - now);
+        let retry = soonest
+            .or(self.health.probe.as_ref().map(|p| p.interval))
+            .unwrap_or(Duration::from_secs(1));
+        UpstreamError::AllDown {
+            upstream: self.name.clone(),
+            retry_after: retry.as_secs_f64().ceil().max(1.0) as u64,
+        }
+    }
+
+    /// The signal a session on server `index` watches for its drain.
+    pub(super) fn drain_signal(&self, index: usize) -> DrainSignal {
+        self.health.servers[index].drain_signal()
+    }
+}
+
+fn log(upstream: &str, server: &str, change: Option<Transition>) {
+    match change {
+        None => {}
+        Some(Transition::Ejected(d)) => tracing::warn!(
+            upstream,
+            server,
+            for_s = d.as_secs_f64(),
+            "server ejected: no new sessions until the back-off ends"
+        ),
+        Some(Transition::Recovered) => tracing::info!(upstream, server, "server recovered"),
+        Some(Transition::ProbeDown) => tracing::warn!(upstream, server, "server down (probes)"),
+        Some(Transition::ProbeUp) => tracing::info!(upstream, server, "server up (probes)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: Passive = Passive {
+        eject_after: 3,
+        backoff: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(4),
+    };
+
+    fn probe(rise: u32, fall: u32) -> Probe {
+        Probe {
+            kind: ProbeKind::Tcp,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            rise,
+            fall,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_eject_and_the_backoff_grows_to_its_cap() {
+        let mut s = State::default();
+        let t0 = Instant::now();
+        assert_eq!(s.failure(&RULES, t0, 0.0), None);
+        assert_eq!(s.failure(&RULES, t0, 0.0), None);
+        assert!(s.available(t0));
+        assert_eq!(
+            s.failure(&RULES, t0, 0.0),
+            Some(Transition::Ejected(Duration::from_secs(1)))
+        );
+        assert!(!s.available(t0));
+        // Attempts begun before the ejection do not extend it.
+        assert_eq!(s.failure(&RULES, t0, 0.0), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let t1 = Instant::now();
+        assert!(s.available(t1), "the back-off ended: a trial");
+        // The trial fails: ejected again at once, for twice as long.
+        assert_eq!(
+            s.failure(&RULES, t1, 0.0),
+            Some(Transition::Ejected(Duration::from_secs(2)))
+        );
+        let t2 = t1 + Duration::from_secs(2);
+        assert_eq!(
+            s.failure(&RULES, t2, 0.0),
+            Some(Transition::Ejected(Duration::from_secs(4)))
+        );
+        let t3 = t2 + Duration::from_secs(4);
+        assert_eq!(
+            s.failure(&RULES, t3, 0.0),
+            Some(Transition::Ejected(Duration::from_secs(4))),
+            "capped"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jitter_only_shortens_the_backoff() {
+        let mut s = State::default();
+        let now = Instant::now();
+        let rules = Passive {
+            eject_after: 1,
+            ..RULES
+        };
+        assert_eq!(
+            s.failure(&rules, now, 0.5),
+            Some(Transition::Ejected(Duration::from_millis(900)))
+        );
+        assert_eq!(s.ejected_until(now), Some(now + Duration::from_millis(900)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_resets_the_count_and_recovers() {
+        let mut s = State::default();
+        let now = Instant::now();
+        s.failure(&RULES, now, 0.0);
+        s.failure(&RULES, now, 0.0);
+        assert_eq!(s.success(), None, "never ejected: nothing to log");
+        s.failure(&RULES, now, 0.0);
+        s.failure(&RULES, now, 0.0);
+        assert!(s.available(now), "the count started again");
+        s.failure(&RULES, now, 0.0);
+        assert!(!s.available(now));
+        let later = now + Duration::from_secs(1);
+        assert_eq!(s.success(), Some(Transition::Recovered));
+        assert!(s.available(later));
+        // The back-off starts from the bottom again.
+        for _ in 0..2 {
+            s.failure(&RULES, later, 0.0);
+        }
+        assert_eq!(
+            s.failure(&RULES, later, 0.0),
+            Some(Transition::Ejected(Duration::from_secs(1)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_never_ejects() {
+        let mut s = State::default();
+        let now = Instant::now();
+        let rules = Passive {
+            eject_after: 0,
+            ..RULES
+        };
+        for _ in 0..10 {
+            assert_eq!(s.failure(&rules, now, 0.0), None);
+        }
+        assert!(s.available(now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_take_a_server_down_after_fall_and_up_after_rise() {
+        let mut s = State::default();
+        let now = Instant::now();
+        let p = probe(2, 3);
+        assert_eq!(s.probed(false, &p), None);
+        assert_eq!(s.probed(false, &p), None);
+        assert_eq!(s.probed(true, &p), None, "a good probe breaks the streak");
+        assert_eq!(s.probed(false, &p), None);
+        assert_eq!(s.probed(false, &p), None);
+        assert_eq!(s.probed(false, &p), Some(Transition::ProbeDown));
+        assert!(!s.available(now));
+        assert_eq!(s.probed(false, &p), None);
+        assert_eq!(s.probed(true, &p), None);
+        assert_eq!(s.probed(true, &p), Some(Transition::ProbeUp));
+        assert!(s.available(now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_up_clear_a_passive_ejection() {
+        let mut s = State::default();
+        let now = Instant::now();
+        for _ in 0..3 {
+            s.failure(&RULES, now, 0.0);
+        }
+        let p = probe(1, 1);
+        s.probed(false, &p);
+        assert_eq!(s.probed(true, &p), Some(Transition::ProbeUp));
+        assert!(s.available(now));
+    }
+
+    #[test]
+    fn the_registry_keeps_servers_that_stay_and_drains_removed_ones() {
+        let reg = Registry::default();
+        let settings = Settings::default();
+        let mut b = reg.begin();
+        let g1 = b.group(
+            "pool",
+            &[("ws://a", false), ("ws://b", false)],
+            settings.clone(),
+        );
+        b.finish();
+        let (a, bb) = (g1.servers[0].clone(), g1.servers[1].clone());
+        let removed = bb.drain_signal();
+
+        let mut b = reg.begin();
+        let g2 = b.group(
+            "pool",
+            &[("ws://a", false), ("ws://c", false)],
+            settings.clone(),
+        );
+        b.finish();
+        assert!(Arc::ptr_eq(&a, &g2.servers[0]), "a stays: same state");
+        assert!(bb.is_draining(), "b was removed: its sessions move off");
+        drop(removed);
+        assert_eq!(
+            reg.servers.lock().unwrap().len(),
+            2,
+            "bounded by the config"
+        );
+    }
+
+    #[test]
+    fn draining_by_config_and_undraining() {
+        let reg = Registry::default();
+        let settings = Settings {
+            window: Some(Duration::from_secs(30)),
+            ..Settings::default()
+        };
+        let mut b = reg.begin();
+        let g = b.group("pool", &[("ws://a", false)], settings.clone());
+        b.finish();
+        let a = g.servers[0].clone();
+        let before = a.drain_signal();
+        assert_eq!(before.spread, Some(Duration::from_secs(30)));
+        let mut b = reg.begin();
+        b.group("pool", &[("ws://a", true)], settings.clone());
+        b.finish();
+        assert!(a.is_draining());
+        assert!(!a.available(Instant::now()));
+        let mut b = reg.begin();
+        b.group("pool", &[("ws://a", false)], settings);
+        b.finish();
+        assert!(!a.is_draining());
+        assert!(a.available(Instant::now()));
+    }
+}
