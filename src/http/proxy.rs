@@ -52,6 +52,10 @@ use crate::{
     upstream::{Conn, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
 };
 
+/// The first read of a response: room for its head and a body of a few KiB,
+/// read and then written on to the client in one piece.
+const FIRST_RESPONSE_READ: usize = 32 * 1024;
+
 /// What the client connection does after a request.
 pub enum Next {
     /// Read the next request, starting with these bytes.
@@ -300,7 +304,7 @@ async fn exchange<'r>(
             Ok(()) => {
                 let read = head::read_response(
                     &mut up.io,
-                    Vec::new(),
+                    Vec::with_capacity(FIRST_RESPONSE_READ),
                     MAX_RESPONSE_HEAD,
                     MAX_RESPONSE_HEADERS,
                 );

@@ -19,9 +19,6 @@ use crate::proto::{
 
 /// First read buffer for a request; most heads are a few hundred bytes.
 const FIRST_READ: usize = 1024;
-/// First read buffer for a response: room for its head and a body of a
-/// few KiB, read and then written on in one piece.
-const FIRST_RESPONSE_READ: usize = 32 * 1024;
 
 /// Why no head could be read.
 #[derive(Debug, thiserror::Error)]
@@ -131,14 +128,16 @@ pub struct Response {
 }
 
 /// Reads a response head; `pending` is what was read past the previous one
-/// (an interim `1xx` answer's).
+/// (an interim `1xx` answer's), or an empty buffer with the room the first
+/// read should have (a response body read with its head is passed on with
+/// it in one write).
 pub async fn read_response<S: AsyncRead + Unpin>(
     io: &mut S,
     pending: Vec<u8>,
     max_bytes: usize,
     max_headers: usize,
 ) -> Result<Head<Response>, HeadError> {
-    let limits = (FIRST_RESPONSE_READ, max_bytes);
+    let limits = (FIRST_READ, max_bytes);
     read(io, pending, limits, |buf| parse_response(buf, max_headers)).await
 }
 
