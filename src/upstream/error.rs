@@ -74,15 +74,23 @@ impl Retry {
 /// Why the upstream handshake failed; decides the client's status code.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// An I/O error or a closed connection: in TCP connect or TLS (the
-    /// server could not be reached), or while the upgrade was under way
-    /// (it was reached, then broke off before a complete answer).
+    /// An I/O error or a closed connection: in TCP connect (the server
+    /// could not be reached), or while the upgrade was under way (it was
+    /// reached, then broke off before a complete answer).
     #[error("cannot reach {server}: {source}")]
     Unreachable {
         server: String,
         phase: Phase,
         source: io::Error,
     },
+    /// The TLS handshake with a `wss://` server failed: its certificate was
+    /// refused (unknown issuer, wrong name, not the pinned one), it refused
+    /// ours, or it broke off. Kept apart from [`Unreachable`](Self::Unreachable)
+    /// because the fix is in the certificates, not the network, and the log
+    /// must say so. Like a failed connect it fails over ([`Phase::Tls`]:
+    /// nothing of the request was sent) and counts against the server's health.
+    #[error("TLS with {server} failed: {source}")]
+    Tls { server: String, source: io::Error },
     /// A phase did not finish within its limit.
     #[error("{server} did not {} within {limit:?}", .phase.awaited())]
     Timeout {
@@ -126,6 +134,13 @@ impl UpstreamError {
         }
     }
 
+    pub(super) fn tls(server: &str, source: io::Error) -> Self {
+        UpstreamError::Tls {
+            server: server.to_owned(),
+            source,
+        }
+    }
+
     pub(super) fn timeout(server: &str, phase: Phase, limit: Duration) -> Self {
         UpstreamError::Timeout {
             server: server.to_owned(),
@@ -154,6 +169,7 @@ impl UpstreamError {
     pub fn public_message(&self) -> &'static str {
         match self {
             UpstreamError::Unreachable { .. } => "bad gateway: upstream unreachable",
+            UpstreamError::Tls { .. } => "bad gateway: TLS to the upstream failed",
             UpstreamError::Timeout { .. } => "gateway timeout: upstream did not answer in time",
             UpstreamError::Refused { .. } => "bad gateway: upstream refused the WebSocket upgrade",
             UpstreamError::Invalid { .. } => "bad gateway: upstream sent an invalid handshake",
@@ -177,6 +193,7 @@ impl UpstreamError {
             UpstreamError::Unreachable { phase, .. } | UpstreamError::Timeout { phase, .. } => {
                 *phase
             }
+            UpstreamError::Tls { .. } => Phase::Tls,
             UpstreamError::Refused { .. } | UpstreamError::Invalid { .. } => Phase::Upgrade,
             // Nothing was tried.
             UpstreamError::AllDown { .. } => Phase::Connect,
@@ -207,7 +224,7 @@ mod tests {
         let limit = Duration::from_millis(1500);
         vec![
             UpstreamError::unreachable(S, Phase::Connect, refused()),
-            UpstreamError::unreachable(S, Phase::Tls, io::Error::other("bad certificate")),
+            UpstreamError::tls(S, io::Error::other("bad certificate")),
             UpstreamError::unreachable(S, Phase::Upgrade, io::ErrorKind::UnexpectedEof.into()),
             UpstreamError::timeout(S, Phase::Connect, limit),
             UpstreamError::timeout(S, Phase::Tls, limit),
@@ -273,7 +290,7 @@ mod tests {
             told,
             [
                 unreachable,
-                unreachable,
+                (502, "bad gateway: TLS to the upstream failed"),
                 unreachable,
                 timeout,
                 timeout,
@@ -294,7 +311,7 @@ mod tests {
             texts,
             [
                 format!("cannot reach {S}: {refused}"),
-                format!("cannot reach {S}: bad certificate"),
+                format!("TLS with {S} failed: bad certificate"),
                 format!("cannot reach {S}: {eof}"),
                 format!("{S} did not accept the connection within 1.5s"),
                 format!("{S} did not complete TLS within 1.5s"),
