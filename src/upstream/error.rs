@@ -83,14 +83,23 @@ pub enum UpstreamError {
         phase: Phase,
         source: io::Error,
     },
-    /// The TLS handshake with a `wss://` server failed: its certificate was
-    /// refused (unknown issuer, wrong name, not the pinned one), it refused
-    /// ours, or it broke off. Kept apart from [`Unreachable`](Self::Unreachable)
-    /// because the fix is in the certificates, not the network, and the log
-    /// must say so. Like a failed connect it fails over ([`Phase::Tls`]:
-    /// nothing of the request was sent) and counts against the server's health.
+    /// TLS with a `wss://` server failed: its certificate was refused
+    /// (unknown issuer, wrong name, not the pinned one), it refused ours, or
+    /// it broke off the handshake. Kept apart from
+    /// [`Unreachable`](Self::Unreachable) because the fix is in the
+    /// certificates, not the network, and the log must say so. Like a
+    /// failed connect it fails over and counts against the server's health.
+    ///
+    /// Mostly in [`Phase::Tls`]; but with TLS 1.3 a server checks the
+    /// client's certificate only after the client has finished its side of
+    /// the handshake, so a refused client certificate arrives as an alert
+    /// on the first read, in [`Phase::Upgrade`] (see [`UpstreamError::broken`]).
     #[error("TLS with {server} failed: {source}")]
-    Tls { server: String, source: io::Error },
+    Tls {
+        server: String,
+        phase: Phase,
+        source: io::Error,
+    },
     /// A phase did not finish within its limit.
     #[error("{server} did not {} within {limit:?}", .phase.awaited())]
     Timeout {
@@ -134,10 +143,30 @@ impl UpstreamError {
         }
     }
 
+    /// The TLS handshake failed.
     pub(super) fn tls(server: &str, source: io::Error) -> Self {
         UpstreamError::Tls {
             server: server.to_owned(),
+            phase: Phase::Tls,
             source,
+        }
+    }
+
+    /// The connection broke after the handshake: a TLS error (an alert from
+    /// the server, such as `CertificateRequired` for a missing client
+    /// certificate under TLS 1.3) is reported as TLS failing, anything else
+    /// as the server being unreachable.
+    pub(super) fn broken(server: &str, phase: Phase, source: io::Error) -> Self {
+        let tls = source
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>());
+        match tls {
+            true => UpstreamError::Tls {
+                server: server.to_owned(),
+                phase,
+                source,
+            },
+            false => UpstreamError::unreachable(server, phase, source),
         }
     }
 
@@ -190,10 +219,9 @@ impl UpstreamError {
     /// [`Phase::Upgrade`].
     pub fn phase(&self) -> Phase {
         match self {
-            UpstreamError::Unreachable { phase, .. } | UpstreamError::Timeout { phase, .. } => {
-                *phase
-            }
-            UpstreamError::Tls { .. } => Phase::Tls,
+            UpstreamError::Unreachable { phase, .. }
+            | UpstreamError::Tls { phase, .. }
+            | UpstreamError::Timeout { phase, .. } => *phase,
             UpstreamError::Refused { .. } | UpstreamError::Invalid { .. } => Phase::Upgrade,
             // Nothing was tried.
             UpstreamError::AllDown { .. } => Phase::Connect,
@@ -267,6 +295,33 @@ mod tests {
         assert_eq!(
             phases,
             [Connect, Tls, Upgrade, Connect, Tls, Upgrade, Upgrade, Upgrade]
+        );
+    }
+
+    #[test]
+    fn a_tls_error_after_the_handshake_is_tls_anything_else_unreachable() {
+        let alert = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
+        );
+        let e = UpstreamError::broken(S, Phase::Upgrade, alert);
+        assert!(matches!(e, UpstreamError::Tls { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!("TLS with {S} failed: received fatal alert: CertificateRequired")
+        );
+        assert_eq!(
+            e.public_message(),
+            "bad gateway: TLS to the upstream failed"
+        );
+        assert_eq!(
+            (e.phase(), e.retry()),
+            (Phase::Upgrade, Retry::IfIdempotent)
+        );
+        let reset = UpstreamError::broken(S, Phase::Upgrade, io::ErrorKind::ConnectionReset.into());
+        assert!(
+            matches!(reset, UpstreamError::Unreachable { .. }),
+            "{reset:?}"
         );
     }
 
