@@ -1,5 +1,7 @@
 //! TLS with rustls: certificates for `wss` listeners (chosen by SNI) and
-//! the client side for `wss://` upstreams.
+//! the client side for `wss://` upstreams: verified against the system
+//! roots, a `ca` bundle or pinned certificates ([`pinned`]), with a client
+//! certificate when the backend asks for one (mTLS).
 //!
 //! Only TLS 1.2 and 1.3 are offered, and ALPN is `http/1.1` on both sides:
 //! WebSocket over HTTP/2 (RFC 8441) is not spoken.
@@ -14,6 +16,8 @@ use rustls::{
 };
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
+mod pinned;
+
 const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 /// Installs aws-lc-rs as the process-wide crypto provider. Called at start;
@@ -22,7 +26,7 @@ pub fn install_provider() {
     let _ = aws_lc_rs::default_provider().install_default();
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(aws_lc_rs::default_provider())
 }
 
@@ -150,16 +154,83 @@ pub fn load_ca(path: &Path) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
+/// Reads the certificates a `wss://` group trusts as they are (`trust`):
+/// typically a backend's self-signed certificate; see [`pinned`].
+pub fn load_pinned(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect())
+        .map_err(|e| format!("cannot load trusted certificates {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", path.display()));
+    }
+    Ok(certs)
+}
+
+/// How the servers of a `wss://` group are verified. Verification is always
+/// on: these are the only two ways.
+pub enum ServerTrust {
+    /// The certificate chains to these roots (`ca`), or to the system's
+    /// when `None`, and is valid for the server's name.
+    Roots(Option<RootCertStore>),
+    /// The certificate is one of these (`trust`), and the server holds its
+    /// key: see [`pinned`].
+    Pinned(Vec<CertificateDer<'static>>),
+}
+
 /// TLS config for `wss://` upstreams: the given roots, or the system's.
 pub fn client_config(roots: Option<RootCertStore>) -> Arc<ClientConfig> {
-    let roots = roots.unwrap_or_else(system_roots);
-    let mut cfg = ClientConfig::builder_with_provider(provider())
+    upstream_client_config(ServerTrust::Roots(roots), None)
+}
+
+/// TLS config for a `wss://` group: how its servers are verified, and the
+/// certificate the gateway presents when a server asks for one (mTLS).
+pub fn upstream_client_config(
+    trust: ServerTrust,
+    identity: Option<Arc<CertifiedKey>>,
+) -> Arc<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3");
+    let builder = match trust {
+        ServerTrust::Roots(roots) => {
+            builder.with_root_certificates(roots.unwrap_or_else(system_roots))
+        }
+        ServerTrust::Pinned(certs) => {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(pinned::PinnedVerifier::new(
+                    certs,
+                    provider(),
+                )))
+        }
+    };
+    let mut cfg = match identity {
+        None => builder.with_no_client_auth(),
+        Some(key) => builder.with_client_cert_resolver(Arc::new(ClientIdentity(key))),
+    };
     cfg.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     Arc::new(cfg)
+}
+
+/// The gateway's client certificate (`client_cert`, `client_key`), given
+/// to every server that asks, whatever CAs it hints at: the operator
+/// configured one identity per group, and a server that does not accept it
+/// says so in the handshake.
+#[derive(Debug)]
+struct ClientIdentity(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 fn system_roots() -> RootCertStore {

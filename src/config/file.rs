@@ -251,6 +251,21 @@ pub struct UpstreamSection {
     /// PEM file of CA certificates that `wss://` servers are verified against,
     /// instead of the system roots.
     pub ca: Option<Spanned<String>>,
+    /// The name `wss://` servers are asked for (SNI) and their certificates
+    /// are verified against, instead of each server's host: for servers
+    /// dialled by IP that present a certificate for a name. The connection
+    /// still goes to the server's host; `Host` is unchanged.
+    pub server_name: Option<Spanned<String>>,
+    /// PEM file of the certificates the `wss://` servers may present,
+    /// trusted as they are (pinned): how to reach a backend with a
+    /// self-signed certificate. Replaces `ca`; the names and dates in a
+    /// pinned certificate are not checked, its key is.
+    pub trust: Option<Spanned<String>>,
+    /// PEM certificate chain the gateway presents to `wss://` servers that
+    /// ask for one (mutual TLS); needs `client_key`.
+    pub client_cert: Option<Spanned<String>>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<Spanned<String>>,
     /// Idle keep-alive connections kept per server for plain HTTP requests
     /// (nginx's upstream `keepalive`); 0 opens one per request.
     #[serde(default = "defaults::max_idle_per_server")]

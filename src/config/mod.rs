@@ -19,6 +19,7 @@ use std::{
     sync::Arc,
 };
 
+use rustls_pki_types::ServerName;
 use toml::Spanned;
 
 use crate::{
@@ -452,6 +453,7 @@ impl<'a> Checker<'a> {
         section: &Spanned<UpstreamSection>,
     ) -> Option<UpstreamServers> {
         let u = section.get_ref();
+        let tls = self.upstream_tls(name, u);
         if let Some(b) = &u.builtin {
             if !u.servers.is_empty() {
                 self.err(
@@ -478,23 +480,9 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        let client_tls = if u
-            .servers
-            .iter()
-            .any(|s| s.get_ref().url.starts_with("wss://"))
-        {
-            match u.ca.as_ref() {
-                None => Some(tls::client_config(None)),
-                Some(ca) => match tls::load_ca(&self.path(ca.get_ref())) {
-                    Ok(roots) => Some(tls::client_config(Some(roots))),
-                    Err(msg) => {
-                        self.err(ca, msg);
-                        None
-                    }
-                },
-            }
-        } else {
-            None
+        let (client_tls, server_name) = match tls {
+            Some((config, name)) => (Some(config), name),
+            None => (None, None),
         };
         let mut servers = Vec::new();
         for s in &u.servers {
@@ -512,12 +500,109 @@ impl<'a> Checker<'a> {
                     host,
                     port,
                     tls: if tls { client_tls.clone() } else { None },
+                    server_name: if tls { server_name.clone() } else { None },
                     weight,
                 }),
                 Err(msg) => self.err(s, msg),
             }
         }
         Some(UpstreamServers::Servers(servers))
+    }
+
+    /// The TLS client settings of a group's `wss://` servers (`ca`,
+    /// `trust`, `server_name`, `client_cert` and `client_key`), each file
+    /// read once here; `None` when the group has no `wss://` server, and
+    /// then each of those keys is an error: it would silently do nothing.
+    fn upstream_tls(
+        &mut self,
+        name: &str,
+        u: &UpstreamSection,
+    ) -> Option<(Arc<rustls::ClientConfig>, Option<ServerName<'static>>)> {
+        let keys = [
+            ("ca", &u.ca),
+            ("trust", &u.trust),
+            ("server_name", &u.server_name),
+            ("client_cert", &u.client_cert),
+            ("client_key", &u.client_key),
+        ];
+        let wss = u
+            .servers
+            .iter()
+            .any(|s| s.get_ref().url.starts_with("wss://"));
+        if !wss {
+            for (key, value) in keys {
+                if let Some(v) = value {
+                    self.err(
+                        v,
+                        format!(
+                            "`{key}` applies to wss:// servers only, and upstream `{name}` has none"
+                        ),
+                    );
+                }
+            }
+            return None;
+        }
+        let server_name =
+            u.server_name
+                .as_ref()
+                .and_then(|n| match ServerName::try_from(n.get_ref().clone()) {
+                    Ok(name) => Some(name),
+                    Err(_) => {
+                        self.err(
+                            n,
+                            format!(
+                                "server_name `{}` is not a DNS name or IP address",
+                                n.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                });
+        // Each key is checked even when another failed, so that one run
+        // reports every problem.
+        let trust = match (&u.ca, &u.trust) {
+            (Some(_), Some(t)) => {
+                self.err(
+                    t,
+                    "set either ca or trust, not both: trust pins the servers' certificates, \
+                     so ca would never be consulted",
+                );
+                Err(())
+            }
+            (None, None) => Ok(tls::ServerTrust::Roots(None)),
+            (Some(ca), None) => tls::load_ca(&self.path(ca.get_ref()))
+                .map(|roots| tls::ServerTrust::Roots(Some(roots)))
+                .map_err(|msg| self.err(ca, msg)),
+            (None, Some(t)) => tls::load_pinned(&self.path(t.get_ref()))
+                .map(tls::ServerTrust::Pinned)
+                .map_err(|msg| self.err(t, msg)),
+        };
+        let identity = match (&u.client_cert, &u.client_key) {
+            (None, None) => Ok(None),
+            (Some(cert), None) => {
+                self.err(cert, "client_cert needs client_key (its private key)");
+                Err(())
+            }
+            (None, Some(key)) => {
+                self.err(
+                    key,
+                    "client_key needs client_cert (the certificate it signs for)",
+                );
+                Err(())
+            }
+            (Some(cert), Some(key)) => {
+                tls::load_certified_key(&self.path(cert.get_ref()), &self.path(key.get_ref()))
+                    .map(Some)
+                    .map_err(|e| match e {
+                        tls::CertError::Cert(msg) => self.err(cert, msg),
+                        tls::CertError::Key(msg) => self.err(key, msg),
+                    })
+            }
+        };
+        let (Ok(trust), Ok(identity)) = (trust, identity) else {
+            return None;
+        };
+        Some((tls::upstream_client_config(trust, identity), server_name))
     }
 
     /// `balance` and `max_attempts`.

@@ -315,6 +315,7 @@ impl Kept {
                         host: addr.ip().to_string(),
                         port: addr.port(),
                         tls: None,
+                        server_name: None,
                         weight: 1,
                     }]
                 }

@@ -236,7 +236,7 @@ async fn exchange<'r>(
     let mut up = match upstream.checkout(&route.policy.upstream, key).await {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream unreachable");
+            tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream connection failed");
             let reject = super::upstream_reject(&e);
             return refused(io, (peer, path), reject, keep_if_refused, early, "-", ctx).await;
         }

@@ -32,7 +32,7 @@ pub async fn dial(endpoint: &Endpoint, limit: Duration) -> Result<Transport, Ups
     let tls = Box::pin(timeout(limit, tls.connector.connect(tls.name.clone(), tcp)))
         .await
         .map_err(|_| UpstreamError::timeout(server, Phase::Tls, limit))?
-        .map_err(|e| UpstreamError::unreachable(server, Phase::Tls, e))?;
+        .map_err(|e| UpstreamError::tls(server, e))?;
     Ok(Transport::Right(Box::new(TlsStream::Client(tls))))
 }
 
@@ -55,6 +55,7 @@ mod tests {
             host: addr.ip().to_string(),
             port: addr.port(),
             tls: tls.then(|| crate::tls::client_config(None)),
+            server_name: None,
             weight: 1,
         })
     }
@@ -103,6 +104,7 @@ mod tests {
             host: "localhost".into(),
             port,
             tls: Some(crate::tls::client_config(Some(roots))),
+            server_name: None,
             weight: 1,
         });
         let server = tokio::spawn(async move {
@@ -168,7 +170,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_tls_failure_is_unreachable_in_tls_and_safe_to_retry() {
+    async fn a_tls_failure_is_a_tls_error_and_safe_to_retry() {
         // A plain server that answers the ClientHello with HTTP.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let e = endpoint(listener.local_addr().unwrap(), true);
@@ -179,17 +181,14 @@ mod tests {
             let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
         });
         let err = dial(&e, LIMIT).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                UpstreamError::Unreachable {
-                    phase: Phase::Tls,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, UpstreamError::Tls { .. }), "{err:?}");
+        assert_eq!(err.phase(), Phase::Tls);
         assert_eq!(err.retry(), Retry::Safe);
+        assert!(
+            err.to_string()
+                .starts_with(&format!("TLS with {} failed: ", e.label())),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -17,6 +17,9 @@ pub struct ServerSpec {
     pub port: u16,
     /// Present for `wss://` servers.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The group's `server_name`: sent as SNI and verified against the
+    /// certificate in place of `host`, which is still what is dialled.
+    pub server_name: Option<ServerName<'static>>,
     /// Its share relative to the group's other servers (at least 1).
     pub weight: u32,
 }
@@ -58,6 +61,7 @@ impl ServerSpec {
             host: addr.ip().to_string(),
             port: addr.port(),
             tls: None,
+            server_name: None,
             weight: 1,
         }
     }
@@ -73,8 +77,10 @@ impl Endpoint {
         };
         let tls = spec.tls.map(|cfg| Tls {
             connector: TlsConnector::from(cfg),
-            name: ServerName::try_from(spec.host.clone())
-                .expect("host was validated as a URI authority"),
+            name: spec.server_name.unwrap_or_else(|| {
+                ServerName::try_from(spec.host.clone())
+                    .expect("host was validated as a URI authority")
+            }),
         });
         Endpoint {
             label: spec.url,
@@ -126,6 +132,7 @@ mod tests {
             host: host.into(),
             port,
             tls: tls.then(|| crate::tls::client_config(None)),
+            server_name: None,
             weight: 1,
         }
     }
@@ -161,5 +168,17 @@ mod tests {
         assert_eq!(tls.name.to_str(), "example.com");
         let ip = Endpoint::new(spec("wss://127.0.0.1:8443", "127.0.0.1", 8443, true));
         assert!(matches!(ip.tls().unwrap().name, ServerName::IpAddress(_)));
+    }
+
+    #[test]
+    fn server_name_replaces_the_host_for_tls_only() {
+        let mut s = spec("wss://127.0.0.1:8443", "127.0.0.1", 8443, true);
+        s.server_name = Some(ServerName::try_from("api.internal.test").unwrap());
+        let e = Endpoint::new(s);
+        assert_eq!(e.tls().unwrap().name.to_str(), "api.internal.test");
+        assert_eq!(
+            (e.host(), e.authority().to_str().unwrap()),
+            ("127.0.0.1", "127.0.0.1:8443")
+        );
     }
 }

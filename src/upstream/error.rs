@@ -74,11 +74,28 @@ impl Retry {
 /// Why the upstream handshake failed; decides the client's status code.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// An I/O error or a closed connection: in TCP connect or TLS (the
-    /// server could not be reached), or while the upgrade was under way
-    /// (it was reached, then broke off before a complete answer).
+    /// An I/O error or a closed connection: in TCP connect (the server
+    /// could not be reached), or while the upgrade was under way (it was
+    /// reached, then broke off before a complete answer).
     #[error("cannot reach {server}: {source}")]
     Unreachable {
+        server: String,
+        phase: Phase,
+        source: io::Error,
+    },
+    /// TLS with a `wss://` server failed: its certificate was refused
+    /// (unknown issuer, wrong name, not the pinned one), it refused ours, or
+    /// it broke off the handshake. Kept apart from
+    /// [`Unreachable`](Self::Unreachable) because the fix is in the
+    /// certificates, not the network, and the log must say so. Like a
+    /// failed connect it fails over and counts against the server's health.
+    ///
+    /// Mostly in [`Phase::Tls`]; but with TLS 1.3 a server checks the
+    /// client's certificate only after the client has finished its side of
+    /// the handshake, so a refused client certificate arrives as an alert
+    /// on the first read, in [`Phase::Upgrade`] (see [`UpstreamError::broken`]).
+    #[error("TLS with {server} failed: {source}")]
+    Tls {
         server: String,
         phase: Phase,
         source: io::Error,
@@ -126,6 +143,33 @@ impl UpstreamError {
         }
     }
 
+    /// The TLS handshake failed.
+    pub(super) fn tls(server: &str, source: io::Error) -> Self {
+        UpstreamError::Tls {
+            server: server.to_owned(),
+            phase: Phase::Tls,
+            source,
+        }
+    }
+
+    /// The connection broke after the handshake: a TLS error (an alert from
+    /// the server, such as `CertificateRequired` for a missing client
+    /// certificate under TLS 1.3) is reported as TLS failing, anything else
+    /// as the server being unreachable.
+    pub(super) fn broken(server: &str, phase: Phase, source: io::Error) -> Self {
+        let tls = source
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>());
+        match tls {
+            true => UpstreamError::Tls {
+                server: server.to_owned(),
+                phase,
+                source,
+            },
+            false => UpstreamError::unreachable(server, phase, source),
+        }
+    }
+
     pub(super) fn timeout(server: &str, phase: Phase, limit: Duration) -> Self {
         UpstreamError::Timeout {
             server: server.to_owned(),
@@ -154,6 +198,7 @@ impl UpstreamError {
     pub fn public_message(&self) -> &'static str {
         match self {
             UpstreamError::Unreachable { .. } => "bad gateway: upstream unreachable",
+            UpstreamError::Tls { .. } => "bad gateway: TLS to the upstream failed",
             UpstreamError::Timeout { .. } => "gateway timeout: upstream did not answer in time",
             UpstreamError::Refused { .. } => "bad gateway: upstream refused the WebSocket upgrade",
             UpstreamError::Invalid { .. } => "bad gateway: upstream sent an invalid handshake",
@@ -174,9 +219,9 @@ impl UpstreamError {
     /// [`Phase::Upgrade`].
     pub fn phase(&self) -> Phase {
         match self {
-            UpstreamError::Unreachable { phase, .. } | UpstreamError::Timeout { phase, .. } => {
-                *phase
-            }
+            UpstreamError::Unreachable { phase, .. }
+            | UpstreamError::Tls { phase, .. }
+            | UpstreamError::Timeout { phase, .. } => *phase,
             UpstreamError::Refused { .. } | UpstreamError::Invalid { .. } => Phase::Upgrade,
             // Nothing was tried.
             UpstreamError::AllDown { .. } => Phase::Connect,
@@ -207,7 +252,7 @@ mod tests {
         let limit = Duration::from_millis(1500);
         vec![
             UpstreamError::unreachable(S, Phase::Connect, refused()),
-            UpstreamError::unreachable(S, Phase::Tls, io::Error::other("bad certificate")),
+            UpstreamError::tls(S, io::Error::other("bad certificate")),
             UpstreamError::unreachable(S, Phase::Upgrade, io::ErrorKind::UnexpectedEof.into()),
             UpstreamError::timeout(S, Phase::Connect, limit),
             UpstreamError::timeout(S, Phase::Tls, limit),
@@ -254,6 +299,33 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_error_after_the_handshake_is_tls_anything_else_unreachable() {
+        let alert = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
+        );
+        let e = UpstreamError::broken(S, Phase::Upgrade, alert);
+        assert!(matches!(e, UpstreamError::Tls { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!("TLS with {S} failed: received fatal alert: CertificateRequired")
+        );
+        assert_eq!(
+            e.public_message(),
+            "bad gateway: TLS to the upstream failed"
+        );
+        assert_eq!(
+            (e.phase(), e.retry()),
+            (Phase::Upgrade, Retry::IfIdempotent)
+        );
+        let reset = UpstreamError::broken(S, Phase::Upgrade, io::ErrorKind::ConnectionReset.into());
+        assert!(
+            matches!(reset, UpstreamError::Unreachable { .. }),
+            "{reset:?}"
+        );
+    }
+
+    #[test]
     fn retry_allows() {
         assert!(Retry::Safe.allows(false));
         assert!(Retry::Safe.allows(true));
@@ -273,7 +345,7 @@ mod tests {
             told,
             [
                 unreachable,
-                unreachable,
+                (502, "bad gateway: TLS to the upstream failed"),
                 unreachable,
                 timeout,
                 timeout,
@@ -294,7 +366,7 @@ mod tests {
             texts,
             [
                 format!("cannot reach {S}: {refused}"),
-                format!("cannot reach {S}: bad certificate"),
+                format!("TLS with {S} failed: bad certificate"),
                 format!("cannot reach {S}: {eof}"),
                 format!("{S} did not accept the connection within 1.5s"),
                 format!("{S} did not complete TLS within 1.5s"),

@@ -393,13 +393,15 @@ impl Upstream {
     }
 
     /// Records how an attempt at server `index` went; logs transitions.
-    /// A failure is not reaching it (unreachable or timed out); any answer,
+    /// A failure is not reaching it (unreachable, TLS failed or timed out); any answer,
     /// even a refusal or an invalid one, shows it is up.
     pub(super) fn report<T>(&self, index: usize, outcome: &Result<T, UpstreamError>) {
         let server = &self.health.servers[index];
         let reached = !matches!(
             outcome,
-            Err(UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. })
+            Err(UpstreamError::Unreachable { .. }
+                | UpstreamError::Tls { .. }
+                | UpstreamError::Timeout { .. })
         );
         let change = server.with_state(|s| match reached {
             true => s.success(),

@@ -229,7 +229,7 @@ impl Upstream {
                     })
                 }
                 Err(e) if fails_over(&e) => {
-                    tracing::warn!(upstream = %self.name, error = %e, "server unreachable, trying the next one");
+                    tracing::warn!(upstream = %self.name, error = %e, "server failed, trying the next one");
                     last = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -352,8 +352,8 @@ const UPGRADE_IS_IDEMPOTENT: bool = true;
 /// Whether a failed attempt moves on to the next server: when a retry is
 /// safe ([`UpstreamError::retry`], with the upgrade taken as idempotent)
 /// *and* the server could not be reached, broke the connection before a
-/// complete answer, or gave none in time (an I/O error, a close or a
-/// timeout, in any [`Phase`]), as nginx's `proxy_next_upstream error
+/// complete answer, or gave none in time (an I/O error, a close, a failed
+/// TLS handshake or a timeout, in any [`Phase`]), as nginx's `proxy_next_upstream error
 /// timeout` does for a `GET`. The group's loop bounds what this costs:
 /// `max_attempts` servers within one deadline.
 ///
@@ -364,7 +364,9 @@ fn fails_over(e: &UpstreamError) -> bool {
     e.retry().allows(UPGRADE_IS_IDEMPOTENT)
         && matches!(
             e,
-            UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. }
+            UpstreamError::Unreachable { .. }
+                | UpstreamError::Tls { .. }
+                | UpstreamError::Timeout { .. }
         )
 }
 
@@ -410,7 +412,7 @@ mod tests {
         let eof = || io::Error::from(io::ErrorKind::UnexpectedEof);
         let cases = [
             (UpstreamError::unreachable(s, Phase::Connect, eof()), true),
-            (UpstreamError::unreachable(s, Phase::Tls, eof()), true),
+            (UpstreamError::tls(s, eof()), true),
             (UpstreamError::unreachable(s, Phase::Upgrade, eof()), true),
             (UpstreamError::timeout(s, Phase::Connect, limit), true),
             (UpstreamError::timeout(s, Phase::Tls, limit), true),

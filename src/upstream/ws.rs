@@ -79,8 +79,8 @@ where
 {
     let server = endpoint.label();
     // The connection broke (or closed) after it was reached: reported as
-    // unreachable, like a failed connect.
-    let broken = |source| UpstreamError::unreachable(server, Phase::Upgrade, source);
+    // unreachable, like a failed connect, or as TLS failing when TLS broke it.
+    let broken = |source| UpstreamError::broken(server, Phase::Upgrade, source);
     let key = tungstenite::handshake::client::generate_key();
     io.write_all(&request_head(req, endpoint.authority(), &key))
         .await

@@ -36,3 +36,4 @@ mod routing;
 mod signals;
 mod socketio;
 mod tls;
+mod upstream_tls;

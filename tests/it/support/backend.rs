@@ -53,6 +53,9 @@ impl Request {
 /// Close codes a backend received (1005 for a close without one).
 type Closes = Arc<Mutex<Vec<u16>>>;
 
+/// The SNI of each TLS handshake a backend completed (`None`: none sent).
+type ServerNames = Arc<Mutex<Vec<Option<String>>>>;
+
 /// One connection a backend accepted.
 pub struct BackendConn {
     pub request: Request,
@@ -189,11 +192,13 @@ impl BackendBuilder {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (requests, closes): (Arc<Mutex<Vec<Request>>>, Closes) = Default::default();
+        let server_names = ServerNames::default();
         let b = Backend {
             addr,
             tls: self.tls.is_some(),
             requests: requests.clone(),
             closes: closes.clone(),
+            server_names: server_names.clone(),
             conns: None,
         };
         let opts = Arc::new(self);
@@ -201,6 +206,7 @@ impl BackendBuilder {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (opts, handler) = (opts.clone(), handler.clone());
                 let (requests, closes) = (requests.clone(), closes.clone());
+                let server_names = server_names.clone();
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
                     let io: BoxIo = match &opts.tls {
@@ -208,7 +214,11 @@ impl BackendBuilder {
                         Some(cfg) => {
                             let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
                             match acceptor.accept(tcp).await {
-                                Ok(s) => Box::new(s),
+                                Ok(s) => {
+                                    let sni = s.get_ref().1.server_name().map(str::to_owned);
+                                    server_names.lock().unwrap().push(sni);
+                                    Box::new(s)
+                                }
                                 Err(_) => return,
                             }
                         }
@@ -276,6 +286,7 @@ pub struct Backend {
     tls: bool,
     requests: Arc<Mutex<Vec<Request>>>,
     closes: Closes,
+    server_names: ServerNames,
     /// Connections for the test, when scripted.
     conns: Option<mpsc::UnboundedReceiver<BackendConn>>,
 }
@@ -352,6 +363,11 @@ impl Backend {
     /// How many upgrade requests were seen.
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
+    }
+
+    /// The SNI of every TLS handshake completed so far, in order.
+    pub fn server_names(&self) -> Vec<Option<String>> {
+        self.server_names.lock().unwrap().clone()
     }
 
     /// Close codes received on connections the backend serves itself.

@@ -55,6 +55,23 @@ impl TestCa {
         }
     }
 
+    /// A server config presenting `leaf` that requires every client to
+    /// present a certificate signed by this CA (mutual TLS).
+    pub fn server_config_requiring_clients(&self, leaf: &Leaf) -> Arc<rustls::ServerConfig> {
+        framegate::tls::install_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .unwrap();
+        Arc::new(
+            rustls::ServerConfig::builder()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(vec![leaf.der.clone()], leaf.key())
+                .unwrap(),
+        )
+    }
+
     /// A rustls client config trusting only this CA.
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         framegate::tls::install_provider();
@@ -69,6 +86,22 @@ impl TestCa {
 }
 
 impl Leaf {
+    /// A self-signed certificate for `names`, signed by no CA.
+    pub fn self_signed(names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let c = rcgen::generate_simple_self_signed(names).unwrap();
+        Leaf {
+            cert_pem: c.cert.pem(),
+            key_pem: c.signing_key.serialize_pem(),
+            der: c.cert.der().clone(),
+        }
+    }
+
+    fn key(&self) -> rustls_pki_types::PrivateKeyDer<'static> {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap()
+    }
+
     /// Writes `STEM.pem` and `STEM.key` into `dir`.
     pub fn write_to(&self, dir: &Path, stem: &str) {
         write_file(dir, &format!("{stem}.pem"), &self.cert_pem);
@@ -77,13 +110,11 @@ impl Leaf {
 
     /// A rustls server config presenting this certificate.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        use rustls_pki_types::{pem::PemObject, PrivateKeyDer};
         framegate::tls::install_provider();
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
         Arc::new(
             rustls::ServerConfig::builder()
                 .with_no_client_auth()
-                .with_single_cert(vec![self.der.clone()], key)
+                .with_single_cert(vec![self.der.clone()], self.key())
                 .unwrap(),
         )
     }

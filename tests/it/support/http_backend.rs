@@ -115,6 +115,24 @@ impl HttpBackend {
         F: Fn(Seen) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Reply> + Send + 'static,
     {
+        HttpBackend::start(None, handler).await
+    }
+
+    /// [`serve`](Self::serve) over TLS with this config; a connection whose
+    /// TLS handshake fails is closed uncounted.
+    pub async fn serve_tls<F, Fut>(tls: Arc<rustls::ServerConfig>, handler: F) -> HttpBackend
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
+        HttpBackend::start(Some(tls), handler).await
+    }
+
+    async fn start<F, Fut>(tls: Option<Arc<rustls::ServerConfig>>, handler: F) -> HttpBackend
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -130,9 +148,23 @@ impl HttpBackend {
         let shared = state.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let id = shared.accepted.fetch_add(1, Ordering::SeqCst);
-                shared.bump();
-                tokio::spawn(connection(shared.clone(), id, tcp));
+                let _ = tcp.set_nodelay(true);
+                let Some(tls) = &tls else {
+                    let id = shared.accepted.fetch_add(1, Ordering::SeqCst);
+                    shared.bump();
+                    tokio::spawn(connection(shared.clone(), id, tcp));
+                    continue;
+                };
+                let (acceptor, shared) =
+                    (tokio_rustls::TlsAcceptor::from(tls.clone()), shared.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let id = shared.accepted.fetch_add(1, Ordering::SeqCst);
+                    shared.bump();
+                    connection(shared, id, tls).await;
+                });
             }
         });
         HttpBackend { addr, state }
@@ -232,8 +264,10 @@ impl HttpBackend {
 
 /// Serves one accepted connection until it ends, closing it when told to
 /// once idle.
-async fn connection(state: Arc<State>, id: usize, tcp: tokio::net::TcpStream) {
-    let _ = tcp.set_nodelay(true);
+async fn connection<T>(state: Arc<State>, id: usize, tcp: T)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc_state = state.clone();
     let svc = service_fn(move |req| request(svc_state.clone(), id, req));
     let conn = http1::Builder::new()
