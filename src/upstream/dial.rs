@@ -5,22 +5,20 @@
 
 use std::time::Duration;
 
-use tokio::{net::TcpStream, time::timeout};
+use tokio::time::timeout;
 use tokio_rustls::TlsStream;
 
-use super::{Endpoint, Phase, UpstreamError};
+use super::{tcp, Endpoint, Phase, UpstreamError};
 use crate::stream::Transport;
 
-/// Opens a connection to `endpoint`. The name is resolved at each dial and
-/// its addresses are tried in turn, all within `limit`; the TLS handshake
-/// then has a `limit` of its own.
+/// Opens a connection to `endpoint`. Its addresses (resolved in the
+/// background, never here) are tried in turn from the group's source
+/// addresses ([`tcp::connect`]), all within `limit`; the TLS handshake then
+/// has a `limit` of its own.
 pub async fn dial(endpoint: &Endpoint, limit: Duration) -> Result<Transport, UpstreamError> {
     let server = endpoint.label();
-    let tcp = timeout(
-        limit,
-        TcpStream::connect((endpoint.host(), endpoint.port())),
-    )
-    .await
+    let tcp = timeout(limit, tcp::connect(endpoint))
+        .await
     .map_err(|_| UpstreamError::timeout(server, Phase::Connect, limit))?
     .map_err(|e| UpstreamError::unreachable(server, Phase::Connect, e))?;
     let _ = tcp.set_nodelay(true);
@@ -40,7 +38,7 @@ pub async fn dial(endpoint: &Endpoint, limit: Duration) -> Result<Transport, Ups
 mod tests {
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
-        net::TcpListener,
+        net::{TcpListener, TcpStream},
     };
 
     use super::*;
@@ -105,6 +103,8 @@ mod tests {
             tls: Some(crate::tls::client_config(Some(roots))),
             weight: 1,
         });
+        // As the background resolution would have it (resolve.rs).
+        e.addrs().update(vec![listener.local_addr().unwrap()]);
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut tls = acceptor.accept(tcp).await.unwrap();

@@ -4,6 +4,8 @@
 
 use std::{fmt, sync::Arc};
 
+use super::{resolve::Addrs, tcp::Sources};
+
 use http::HeaderValue;
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
@@ -40,6 +42,11 @@ pub struct Endpoint {
     /// preserve the client's.
     authority: HeaderValue,
     tls: Option<Tls>,
+    /// Where it is dialed: the IP, or the name's addresses as last
+    /// resolved in the background (upstream/resolve.rs).
+    addrs: Addrs,
+    /// The group's source addresses (upstream/tcp.rs); none by default.
+    sources: Arc<Sources>,
 }
 
 /// A `wss://` server's TLS client settings.
@@ -77,6 +84,8 @@ impl Endpoint {
                 .expect("host was validated as a URI authority"),
         });
         Endpoint {
+            addrs: Addrs::new(&spec.host, spec.port),
+            sources: Arc::default(),
             label: spec.url,
             host: spec.host,
             port: spec.port,
@@ -90,7 +99,8 @@ impl Endpoint {
         &self.label
     }
 
-    /// The host to connect to: a name (resolved at each dial) or an IP.
+    /// The host as configured: a name (resolved in the background, never
+    /// at a dial) or an IP.
     pub fn host(&self) -> &str {
         &self.host
     }
@@ -106,6 +116,18 @@ impl Endpoint {
 
     pub(super) fn tls(&self) -> Option<&Tls> {
         self.tls.as_ref()
+    }
+
+    pub(super) fn addrs(&self) -> &Addrs {
+        &self.addrs
+    }
+
+    pub(super) fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
+    pub(super) fn set_sources(&mut self, sources: Arc<Sources>) {
+        self.sources = sources;
     }
 }
 
