@@ -28,9 +28,10 @@ impl Checker<'_> {
         let mut sources: Vec<IpAddr> = Vec::new();
         for s in &u.source_addresses {
             match source_address(s.get_ref()) {
-                Ok(ip) if sources.contains(&ip) => {
-                    self.err(s, format!("upstream `{name}`: source address {ip} is listed twice"))
-                }
+                Ok(ip) if sources.contains(&ip) => self.err(
+                    s,
+                    format!("upstream `{name}`: source address {ip} is listed twice"),
+                ),
                 Ok(ip) => sources.push(ip),
                 Err(msg) => self.err(s, format!("upstream `{name}`: {msg}")),
             }
@@ -78,12 +79,17 @@ mod tests {
         assert_eq!(source_address("fd00::2"), Ok("fd00::2".parse().unwrap()));
         for bad in ["10.0.0.2:80", "eth0", "", "[::1]"] {
             assert!(
-                source_address(bad).unwrap_err().contains("is not an IP address"),
+                source_address(bad)
+                    .unwrap_err()
+                    .contains("is not an IP address"),
                 "{bad}"
             );
         }
         for bad in ["0.0.0.0", "::", "224.0.0.1"] {
-            assert!(source_address(bad).unwrap_err().contains("unicast"), "{bad}");
+            assert!(
+                source_address(bad).unwrap_err().contains("unicast"),
+                "{bad}"
+            );
         }
     }
 }

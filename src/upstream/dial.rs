@@ -19,8 +19,8 @@ pub async fn dial(endpoint: &Endpoint, limit: Duration) -> Result<Transport, Ups
     let server = endpoint.label();
     let tcp = timeout(limit, tcp::connect(endpoint))
         .await
-    .map_err(|_| UpstreamError::timeout(server, Phase::Connect, limit))?
-    .map_err(|e| UpstreamError::unreachable(server, Phase::Connect, e))?;
+        .map_err(|_| UpstreamError::timeout(server, Phase::Connect, limit))?
+        .map_err(|e| UpstreamError::unreachable(server, Phase::Connect, e))?;
     let _ = tcp.set_nodelay(true);
     let Some(tls) = endpoint.tls() else {
         return Ok(Transport::Left(tcp));

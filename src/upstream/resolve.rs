@@ -44,7 +44,11 @@ pub type Resolver =
 /// `/etc/hosts` and `/etc/resolv.conf` as every other program does).
 pub fn system() -> Resolver {
     Arc::new(|host, port| {
-        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), port)).await?.collect()) })
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .collect())
+        })
     })
 }
 
@@ -259,7 +263,10 @@ mod tests {
         let answer = Arc::new(Mutex::new(Ok(vec![addr("10.0.0.1:80")])));
         let (resolver, mut calls) = fake(answer.clone());
         let up = group(
-            vec![named("backend.test", 80), ServerSpec::plain(addr("10.9.9.9:81"))],
+            vec![
+                named("backend.test", 80),
+                ServerSpec::plain(addr("10.9.9.9:81")),
+            ],
             every,
         );
         let addrs = |i: usize| up.endpoints[i].addrs().current();

@@ -76,7 +76,14 @@ async fn connect_from(addr: SocketAddr, sources: &Sources) -> io::Result<TcpStre
     }
     let start = sources.next.fetch_add(1, Ordering::Relaxed) % n;
     let mut last = None;
-    for &ip in sources.ips.iter().filter(family).cycle().skip(start).take(n) {
+    for &ip in sources
+        .ips
+        .iter()
+        .filter(family)
+        .cycle()
+        .skip(start)
+        .take(n)
+    {
         match bound(ip, addr).await {
             Ok(tcp) => return Ok(tcp),
             // Ports used up from this source (at bind or, with
@@ -169,7 +176,9 @@ mod tests {
     #[tokio::test]
     async fn sources_of_the_other_family_are_skipped() {
         let seen = sources_seen(ips(&["::1", "127.0.0.4"]), 3).await;
-        assert!(seen.iter().all(|ip| *ip == "127.0.0.4".parse::<IpAddr>().unwrap()));
+        assert!(seen
+            .iter()
+            .all(|ip| *ip == "127.0.0.4".parse::<IpAddr>().unwrap()));
         // None of its family: the kernel's choice.
         let seen = sources_seen(ips(&["::1"]), 1).await;
         assert_eq!(seen, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
@@ -180,7 +189,9 @@ mod tests {
     #[tokio::test]
     async fn a_source_not_on_this_host_is_passed_over() {
         let seen = sources_seen(ips(&["192.0.2.1", "127.0.0.5"]), 2).await;
-        assert!(seen.iter().all(|ip| *ip == "127.0.0.5".parse::<IpAddr>().unwrap()));
+        assert!(seen
+            .iter()
+            .all(|ip| *ip == "127.0.0.5".parse::<IpAddr>().unwrap()));
     }
 
     #[tokio::test]
