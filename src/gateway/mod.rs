@@ -74,6 +74,8 @@ struct Kept {
     probes: std::sync::Mutex<CancellationToken>,
     /// Looks server names up, in the background only (upstream/resolve.rs).
     resolver: resolve::Resolver,
+    /// Names' last good answers, which a new generation starts from.
+    known: Arc<resolve::Known>,
 }
 
 impl Gateway {
@@ -89,6 +91,7 @@ impl Gateway {
             health: Arc::default(),
             probes: std::sync::Mutex::default(),
             resolver: resolve::system(),
+            known: Arc::default(),
         };
         let mut sockets: Vec<Vec<_>> = (0..workers.get()).map(|_| Vec::new()).collect();
         for l in &config.listeners {
@@ -334,17 +337,20 @@ impl Kept {
             upstreams.insert(name, Arc::new(group));
         }
         building.finish();
-        // dns: the first resolution of every name, awaited (each bounded by
-        // RESOLVE_TIMEOUT) so this generation dials at once when it serves.
+        // dns: the last generation's answers, then the first resolution of
+        // every name, awaited (each bounded by RESOLVE_TIMEOUT) so this
+        // generation dials at once when it serves.
+        self.known.seed(upstreams.values());
         let first = upstreams
             .values()
-            .map(|group| resolve::refresh(group, &self.resolver));
+            .map(|group| resolve::refresh(group, &self.resolver, &self.known));
         futures_util::future::join_all(first).await;
         // health: this generation's probes replace the last one's.
         let probes = CancellationToken::new();
         for group in upstreams.values() {
             probe::spawn(group, probes.clone());
-            resolve::spawn(group, self.resolver.clone(), probes.clone()); // dns
+            let (resolver, known) = (self.resolver.clone(), self.known.clone());
+            resolve::spawn(group, resolver, known, probes.clone()); // dns
         }
         let old = std::mem::replace(
             &mut *self.probes.lock().unwrap_or_else(|e| e.into_inner()),

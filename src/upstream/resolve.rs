@@ -12,11 +12,12 @@
 //! share one weight and one health state.
 
 use std::{
+    collections::HashMap,
     io,
     net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -103,11 +104,50 @@ impl Addrs {
     }
 }
 
+/// The last good answer for each `(name, port)`, kept by the gateway across
+/// reloads: a new generation's servers start from it, so that a reload
+/// during a DNS outage keeps the addresses that worked, as a failed
+/// lookup within a generation does.
+#[derive(Debug, Default)]
+pub struct Known(Mutex<Answers>);
+
+/// The last good answer (sorted, bounded) for each `(name, port)`.
+type Answers = HashMap<(String, u16), Arc<Vec<SocketAddr>>>;
+
+impl Known {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Answers> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the named servers of `groups` (a new generation's) from the
+    /// last answers, and forgets the names no group has any more.
+    pub fn seed<'a>(&self, groups: impl IntoIterator<Item = &'a Arc<Upstream>>) {
+        let mut known = self.lock();
+        let mut kept = HashMap::new();
+        for e in groups.into_iter().flat_map(|g| g.endpoints.iter()) {
+            let Some(name) = &e.addrs().name else {
+                continue;
+            };
+            let key = (name.clone(), e.port());
+            if let Some(addrs) = known.get(&key) {
+                e.addrs().current.store(addrs.clone());
+                kept.insert(key, addrs.clone());
+            }
+        }
+        *known = kept;
+    }
+
+    fn note(&self, name: &str, port: u16, addrs: Arc<Vec<SocketAddr>>) {
+        self.lock().insert((name.to_owned(), port), addrs);
+    }
+}
+
 /// Resolves every server of `group` whose host is a name, all at once,
-/// each within [`RESOLVE_TIMEOUT`]. A failure, a timeout or an empty answer
-/// keeps the addresses last stored (a DNS outage does not take working
-/// servers away) and is logged; a change of addresses is logged.
-pub async fn refresh(group: &Upstream, resolver: &Resolver) {
+/// each within [`RESOLVE_TIMEOUT`], and notes the answers in `known`. A
+/// failure, a timeout or an empty answer keeps the addresses last stored
+/// (a DNS outage does not take working servers away) and is logged; a
+/// change of addresses is logged.
+pub async fn refresh(group: &Upstream, resolver: &Resolver, known: &Known) {
     let named = group
         .endpoints
         .iter()
@@ -116,7 +156,9 @@ pub async fn refresh(group: &Upstream, resolver: &Resolver) {
         let answer = timeout(RESOLVE_TIMEOUT, resolver(name.clone(), e.port())).await;
         match answer {
             Ok(Ok(addrs)) if !addrs.is_empty() => {
-                if e.addrs().update(addrs) {
+                let changed = e.addrs().update(addrs);
+                known.note(&name, e.port(), e.addrs().current());
+                if changed {
                     tracing::info!(
                         upstream = %group.name,
                         server = e.label(),
@@ -153,7 +195,12 @@ pub fn has_names(group: &Upstream) -> bool {
 /// Resolves `group`'s names again every `group.resolve_interval` until
 /// `stop` is cancelled. The first resolution is the generation's
 /// ([`refresh`], awaited before it serves), so this starts with a wait.
-pub fn spawn(group: &Arc<Upstream>, resolver: Resolver, stop: CancellationToken) {
+pub fn spawn(
+    group: &Arc<Upstream>,
+    resolver: Resolver,
+    known: Arc<Known>,
+    stop: CancellationToken,
+) {
     if !has_names(group) {
         return;
     }
@@ -168,7 +215,7 @@ pub fn spawn(group: &Arc<Upstream>, resolver: Resolver, stop: CancellationToken)
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
-                () = refresh(&group, &resolver) => {}
+                () = refresh(&group, &resolver, &known) => {}
             }
         }
     });
@@ -271,14 +318,15 @@ mod tests {
         );
         let addrs = |i: usize| up.endpoints[i].addrs().current();
         // The generation's first resolution; the IP literal is not looked up.
-        refresh(&up, &resolver).await;
+        let known = Arc::new(Known::default());
+        refresh(&up, &resolver, &known).await;
         assert_eq!(calls.recv().await.unwrap(), "backend.test");
         assert!(calls.try_recv().is_err());
         assert_eq!(*addrs(0), [addr("10.0.0.1:80")]);
         assert_eq!(*addrs(1), [addr("10.9.9.9:81")]);
 
         let stop = CancellationToken::new();
-        spawn(&up, resolver, stop.clone());
+        spawn(&up, resolver, known, stop.clone());
         *answer.lock().unwrap() = Ok(vec![addr("10.0.0.3:80"), addr("10.0.0.2:80")]);
         let started = tokio::time::Instant::now();
         calls.recv().await.unwrap();
@@ -303,13 +351,42 @@ mod tests {
         assert!(calls.try_recv().is_err(), "no lookups after the stop");
     }
 
+    /// A new generation (a reload) starts from the last good answers, so a
+    /// lookup that fails then keeps them; names no longer listed are forgotten.
+    #[tokio::test]
+    async fn a_reload_during_an_outage_keeps_the_last_addresses() {
+        let every = Duration::from_secs(30);
+        let answer = Arc::new(Mutex::new(Ok(vec![addr("10.0.0.1:80")])));
+        let (resolver, _calls) = fake(answer.clone());
+        let known = Known::default();
+        let first = group(
+            vec![named("backend.test", 80), named("old.test", 80)],
+            every,
+        );
+        known.seed([&first]);
+        refresh(&first, &resolver, &known).await;
+        *answer.lock().unwrap() = Err(io::Error::other("SERVFAIL"));
+        let second = group(vec![named("backend.test", 80)], every);
+        known.seed([&second]);
+        refresh(&second, &resolver, &known).await;
+        assert_eq!(
+            *second.endpoints[0].addrs().current(),
+            [addr("10.0.0.1:80")]
+        );
+        assert_eq!(known.lock().len(), 1, "old.test is forgotten");
+        // Another port of the same name is another server.
+        let third = group(vec![named("backend.test", 81)], every);
+        known.seed([&third]);
+        assert!(third.endpoints[0].addrs().current().is_empty());
+    }
+
     /// A resolver that never answers costs [`RESOLVE_TIMEOUT`], not a hang.
     #[tokio::test(start_paused = true)]
     async fn a_silent_resolver_is_bounded() {
         let resolver: Resolver = Arc::new(|_, _| Box::pin(std::future::pending()));
         let up = group(vec![named("backend.test", 80)], Duration::from_secs(30));
         let started = tokio::time::Instant::now();
-        refresh(&up, &resolver).await;
+        refresh(&up, &resolver, &Known::default()).await;
         assert_eq!(started.elapsed(), RESOLVE_TIMEOUT);
         assert!(up.endpoints[0].addrs().current().is_empty());
     }
@@ -339,7 +416,8 @@ mod tests {
         let (resolver, mut calls) = fake(answer.clone());
         // A long interval: the refreshes below are driven by the test.
         let up = group(vec![named("backend.test", 1)], Duration::from_secs(3600));
-        refresh(&up, &resolver).await;
+        let known = Known::default();
+        refresh(&up, &resolver, &known).await;
         calls.recv().await.unwrap();
         let who = || async {
             let policy = crate::upstream::Timeouts {
@@ -356,7 +434,7 @@ mod tests {
             assert_eq!(who().await, 'a');
         }
         *answer.lock().unwrap() = Ok(vec![b]);
-        refresh(&up, &resolver).await;
+        refresh(&up, &resolver, &known).await;
         for _ in 0..5 {
             assert_eq!(who().await, 'b');
         }
