@@ -21,7 +21,8 @@
 //!   expiry checks ([`relay::gate`]).
 //! - [`upstream`]: pick a server, connect, complete its handshake *before*
 //!   the client gets a 101: endpoints, the balancer's candidates, dialing
-//!   (TCP/TLS), the client handshake, errors that say whether another
+//!   (TCP/TLS, from the configured source addresses, to addresses resolved
+//!   in the background), the client handshake, errors that say whether another
 //!   server may be tried, and each server's health and draining state.
 //! - [`admission`]: decided before the upstream is contacted: client IP,
 //!   Origin, JWT, connection limits, handshake rate, and the caps on

@@ -291,6 +291,16 @@ pub struct UpstreamSection {
     /// this window, each at a message boundary; `"off"` closes them all at once.
     #[serde(default = "super::health::drain_window")]
     pub drain_window: Optional,
+    // --- addresses (config/net.rs) ---
+    /// Local IPs that connections to the servers are made from, taken in
+    /// turn: each adds one source IP's worth of ephemeral ports per backend
+    /// address. A server is reached from those of its own family only.
+    #[serde(default)]
+    pub source_addresses: Vec<Spanned<String>>,
+    /// How often a server's host name is resolved again, in the background
+    /// (never per connection); at least 1s.
+    #[serde(default = "super::net::resolve_interval")]
+    pub resolve_interval: Spanned<Timeout>,
 }
 
 /// One entry of an upstream's `servers`: a URL, or a table with the URL and

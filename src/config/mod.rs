@@ -8,6 +8,7 @@
 mod admission;
 pub mod file;
 pub mod health;
+mod net;
 pub mod units;
 
 use std::{
@@ -88,6 +89,8 @@ pub struct UpstreamConfig {
     pub health: crate::upstream::health::Settings,
     /// URLs of the servers marked `drain = true`.
     pub draining: std::collections::BTreeSet<String>,
+    /// Source addresses and name resolution (config/net.rs).
+    pub network: crate::upstream::Network,
 }
 
 /// Where an upstream's connections go.
@@ -429,6 +432,7 @@ impl<'a> Checker<'a> {
         let servers = self.upstream_servers(name, section)?;
         let balance = self.balance(u);
         let health = self.health(name, u);
+        let network = self.network(name, u);
         let draining = u
             .servers
             .iter()
@@ -440,6 +444,7 @@ impl<'a> Checker<'a> {
             balance,
             health,
             draining,
+            network,
             pool: PoolLimits {
                 max_idle: u.max_idle_per_server,
                 idle_timeout: u.idle_timeout.0,

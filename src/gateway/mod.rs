@@ -24,7 +24,7 @@ use crate::{
     route::{Route, Routes},
     shutdown::{DrainReport, Sessions},
     tls,
-    upstream::{health, probe, ServerSpec, Upstream},
+    upstream::{health, probe, resolve, ServerSpec, Upstream},
 };
 
 /// A gateway with its sockets bound, ready to serve.
@@ -69,8 +69,13 @@ struct Kept {
     /// Servers' health and draining states by (group, URL), kept across
     /// reloads for the servers that stay (upstream/health.rs).
     health: Arc<health::Registry>,
-    /// Stops the current generation's active probes when it is replaced.
+    /// Stops the current generation's active probes and name resolution
+    /// when it is replaced.
     probes: std::sync::Mutex<CancellationToken>,
+    /// Looks server names up, in the background only (upstream/resolve.rs).
+    resolver: resolve::Resolver,
+    /// Names' last good answers, which a new generation starts from.
+    known: Arc<resolve::Known>,
 }
 
 impl Gateway {
@@ -85,6 +90,8 @@ impl Gateway {
             echo: OnceCell::new(),
             health: Arc::default(),
             probes: std::sync::Mutex::default(),
+            resolver: resolve::system(),
+            known: Arc::default(),
         };
         let mut sockets: Vec<Vec<_>> = (0..workers.get()).map(|_| Vec::new()).collect();
         for l in &config.listeners {
@@ -326,14 +333,25 @@ impl Kept {
                 .collect();
             let health = building.group(&name, &listed, spec.health);
             let group = Upstream::with_balance(name.clone(), spec.pool, servers, spec.balance)
-                .with_health(health);
+                .with_health(health)
+                .with_network(spec.network);
             upstreams.insert(name, Arc::new(group));
         }
         building.finish();
+        // dns: the last generation's answers, then the first resolution of
+        // every name, awaited (each bounded by RESOLVE_TIMEOUT) so this
+        // generation dials at once when it serves.
+        self.known.seed(upstreams.values());
+        let first = upstreams
+            .values()
+            .map(|group| resolve::refresh(group, &self.resolver, &self.known));
+        futures_util::future::join_all(first).await;
         // health: this generation's probes replace the last one's.
         let probes = CancellationToken::new();
         for group in upstreams.values() {
             probe::spawn(group, probes.clone());
+            let (resolver, known) = (self.resolver.clone(), self.known.clone());
+            resolve::spawn(group, resolver, known, probes.clone()); // dns
         }
         let old = std::mem::replace(
             &mut *self.probes.lock().unwrap_or_else(|e| e.into_inner()),

@@ -5,24 +5,22 @@
 
 use std::time::Duration;
 
-use tokio::{net::TcpStream, time::timeout};
+use tokio::time::timeout;
 use tokio_rustls::TlsStream;
 
-use super::{Endpoint, Phase, UpstreamError};
+use super::{tcp, Endpoint, Phase, UpstreamError};
 use crate::stream::Transport;
 
-/// Opens a connection to `endpoint`. The name is resolved at each dial and
-/// its addresses are tried in turn, all within `limit`; the TLS handshake
-/// then has a `limit` of its own.
+/// Opens a connection to `endpoint`. Its addresses (resolved in the
+/// background, never here) are tried in turn from the group's source
+/// addresses ([`tcp::connect`]), all within `limit`; the TLS handshake then
+/// has a `limit` of its own.
 pub async fn dial(endpoint: &Endpoint, limit: Duration) -> Result<Transport, UpstreamError> {
     let server = endpoint.label();
-    let tcp = timeout(
-        limit,
-        TcpStream::connect((endpoint.host(), endpoint.port())),
-    )
-    .await
-    .map_err(|_| UpstreamError::timeout(server, Phase::Connect, limit))?
-    .map_err(|e| UpstreamError::unreachable(server, Phase::Connect, e))?;
+    let tcp = timeout(limit, tcp::connect(endpoint))
+        .await
+        .map_err(|_| UpstreamError::timeout(server, Phase::Connect, limit))?
+        .map_err(|e| UpstreamError::unreachable(server, Phase::Connect, e))?;
     let _ = tcp.set_nodelay(true);
     let Some(tls) = endpoint.tls() else {
         return Ok(Transport::Left(tcp));
@@ -40,7 +38,7 @@ pub async fn dial(endpoint: &Endpoint, limit: Duration) -> Result<Transport, Ups
 mod tests {
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
-        net::TcpListener,
+        net::{TcpListener, TcpStream},
     };
 
     use super::*;
@@ -60,10 +58,12 @@ mod tests {
         })
     }
 
-    /// A loopback port nothing listens on.
-    async fn closed_port() -> std::net::SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
+    /// A loopback port nothing listens on, kept bound (never listening) while the
+    /// socket is held, so no other test's listener can take it.
+    async fn closed_port() -> (std::net::SocketAddr, tokio::net::TcpSocket) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        (socket.local_addr().unwrap(), socket)
     }
 
     #[tokio::test]
@@ -107,6 +107,8 @@ mod tests {
             server_name: None,
             weight: 1,
         });
+        // As the background resolution would have it (resolve.rs).
+        e.addrs().update(vec![listener.local_addr().unwrap()]);
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut tls = acceptor.accept(tcp).await.unwrap();
@@ -129,7 +131,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_is_unreachable_and_safe_to_retry() {
-        let e = endpoint(closed_port().await, false);
+        let (closed, _held) = closed_port().await;
+        let e = endpoint(closed, false);
         let err = dial(&e, LIMIT).await.unwrap_err();
         assert!(
             matches!(&err, UpstreamError::Unreachable { source, .. }

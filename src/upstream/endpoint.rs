@@ -4,6 +4,8 @@
 
 use std::{fmt, sync::Arc};
 
+use super::{resolve::Addrs, tcp::Sources};
+
 use http::HeaderValue;
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
@@ -43,6 +45,11 @@ pub struct Endpoint {
     /// preserve the client's.
     authority: HeaderValue,
     tls: Option<Tls>,
+    /// Where it is dialed: the IP, or the name's addresses as last
+    /// resolved in the background (upstream/resolve.rs).
+    addrs: Addrs,
+    /// The group's source addresses (upstream/tcp.rs); none by default.
+    sources: Arc<Sources>,
 }
 
 /// A `wss://` server's TLS client settings.
@@ -83,6 +90,8 @@ impl Endpoint {
             }),
         });
         Endpoint {
+            addrs: Addrs::new(&spec.host, spec.port),
+            sources: Arc::default(),
             label: spec.url,
             host: spec.host,
             port: spec.port,
@@ -96,7 +105,8 @@ impl Endpoint {
         &self.label
     }
 
-    /// The host to connect to: a name (resolved at each dial) or an IP.
+    /// The host as configured: a name (resolved in the background, never
+    /// at a dial) or an IP.
     pub fn host(&self) -> &str {
         &self.host
     }
@@ -112,6 +122,18 @@ impl Endpoint {
 
     pub(super) fn tls(&self) -> Option<&Tls> {
         self.tls.as_ref()
+    }
+
+    pub(super) fn addrs(&self) -> &Addrs {
+        &self.addrs
+    }
+
+    pub(super) fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
+    pub(super) fn set_sources(&mut self, sources: Arc<Sources>) {
+        self.sources = sources;
     }
 }
 

@@ -11,7 +11,10 @@
 //!   connections, two random choices, consistent hashing).
 //! - [`affinity`]: the key a hashing group balances on, read from a request.
 //! - [`dial`]: TCP, then TLS with SNI for `wss://`, to a
-//!   [`Transport`](crate::stream::Transport) (`connect_timeout` for each).
+//!   [`Transport`](crate::stream::Transport) (`connect_timeout` for each);
+//!   [`tcp`]: which of the server's addresses, from which source address.
+//! - [`resolve`]: server names resolved in the background (never at a
+//!   dial), one task per group, run by the gateway like the probes.
 //! - [`ws`]: the client handshake over that transport: the upgrade request,
 //!   the 101 and its checks (`handshake_timeout`).
 //! - [`error`]: why an attempt failed, what the client is told, and whether
@@ -35,9 +38,11 @@ mod error;
 pub mod health;
 mod pool;
 pub mod probe;
+pub mod resolve;
+mod tcp;
 mod ws;
 
-use std::{io, sync::Arc, time::Duration};
+use std::{io, net::IpAddr, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
@@ -104,11 +109,32 @@ impl Default for Balance {
     }
 }
 
+/// Where a group's connections come from and how its names are kept
+/// current (`source_addresses`, `resolve_interval`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// Local IPs upstream connections are made from, in turn (tcp.rs).
+    pub sources: Vec<IpAddr>,
+    /// How often server names are resolved again (resolve.rs).
+    pub resolve_interval: Duration,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            sources: Vec::new(),
+            resolve_interval: Duration::from_secs(30),
+        }
+    }
+}
+
 /// A named group of servers and how connections are spread over them.
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
     endpoints: Vec<Endpoint>,
+    /// How often its names are resolved again (resolve.rs).
+    resolve_interval: Duration,
     balance: Balancer,
     source: Option<KeySource>,
     max_attempts: usize,
@@ -163,6 +189,7 @@ impl Upstream {
             pool: pool::Pool::new(specs.len(), pool),
             health: health::Group::standalone(specs.iter().map(|s| s.url.as_str())),
             endpoints: specs.into_iter().map(Endpoint::new).collect(),
+            resolve_interval: Network::default().resolve_interval,
             balance: balancer,
             source: balance.source,
             max_attempts: balance.max_attempts.max(1),
@@ -174,6 +201,16 @@ impl Upstream {
     pub fn with_health(mut self, health: health::Group) -> Self {
         assert_eq!(health.servers.len(), self.endpoints.len());
         self.health = health;
+        self
+    }
+
+    /// The group with its source addresses and resolution interval.
+    pub fn with_network(mut self, net: Network) -> Self {
+        let sources = Arc::new(tcp::Sources::new(net.sources));
+        for e in &mut self.endpoints {
+            e.set_sources(sources.clone());
+        }
+        self.resolve_interval = net.resolve_interval;
         self
     }
 
@@ -496,9 +533,12 @@ mod tests {
         (ServerSpec::plain(addr), accepted)
     }
 
-    async fn closed_port() -> ServerSpec {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        ServerSpec::plain(l.local_addr().unwrap())
+    /// A server nothing listens on; the port stays bound (never listening)
+    /// while the socket is held, so no other test's listener can take it.
+    async fn closed_port() -> (ServerSpec, tokio::net::TcpSocket) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        (ServerSpec::plain(socket.local_addr().unwrap()), socket)
     }
 
     fn request() -> UpstreamRequest<'static> {
@@ -539,7 +579,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_fails_over_to_the_next() {
-        let dead = closed_port().await;
+        let (dead, _held) = closed_port().await;
         let (live, live_n) = server(Behaviour::Accept).await;
         let live_url = live.url.clone();
         let up = Upstream::new("pool".into(), PoolLimits::default(), vec![dead, live]);
@@ -611,7 +651,7 @@ mod tests {
 
     #[tokio::test]
     async fn max_attempts_bounds_the_servers_tried() {
-        let (first, second) = (closed_port().await, closed_port().await);
+        let ((first, _held1), (second, _held2)) = (closed_port().await, closed_port().await);
         let (live, live_n) = server(Behaviour::Accept).await;
         let balance = Balance {
             max_attempts: 2,
@@ -678,7 +718,7 @@ mod tests {
 
     #[tokio::test]
     async fn when_every_server_fails_the_last_failure_is_the_answer() {
-        let first = closed_port().await;
+        let (first, _held) = closed_port().await;
         let (second, _) = server(Behaviour::HangUp).await;
         let second_url = second.url.clone();
         let up = Upstream::new("pool".into(), PoolLimits::default(), vec![first, second]);

@@ -9,6 +9,7 @@
 
 mod support;
 
+mod addressing;
 mod admission_auth;
 mod admission_identity;
 mod admission_jwks;

@@ -1,0 +1,231 @@
+//! The TCP part of a dial: which of the server's addresses, from which of
+//! the group's source addresses. Nothing here resolves a name: a server's
+//! addresses are kept current in the background ([`super::resolve`]), so a
+//! connection never waits on DNS.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use tokio::net::{TcpSocket, TcpStream};
+
+use super::Endpoint;
+
+/// The local IPs a group's upstream connections are made from
+/// (`source_addresses`), taken in turn, one per connection.
+///
+/// Why: a TCP connection is the 4-tuple (source IP, source port, server IP,
+/// server port). From one source IP to one server address only the source
+/// port varies, so one source IP holds at most as many connections to one
+/// backend address as there are ephemeral ports (`net.ipv4.ip_local_port_range`:
+/// about 28k by default, 64k at most). Each further source IP adds as many.
+#[derive(Debug, Default)]
+pub struct Sources {
+    ips: Vec<IpAddr>,
+    /// Rotation: the next connection starts at this source.
+    next: AtomicUsize,
+}
+
+impl Sources {
+    pub fn new(ips: Vec<IpAddr>) -> Self {
+        Sources {
+            ips,
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Connects to one of `endpoint`'s current addresses: the next in turn
+/// first (so a name with several addresses spreads its connections over
+/// them), then each of the others while one fails. The caller bounds the
+/// whole with the connect timeout.
+///
+/// A name that has not resolved yet fails at once (`NotConnected`): the
+/// dial never waits on a resolver, and passive health ejects a server that
+/// keeps failing.
+pub async fn connect(endpoint: &Endpoint) -> io::Result<TcpStream> {
+    let (addrs, start) = endpoint.addrs().next();
+    if addrs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            format!("{} has no address (not resolved yet)", endpoint.host()),
+        ));
+    }
+    let mut last = None;
+    for i in 0..addrs.len() {
+        let addr = addrs[(start + i) % addrs.len()];
+        match connect_from(addr, endpoint.sources()).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one address was tried"))
+}
+
+/// Connects to `addr` from the next source address of its family (IPv4 or
+/// IPv6; sources of the other family are skipped), moving on to the next
+/// source while one has no port left or is not configured on this host.
+/// Without sources of its family, the kernel picks the source as usual.
+async fn connect_from(addr: SocketAddr, sources: &Sources) -> io::Result<TcpStream> {
+    let family = |ip: &&IpAddr| ip.is_ipv4() == addr.is_ipv4();
+    let n = sources.ips.iter().filter(family).count();
+    if n == 0 {
+        return TcpStream::connect(addr).await;
+    }
+    let start = sources.next.fetch_add(1, Ordering::Relaxed) % n;
+    let mut last = None;
+    for &ip in sources
+        .ips
+        .iter()
+        .filter(family)
+        .cycle()
+        .skip(start)
+        .take(n)
+    {
+        match bound(ip, addr).await {
+            Ok(tcp) => return Ok(tcp),
+            // Ports used up from this source (at bind or, with
+            // IP_BIND_ADDRESS_NO_PORT, at connect), or the IP is not on
+            // this host: another source may do.
+            Err(e) if exhausted(&e) => {
+                tracing::debug!(source = %ip, server = %addr, error = %e, "source address unusable, trying the next");
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("at least one source was tried"))
+}
+
+fn exhausted(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::AddrNotAvailable | io::ErrorKind::AddrInUse
+    )
+}
+
+/// A connection to `addr` from the source IP `ip` (its port chosen by the kernel).
+async fn bound(ip: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match ip {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    no_port_at_bind(&socket);
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT` (Linux 4.2+): `bind((ip, 0))` then reserves no
+/// port, and the port is chosen at `connect` for the whole 4-tuple. Without
+/// it, bind must pick a port unique for the source IP alone, so a source IP
+/// would hold ~28k connections in all, not ~28k per backend address.
+/// Best effort: without it connections still work, only fewer of them fit.
+#[cfg(target_os = "linux")]
+fn no_port_at_bind(socket: &TcpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt::IpBindAddressNoPort};
+    if let Err(e) = setsockopt(socket, IpBindAddressNoPort, &true) {
+        tracing::debug!(error = %e, "cannot set IP_BIND_ADDRESS_NO_PORT");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn no_port_at_bind(_: &TcpSocket) {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::upstream::ServerSpec;
+
+    fn ips(list: &[&str]) -> Arc<Sources> {
+        Arc::new(Sources::new(
+            list.iter().map(|s| s.parse().unwrap()).collect(),
+        ))
+    }
+
+    /// Which source address each of `n` connections came from.
+    async fn sources_seen(sources: Arc<Sources>, n: usize) -> Vec<IpAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut e = Endpoint::new(ServerSpec::plain(listener.local_addr().unwrap()));
+        e.set_sources(sources);
+        let mut seen = Vec::new();
+        for _ in 0..n {
+            let tcp = connect(&e).await.unwrap();
+            let (_, peer) = listener.accept().await.unwrap();
+            assert_eq!(tcp.local_addr().unwrap().ip(), peer.ip());
+            seen.push(peer.ip());
+        }
+        seen
+    }
+
+    /// Loopback accepts any 127.x source on Linux.
+    #[tokio::test]
+    async fn connections_come_from_each_source_in_turn() {
+        let seen = sources_seen(ips(&["127.0.0.2", "127.0.0.3"]), 4).await;
+        let want: Vec<IpAddr> = ["127.0.0.2", "127.0.0.3", "127.0.0.2", "127.0.0.3"]
+            .map(|s| s.parse().unwrap())
+            .into();
+        assert_eq!(seen, want);
+    }
+
+    #[tokio::test]
+    async fn sources_of_the_other_family_are_skipped() {
+        let seen = sources_seen(ips(&["::1", "127.0.0.4"]), 3).await;
+        assert!(seen
+            .iter()
+            .all(|ip| *ip == "127.0.0.4".parse::<IpAddr>().unwrap()));
+        // None of its family: the kernel's choice.
+        let seen = sources_seen(ips(&["::1"]), 1).await;
+        assert_eq!(seen, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    }
+
+    /// 192.0.2.1 (TEST-NET-1) is on no interface here: bind says
+    /// EADDRNOTAVAIL, and the next source is used.
+    #[tokio::test]
+    async fn a_source_not_on_this_host_is_passed_over() {
+        let seen = sources_seen(ips(&["192.0.2.1", "127.0.0.5"]), 2).await;
+        assert!(seen
+            .iter()
+            .all(|ip| *ip == "127.0.0.5".parse::<IpAddr>().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn an_unresolved_name_fails_at_once() {
+        let e = Endpoint::new(ServerSpec {
+            host: "backend.invalid".into(),
+            url: "ws://backend.invalid:80".into(),
+            ..ServerSpec::plain("127.0.0.1:80".parse().unwrap())
+        });
+        let err = connect(&e).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotConnected);
+        assert_eq!(
+            err.to_string(),
+            "backend.invalid has no address (not resolved yet)"
+        );
+    }
+
+    /// Every address of a name is tried in turn: a dead one is passed over.
+    #[tokio::test]
+    async fn each_address_is_tried_while_one_fails() {
+        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let e = Endpoint::new(ServerSpec {
+            host: "backend.test".into(),
+            url: "ws://backend.test:80".into(),
+            ..ServerSpec::plain(live_addr)
+        });
+        e.addrs().update(vec![dead_addr, live_addr]);
+        for _ in 0..2 {
+            let tcp = connect(&e).await.unwrap();
+            assert_eq!(tcp.peer_addr().unwrap(), live_addr);
+        }
+    }
+}
