@@ -2,12 +2,6 @@
 
 use std::{io::IsTerminal, num::NonZeroUsize, path::PathBuf, process::ExitCode};
 
-/// mimalloc instead of glibc's malloc: a plain HTTP request allocates its
-/// heads and header maps, and glibc's allocator cost 15% more CPU per
-/// request (measured alternately against nginx, same run).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use framegate::{
