@@ -13,6 +13,9 @@
 //! The first line on stdout is `listening ADDR`, so a script can start it on
 //! port 0 and read the port back.
 
+#[path = "backend_runtime.rs"]
+mod backend_runtime;
+
 use std::{io::Write as _, net::SocketAddr};
 
 use clap::Parser;
@@ -36,16 +39,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = if cli.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cli.threads)
-            .enable_all()
-            .build()?
-    };
+    let rt = backend_runtime::build(cli.threads)?;
     rt.block_on(serve(cli.listen, cli.read_buffer))
 }
 

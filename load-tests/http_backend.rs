@@ -20,6 +20,9 @@
 //! The first line on stdout is `listening ADDR`, so a script can start it on
 //! port 0 and read the port back.
 
+#[path = "backend_runtime.rs"]
+mod backend_runtime;
+
 use std::{convert::Infallible, io::Write as _, net::SocketAddr};
 
 use bytes::Bytes;
@@ -50,16 +53,7 @@ struct Bodies {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = if cli.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cli.threads)
-            .enable_all()
-            .build()?
-    };
+    let rt = backend_runtime::build(cli.threads)?;
     rt.block_on(serve(cli.listen))
 }
 

@@ -338,7 +338,7 @@ async fn exchange<'r>(
                 match upstream.redial(&up, route.policy.upstream.connect).await {
                     Ok(fresh) => up = fresh,
                     Err(e) => {
-                        let reject = Reject::new(e.status(), e.public_message());
+                        let reject = super::upstream_reject(&e);
                         let server = up.server();
                         return refused(
                             io,

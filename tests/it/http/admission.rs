@@ -173,4 +173,13 @@ async fn each_request_has_an_access_log_line() {
     assert!(has(&left, "path", "/poll"), "{left}");
     assert!(has(&left, "status", "499"), "{left}");
     assert!(left.contains("client closed"), "{left}");
+
+    // A request the gateway refuses itself has its line too, saying why.
+    let mut c = HttpConn::open(gateway.addr).await;
+    let refused = request("GET", "/refused", &["Expect: teapot"], b"");
+    assert_eq!(c.ask(refused).await.status, 417);
+    let line = gateway.wait_for("http request").await;
+    assert!(has(&line, "path", "/refused"), "{line}");
+    assert!(has(&line, "status", "417"), "{line}");
+    assert!(line.contains("only 100-continue"), "{line}");
 }
