@@ -15,11 +15,13 @@ use std::{
     task::{ready, Context, Poll},
 };
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
 use super::{gate::Gate, Counts, SessionRules};
-use crate::proto::frame::{self, Decoder, Side};
+use crate::{
+    proto::frame::{self, Decoder, Side},
+    stream::Socket,
+};
 
 /// Where one leg's close handshake stands: what is still read from it and
 /// what may still be written to it. The rows of `LIFECYCLE.md`'s "Per leg
@@ -81,7 +83,7 @@ pub(super) struct Leg<S> {
     pub(super) gate: Option<Box<Gate>>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Leg<S> {
+impl<S: Socket> Leg<S> {
     pub(super) fn new(side: Side, io: S, rules: &SessionRules) -> Self {
         let limits = match side {
             Side::Client => rules.client,
@@ -127,11 +129,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Leg<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Writes `data` now as far as the socket takes it; the rest waits in the outbox.
-    pub(super) fn send(&mut self, cx: &mut Context<'_>, mut data: &[u8]) -> io::Result<()> {
+    /// Writes `data` now as far as the socket takes it; the rest waits in
+    /// the outbox. `last`: nothing more goes to this leg and the session
+    /// ends right after ([`Socket::poll_write_last`]).
+    pub(super) fn send(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut data: &[u8],
+        last: bool,
+    ) -> io::Result<()> {
         if self.outbox.is_empty() {
             while !data.is_empty() {
-                match Pin::new(&mut self.io).poll_write(cx, data) {
+                let written = if last {
+                    self.io.poll_write_last(cx, data)
+                } else {
+                    Pin::new(&mut self.io).poll_write(cx, data)
+                };
+                match written {
                     Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
                     Poll::Ready(Ok(n)) => {
                         data = &data[n..];

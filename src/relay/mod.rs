@@ -32,13 +32,13 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    time::Instant,
-};
+use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::proto::frame::{FrameLimits, Side};
+use crate::{
+    proto::frame::{FrameLimits, Side},
+    stream::Socket,
+};
 use gate::Gate;
 use leg::{Leg, LegState};
 use lifecycle::{Due, Lifecycle};
@@ -197,8 +197,8 @@ pub struct Session<C, U> {
 
 impl<C, U> Session<C, U>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    C: Socket,
+    U: Socket,
 {
     /// A session held to `rules`, told of the gateway's drain by `drain`,
     /// its lifetime and drain moment spread by `jitter` ([`Jitter::random`]
@@ -255,9 +255,8 @@ where
             .arm(Instant::now() + self.state.close_timeout);
         let (mut client_done, mut upstream_done) = (false, false);
         poll_fn(|cx| {
-            client_done = client_done || Pin::new(&mut self.client.io).poll_shutdown(cx).is_ready();
-            upstream_done =
-                upstream_done || Pin::new(&mut self.upstream.io).poll_shutdown(cx).is_ready();
+            client_done = client_done || self.client.io.poll_finish(cx).is_ready();
+            upstream_done = upstream_done || self.upstream.io.poll_finish(cx).is_ready();
             if client_done && upstream_done {
                 return Poll::Ready(());
             }
@@ -382,8 +381,8 @@ fn gateway_close<C, U>(
     state: &mut State,
     reason: &'static str,
 ) where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    C: Socket,
+    U: Socket,
 {
     client.close(Some(1001), reason);
     upstream.close(Some(1001), reason);

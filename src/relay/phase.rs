@@ -15,17 +15,17 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    time::{sleep_until, Instant, Sleep},
-};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::{
     leg::{Leg, LegState},
     lifecycle::Lifecycle,
     DrainBy, Ending,
 };
-use crate::proto::close::{self, Verdict};
+use crate::{
+    proto::close::{self, Verdict},
+    stream::Socket,
+};
 
 /// Where the session stands. The rows of `LIFECYCLE.md`'s "Session phase" table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,8 +176,8 @@ pub(super) enum Event {
 /// Moves both legs on after `event` on `x`; `y` is the other leg.
 pub(super) fn on<X, Y>(x: &mut Leg<X>, y: &mut Leg<Y>, state: &mut State, event: Event)
 where
-    X: AsyncRead + AsyncWrite + Unpin,
-    Y: AsyncRead + AsyncWrite + Unpin,
+    X: Socket,
+    Y: Socket,
 {
     let ending = match event {
         Event::CloseReceived(code) => {

@@ -10,14 +10,17 @@ use std::{
     task::{Context, Poll},
 };
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::ReadBuf;
 
 use super::{
     leg::{Leg, LegState},
     phase::{on, Event, State},
     DrainBy,
 };
-use crate::proto::frame::{self, Stop};
+use crate::{
+    proto::frame::{self, Stop},
+    stream::Socket,
+};
 
 /// A peer whose outbox (relayed data plus pongs it owes) reaches this size is
 /// not read until it takes some: it cannot make the gateway queue pongs without bound.
@@ -33,8 +36,8 @@ thread_local! {
 /// close waits for the message in flight, bounded by the close deadline).
 pub(super) fn close_for_drain<A, B>(leg: &mut Leg<A>, feeder: &Leg<B>, by: DrainBy)
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: Socket,
+    B: Socket,
 {
     if !feeder.decoder.mid_message() || !feeder.state.reads() {
         let (code, reason) = by.close(leg.side);
@@ -52,8 +55,8 @@ pub(super) fn pump<A, B>(
     state: &mut State,
 ) -> bool
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: Socket,
+    B: Socket,
 {
     let progress = relay_reads(src, dst, cx, buf, state);
     // `buf` is the thread's scratch buffer: a partial frame left in it must
@@ -72,8 +75,8 @@ fn relay_reads<A, B>(
     state: &mut State,
 ) -> bool
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: Socket,
+    B: Socket,
 {
     let mut progress = false;
     loop {
@@ -139,7 +142,11 @@ where
             .gate
             .as_deref_mut()
             .and_then(|g| g.charge(chunk.frames, chunk.bytes).err());
-        if forward && over.is_none() && dst.send(cx, &buf[chunk.out]).is_err() {
+        // `src`'s close answering `dst`'s: the last bytes `dst` gets, and
+        // the session ends once they are written.
+        let last = matches!(chunk.stop, Some(Stop::Close(_)))
+            && matches!(dst.state, LegState::CloseReceived(_));
+        if forward && over.is_none() && dst.send(cx, &buf[chunk.out], last).is_err() {
             on(dst, src, state, Event::Vanished);
         }
         match over.map(Stop::Violation).or(chunk.stop) {

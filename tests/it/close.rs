@@ -9,11 +9,12 @@ use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Drives the backend's stream until it ends, so tungstenite flushes its
-/// automatic close reply; returns what it read on the way.
+/// automatic close reply; returns what it read on the way. The stream must
+/// end cleanly (the gateway's FIN after the close handshake, no reset).
 async fn drain(up: &mut BackendConn) -> Vec<Message> {
     let mut seen = Vec::new();
-    while let Some(Ok(m)) = guard("the backend stream to end", up.ws.next()).await {
-        seen.push(m);
+    while let Some(m) = guard("the backend stream to end", up.ws.next()).await {
+        seen.push(m.expect("the backend's stream ends without an error"));
     }
     seen
 }
@@ -29,7 +30,8 @@ async fn client_close_reaches_the_backend_and_its_reply_the_client() {
     // tungstenite answers with the same code and reason.
     let backend_rest = tokio::spawn(async move { drain(&mut up).await });
     assert_eq!(ws.expect_close().await, (1000, "done".into()));
-    ws.expect_end().await;
+    // The close frame and the FIN (sent together, stream.rs): no reset.
+    ws.expect_clean_end().await;
     assert!(backend_rest.await.unwrap().is_empty());
 }
 
@@ -56,7 +58,7 @@ async fn client_close_without_a_code() {
     tokio::spawn(async move { drain(&mut up).await });
     let reply = ws.expect_frame().await;
     assert_eq!((reply.opcode, reply.payload.len()), (OP_CLOSE, 0));
-    ws.expect_end().await;
+    ws.expect_clean_end().await;
 }
 
 #[tokio::test]

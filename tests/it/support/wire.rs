@@ -377,6 +377,18 @@ impl<S: AsyncRead + Unpin> RawWs<S> {
             panic!("expected the connection to end, got {f:?}");
         }
     }
+
+    /// The connection must end with a FIN (not a reset) and nothing
+    /// unread: the end of a completed close handshake.
+    pub async fn expect_clean_end(&mut self) {
+        assert!(self.buf.is_empty(), "unread bytes: {:?}", self.buf);
+        let mut chunk = [0u8; 64];
+        match guard("the gateway's FIN", self.stream.read(&mut chunk)).await {
+            Ok(0) => {}
+            Ok(n) => panic!("expected the connection to end, got {:?}", &chunk[..n]),
+            Err(e) => panic!("expected a FIN, got {e}"),
+        }
+    }
 }
 
 /// Parses one frame from the front of `buf`: (frame, bytes used).
