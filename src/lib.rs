@@ -20,9 +20,11 @@
 //!   keepalive and timers ([`relay::lifecycle`]), per-leg rate and token
 //!   expiry checks ([`relay::gate`]).
 //! - [`upstream`]: pick a server, connect, complete its handshake *before*
-//!   the client gets a 101: endpoints, the balancer's candidates, dialing
-//!   (TCP/TLS, from the configured source addresses, to addresses resolved
-//!   in the background), the client handshake, errors that say whether another
+//!   the client gets a 101: endpoints (each address of a name a server of
+//!   its own, the group's servers rebuilt as answers change, names resolved
+//!   in the background by the system's resolver or `[resolver]`), the
+//!   balancer's candidates, dialing (TCP/TLS, from the configured source
+//!   addresses), the client handshake, errors that say whether another
 //!   server may be tried, and each server's health and draining state.
 //! - [`admission`]: decided before the upstream is contacted: client IP,
 //!   Origin, JWT, connection limits, handshake rate, and the caps on

@@ -26,7 +26,7 @@ use http::Uri;
 use crate::{
     admission,
     relay::SessionRules,
-    upstream::{Timeouts, Upstream},
+    upstream::{Group, Timeouts},
 };
 
 /// A policy file after checking: what sessions on a route are held to.
@@ -134,7 +134,8 @@ pub struct Route {
     host: HostMatch,
     prefix: String,
     rewrite: Option<String>,
-    pub upstream: Arc<Upstream>,
+    /// Its upstream group, whose servers follow its names' answers.
+    pub upstream: Arc<Group>,
     pub policy: Arc<Policy>,
     pub preserve_host: bool,
     /// Plain HTTP requests are proxied (else they get 426).
@@ -149,7 +150,7 @@ impl Route {
         host: Option<&str>,
         prefix: &str,
         rewrite: Option<&str>,
-        upstream: Arc<Upstream>,
+        upstream: Arc<Group>,
         policy: Arc<Policy>,
         preserve_host: bool,
     ) -> Self {
@@ -276,7 +277,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{proto::frame::FrameLimits, relay::SessionRules, upstream::PoolLimits};
+    use crate::{proto::frame::FrameLimits, relay::SessionRules, upstream::GroupSpec};
 
     fn route(host: Option<&str>, prefix: &str, rewrite: Option<&str>) -> Route {
         bound(None, host, prefix, rewrite)
@@ -315,11 +316,10 @@ mod tests {
                 origin: false,
             },
         });
-        let upstream = Arc::new(Upstream::new(
-            prefix.to_owned(),
-            PoolLimits::default(),
-            Vec::new(),
-        ));
+        let upstream = Arc::new(Group::standalone(GroupSpec {
+            name: prefix.to_owned(),
+            ..GroupSpec::default()
+        }));
         let listeners = listeners.map(|l| l.iter().map(|n| n.to_string()).collect());
         Route::new(listeners, host, prefix, rewrite, upstream, policy, true)
     }

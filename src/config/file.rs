@@ -32,6 +32,24 @@ pub struct ConfigFile {
     /// Named groups of backend servers.
     #[serde(default, rename = "upstream")]
     pub upstreams: BTreeMap<String, Spanned<UpstreamSection>>,
+    /// DNS servers that server names are resolved with (nginx's
+    /// `resolver`); without it, the system's resolver.
+    pub resolver: Option<Spanned<ResolverSection>>,
+}
+
+/// `[resolver]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverSection {
+    /// DNS servers as `"IP"` or `"IP:port"` (port 53 by default), asked
+    /// over UDP (TCP for a truncated answer), two at a time. Replaces the
+    /// system's resolver for every server name: `/etc/hosts` and search
+    /// domains no longer apply, so write names in full.
+    pub servers: Vec<Spanned<String>>,
+    /// How long one resolution of one name may take, retries included;
+    /// past it the name keeps its last addresses.
+    #[serde(default = "super::net::resolver_timeout")]
+    pub timeout: Spanned<Timeout>,
 }
 
 /// `[server]`

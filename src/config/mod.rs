@@ -32,7 +32,10 @@ use crate::{
     },
     route::{HttpRules, Policy},
     tls,
-    upstream::{Balance, KeySource, Pick, PoolLimits, ServerSpec, Timeouts, MAX_WEIGHT},
+    upstream::{
+        resolve::Nameservers, Balance, KeySource, Pick, PoolLimits, ServerSpec, Timeouts,
+        MAX_WEIGHT,
+    },
 };
 use file::{ConfigFile, ListenerSection, PolicyFile, RouteSection, UpstreamSection};
 
@@ -47,6 +50,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Upstream groups by name.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// The DNS servers of `[resolver]`; `None`: the system's resolver.
+    pub resolver: Option<Nameservers>,
 }
 
 /// One socket to accept on.
@@ -228,6 +233,7 @@ impl<'a> Checker<'a> {
             .iter()
             .filter_map(|(name, u)| Some((name.clone(), self.upstream(name, u)?)))
             .collect();
+        let resolver = file.resolver.as_ref().and_then(|r| self.resolver(r));
         if file.routes.is_empty() {
             self.errors.push(
                 self.source
@@ -287,6 +293,7 @@ impl<'a> Checker<'a> {
                 listeners,
                 routes,
                 upstreams,
+                resolver,
             })
         } else {
             self.errors

@@ -24,7 +24,7 @@ use crate::{
     route::{Route, Routes},
     shutdown::{DrainReport, Sessions},
     tls,
-    upstream::{health, probe, resolve, ServerSpec, Upstream},
+    upstream::{health, probe, resolve, Group, GroupSpec, ServerSpec},
 };
 
 /// A gateway with its sockets bound, ready to serve.
@@ -66,14 +66,13 @@ struct Kept {
     addrs: Vec<SocketAddr>,
     /// The built-in echo backend, started once and kept across reloads.
     echo: OnceCell<SocketAddr>,
-    /// Servers' health and draining states by (group, URL), kept across
-    /// reloads for the servers that stay (upstream/health.rs).
+    /// Servers' health and draining states by (group, label), kept across
+    /// reloads and changed answers for the servers that stay
+    /// (upstream/health.rs).
     health: Arc<health::Registry>,
     /// Stops the current generation's active probes and name resolution
     /// when it is replaced.
     probes: std::sync::Mutex<CancellationToken>,
-    /// Looks server names up, in the background only (upstream/resolve.rs).
-    resolver: resolve::Resolver,
     /// Names' last good answers, which a new generation starts from.
     known: Arc<resolve::Known>,
 }
@@ -90,7 +89,6 @@ impl Gateway {
             echo: OnceCell::new(),
             health: Arc::default(),
             probes: std::sync::Mutex::default(),
-            resolver: resolve::system(),
             known: Arc::default(),
         };
         let mut sockets: Vec<Vec<_>> = (0..workers.get()).map(|_| Vec::new()).collect();
@@ -305,9 +303,7 @@ impl Handle {
 impl Kept {
     /// Builds what new connections use from a checked config.
     async fn generation(&self, config: Config) -> anyhow::Result<listener::Current> {
-        let mut upstreams = HashMap::new();
-        // health: states kept for servers that stay; removed ones drain.
-        let mut building = self.health.begin();
+        let mut specs = Vec::new();
         for (name, spec) in config.upstreams {
             let servers = match spec.servers {
                 UpstreamServers::Servers(servers) => servers,
@@ -327,37 +323,48 @@ impl Kept {
                     }]
                 }
             };
-            let listed: Vec<(&str, bool)> = servers
-                .iter()
-                .map(|s| (s.url.as_str(), spec.draining.contains(&s.url)))
-                .collect();
-            let health = building.group(&name, &listed, spec.health);
-            let group = Upstream::with_balance(name.clone(), spec.pool, servers, spec.balance)
-                .with_health(health)
-                .with_network(spec.network);
+            specs.push(GroupSpec {
+                name,
+                servers,
+                pool: spec.pool,
+                balance: spec.balance,
+                network: spec.network,
+                health: spec.health,
+                draining: spec.draining,
+            });
+        }
+        // dns: the names' last answers (from the last generation), then the
+        // first resolution of every name, awaited (each bounded) so this
+        // generation has its servers when it serves.
+        let resolver = resolve::Resolver::new(config.resolver.as_ref());
+        let mut names: Vec<String> = specs.iter().flat_map(GroupSpec::names).collect();
+        names.sort_unstable();
+        names.dedup();
+        self.known.keep_only(&names);
+        resolve::refresh(&names, &resolver, &self.known).await;
+        // The last generation's probes and resolution stop here, before its
+        // servers' states are handed over (a late answer of its own could
+        // not regroup them anyway, see health::Registry::regroup).
+        let probes = CancellationToken::new();
+        let old = std::mem::replace(
+            &mut *self.probes.lock().unwrap_or_else(|e| e.into_inner()),
+            probes.clone(),
+        );
+        old.cancel();
+        // health: states kept for servers that stay; removed ones drain.
+        let mut building = self.health.begin();
+        let mut upstreams = HashMap::new();
+        for spec in specs {
+            let answers = self.known.answers(&spec.names());
+            let name = spec.name.clone();
+            let group = Group::new(spec, answers, &mut building, self.health.clone());
             upstreams.insert(name, Arc::new(group));
         }
         building.finish();
-        // dns: the last generation's answers, then the first resolution of
-        // every name, awaited (each bounded by RESOLVE_TIMEOUT) so this
-        // generation dials at once when it serves.
-        self.known.seed(upstreams.values());
-        let first = upstreams
-            .values()
-            .map(|group| resolve::refresh(group, &self.resolver, &self.known));
-        futures_util::future::join_all(first).await;
-        // health: this generation's probes replace the last one's.
-        let probes = CancellationToken::new();
         for group in upstreams.values() {
-            probe::spawn(group, probes.clone());
-            let (resolver, known) = (self.resolver.clone(), self.known.clone());
-            resolve::spawn(group, resolver, known, probes.clone()); // dns
+            probe::spawn(group, probes.clone()); // health
+            group.follow(resolver.clone(), self.known.clone(), probes.clone()); // dns
         }
-        let old = std::mem::replace(
-            &mut *self.probes.lock().unwrap_or_else(|e| e.into_inner()),
-            probes,
-        );
-        old.cancel();
         let routes: Vec<Arc<Route>> = config
             .routes
             .into_iter()

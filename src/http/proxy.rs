@@ -7,7 +7,7 @@
 //! 1. Checks that need no backend: a transfer coding other than chunked
 //!    (501: re-framing the body would drop it), `Expect` (417), the
 //!    declared body size (413), then admission ([`Kind::Http`]).
-//! 2. A connection from the group ([`crate::upstream::Upstream::checkout`]),
+//! 2. A connection from the group ([`crate::upstream::Group::checkout`]),
 //!    pooled when the chosen server has one idle.
 //! 3. The request head, then its body streamed ([`super::body`]). The
 //!    gateway answers `Expect: 100-continue` itself as it starts reading the
@@ -28,7 +28,7 @@
 //! Trailers are read and dropped, both ways; `Via` is not added (a backend
 //! nginx with its default `gzip_proxied off` would stop compressing).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode, Version};
 use tokio::{io::AsyncWriteExt, time::Instant};
@@ -64,11 +64,12 @@ pub enum Next {
 }
 
 /// The parts of one exchange the access log reports.
-struct Outcome<'a> {
+struct Outcome {
     status: u16,
     bytes_in: u64,
     bytes_out: u64,
-    upstream: &'a str,
+    /// The server's label; `None` when none was reached.
+    upstream: Option<Arc<str>>,
     reused: bool,
     error: Option<String>,
 }
@@ -99,7 +100,7 @@ pub async fn serve(
         bytes_in: outcome.bytes_in,
         bytes_out: outcome.bytes_out,
         took: started.elapsed(),
-        upstream: outcome.upstream,
+        upstream: outcome.upstream.as_deref().unwrap_or("-"),
         reused: outcome.reused,
         error: outcome.error.as_deref(),
     });
@@ -109,15 +110,15 @@ pub async fn serve(
 /// Answers a request with the gateway's own refusal (`upstream` is the
 /// server it reached, if any); the connection stays only if `keep` (no
 /// body is left unread). Its access line says why.
-async fn refused<'r>(
+async fn refused(
     io: &mut Transport,
     (peer, path): (SocketAddr, &str),
     reject: Reject,
     keep: bool,
     rest: Vec<u8>,
-    upstream: &'r str,
+    upstream: Option<Arc<str>>,
     ctx: &Context,
-) -> (Next, Option<Outcome<'r>>) {
+) -> (Next, Option<Outcome>) {
     let outcome = Outcome {
         status: reject.status.as_u16(),
         bytes_in: 0,
@@ -133,14 +134,14 @@ async fn refused<'r>(
     (next, Some(outcome))
 }
 
-async fn exchange<'r>(
+async fn exchange(
     io: &mut Transport,
     mut req: Request<()>,
     early: Vec<u8>,
-    at: &'r Located,
+    at: &Located,
     conn: Peer,
     ctx: &Context,
-) -> (Next, Option<Outcome<'r>>) {
+) -> (Next, Option<Outcome>) {
     let route = &at.route;
     let rules = &route.policy.http;
     let peer = conn.addr;
@@ -160,7 +161,7 @@ async fn exchange<'r>(
             StatusCode::NOT_IMPLEMENTED,
             "only the chunked transfer coding is supported",
         );
-        return refused(io, (peer, path), reject, false, early, "-", ctx).await;
+        return refused(io, (peer, path), reject, false, early, None, ctx).await;
     }
 
     let expects = match req_headers.get(header::EXPECT) {
@@ -171,7 +172,7 @@ async fn exchange<'r>(
                 StatusCode::EXPECTATION_FAILED,
                 "only 100-continue is supported",
             );
-            return refused(io, (peer, path), reject, keep_if_refused, early, "-", ctx).await;
+            return refused(io, (peer, path), reject, keep_if_refused, early, None, ctx).await;
         }
     };
     if let Framing::Length(n) = framing {
@@ -180,7 +181,7 @@ async fn exchange<'r>(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the request body is over {} bytes", rules.max_request_body),
             );
-            return refused(io, (peer, path), reject, false, early, "-", ctx).await;
+            return refused(io, (peer, path), reject, false, early, None, ctx).await;
         }
     }
     let client = ctx.admission.client(peer.ip(), &req_headers, conn.vouches);
@@ -203,7 +204,7 @@ async fn exchange<'r>(
     {
         Ok(a) => a,
         Err(reject) => {
-            return refused(io, (peer, path), reject, keep_if_refused, early, "-", ctx).await
+            return refused(io, (peer, path), reject, keep_if_refused, early, None, ctx).await
         }
     };
 
@@ -238,7 +239,7 @@ async fn exchange<'r>(
         Err(e) => {
             tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream connection failed");
             let reject = super::upstream_reject(&e);
-            return refused(io, (peer, path), reject, keep_if_refused, early, "-", ctx).await;
+            return refused(io, (peer, path), reject, keep_if_refused, early, None, ctx).await;
         }
     };
     let host = host
@@ -296,7 +297,7 @@ async fn exchange<'r>(
             Err(Failure::Client(e)) => {
                 let reject = client_body_reject(&e);
                 // The upstream connection goes now, not after the linger.
-                let server = up.server();
+                let server = Some(up.server());
                 drop(up);
                 return refused(io, (peer, path), reject, false, Vec::new(), server, ctx).await;
             }
@@ -321,7 +322,7 @@ async fn exchange<'r>(
                             status: 499,
                             bytes_in,
                             bytes_out: 0,
-                            upstream: up.server(),
+                            upstream: Some(up.server()),
                             reused: up.reused,
                             error: Some("client closed the connection before the response".into()),
                         }));
@@ -339,7 +340,7 @@ async fn exchange<'r>(
                     Ok(fresh) => up = fresh,
                     Err(e) => {
                         let reject = super::upstream_reject(&e);
-                        let server = up.server();
+                        let server = Some(up.server());
                         return refused(
                             io,
                             (peer, path),
@@ -355,11 +356,11 @@ async fn exchange<'r>(
             }
             Err(broken) => {
                 let (status, message) = broken.answer();
-                tracing::warn!(client = %peer, route = %route.label, upstream = up.server(), error = %broken, "upstream request failed");
+                tracing::warn!(client = %peer, route = %route.label, upstream = %up.server(), error = %broken, "upstream request failed");
                 let mut reject = Reject::new(status, message);
                 reject.message = format!("{message} ({broken})");
                 // A body, if any, is gone: the connection cannot carry on.
-                let server = up.server();
+                let server = Some(up.server());
                 drop(up);
                 return refused(io, (peer, path), reject, keep_if_refused, rest, server, ctx).await;
             }
@@ -427,11 +428,7 @@ fn client_body_reject(e: &CopyError) -> Reject {
 }
 
 /// Writes a bodiless request's head.
-async fn write_head(
-    up: &mut Conn<'_>,
-    head: &[u8],
-    limit: std::time::Duration,
-) -> Result<(), String> {
+async fn write_head(up: &mut Conn, head: &[u8], limit: std::time::Duration) -> Result<(), String> {
     let write = async {
         up.io.write_all(head).await?;
         up.io.flush().await
@@ -457,18 +454,18 @@ struct Exchanged<'q, 'r> {
 /// its body; returns the upstream connection to the pool if it is clean.
 async fn respond<'r>(
     io: &mut Transport,
-    mut up: Conn<'r>,
+    mut up: Conn,
     mut answer: Head<head::Response>,
     x: Exchanged<'_, 'r>,
     ctx: &Context,
-) -> (Next, Option<Outcome<'r>>) {
+) -> (Next, Option<Outcome>) {
     let (req, rules) = (x.req, &x.route.policy.http);
     let idle = rules.body_timeout;
-    let outcome = |status: u16, bytes_out, up: &Conn<'r>, error: Option<String>| Outcome {
+    let outcome = |status: u16, bytes_out, up: &Conn, error: Option<String>| Outcome {
         status,
         bytes_in: x.bytes_in,
         bytes_out,
-        upstream: up.server(),
+        upstream: Some(up.server()),
         reused: up.reused,
         error,
     };
@@ -567,13 +564,13 @@ async fn respond<'r>(
 }
 
 /// Answers 502 for an upstream answer that cannot be passed on.
-async fn bad_gateway<'r>(
+async fn bad_gateway(
     io: &mut Transport,
     peer: SocketAddr,
     path: &str,
     ctx: &Context,
-    outcome: Outcome<'r>,
-) -> (Next, Option<Outcome<'r>>) {
+    outcome: Outcome,
+) -> (Next, Option<Outcome>) {
     let reject = Reject::new(
         StatusCode::BAD_GATEWAY,
         "bad gateway: invalid upstream answer",

@@ -11,10 +11,10 @@ use tokio_rustls::TlsStream;
 use super::{tcp, Endpoint, Phase, UpstreamError};
 use crate::stream::Transport;
 
-/// Opens a connection to `endpoint`. Its addresses (resolved in the
-/// background, never here) are tried in turn from the group's source
-/// addresses ([`tcp::connect`]), all within `limit`; the TLS handshake then
-/// has a `limit` of its own.
+/// Opens a connection to `endpoint`: to its address (for a name, resolved
+/// in the background, never here), from the group's source addresses
+/// ([`tcp::connect`]), within `limit`; the TLS handshake then has a
+/// `limit` of its own.
 pub async fn dial(endpoint: &Endpoint, limit: Duration) -> Result<Transport, UpstreamError> {
     let server = endpoint.label();
     let tcp = timeout(limit, tcp::connect(endpoint))
@@ -48,7 +48,7 @@ mod tests {
 
     fn endpoint(addr: std::net::SocketAddr, tls: bool) -> Endpoint {
         crate::tls::install_provider();
-        Endpoint::new(ServerSpec {
+        Endpoint::fixed(&ServerSpec {
             url: format!("{}://{addr}", if tls { "wss" } else { "ws" }),
             host: addr.ip().to_string(),
             port: addr.port(),
@@ -99,16 +99,17 @@ mod tests {
         roots.add(cert.cert.der().clone()).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let e = Endpoint::new(ServerSpec {
+        let spec = ServerSpec {
             url: format!("wss://localhost:{port}"),
             host: "localhost".into(),
             port,
             tls: Some(crate::tls::client_config(Some(roots))),
             server_name: None,
             weight: 1,
-        });
-        // As the background resolution would have it (resolve.rs).
-        e.addrs().update(vec![listener.local_addr().unwrap()]);
+        };
+        // One address of the name, as the background resolution gives it
+        // (group.rs).
+        let e = Endpoint::new(&spec, listener.local_addr().unwrap().ip());
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut tls = acceptor.accept(tcp).await.unwrap();

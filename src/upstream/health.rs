@@ -7,16 +7,17 @@
 //! happened and what time it is, unit-tested on tokio's paused clock. Around
 //! it, [`Server`] is one server's shared state (behind a lock taken once per
 //! attempt, never per frame), and [`Registry`] keeps a [`Server`] per
-//! `(group, label)` across reloads, so a server that stays in the config
-//! keeps its health and its draining state, and one a reload removes is
-//! drained.
+//! `(group, label)` across reloads and changed answers of names, so a
+//! server that stays keeps its health and its draining state, and one a
+//! reload removes is drained. An address that only left its name's answer
+//! is forgotten without draining (see [`super::group`] for why).
 //!
 //! Availability filters the balancer's candidates (see
 //! [`Upstream::available`](super::Upstream::available)); it does not choose
 //! an order, so any balancing policy's output can pass through it.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -302,60 +303,158 @@ pub struct Settings {
     pub window: Option<Duration>,
 }
 
+/// One server a group lists: its label, the URL the config wrote it with
+/// (the label itself for a server written as an IP, the name's URL for
+/// each of a name's addresses), and whether the config drains it.
+#[derive(Debug, Clone, Copy)]
+pub struct Listed<'a> {
+    pub label: &'a str,
+    pub url: &'a str,
+    pub drain: bool,
+}
+
 /// Server states by `(group, label)`, kept across reloads; holds exactly the
-/// servers of the current config (bounded by it).
+/// servers of the current config and answers (bounded by them).
 #[derive(Debug, Default)]
 pub struct Registry {
-    servers: Mutex<HashMap<(String, String), Arc<Server>>>,
+    inner: Mutex<Servers>,
+}
+
+#[derive(Debug, Default)]
+struct Servers {
+    by_label: HashMap<Key, Entry>,
+    /// The config generation they are the servers of: a group of an older
+    /// one (whose resolve task has not stopped yet) may not regroup.
+    generation: u64,
+}
+
+/// `(group, label)`.
+type Key = (String, String);
+
+#[derive(Debug)]
+struct Entry {
+    server: Arc<Server>,
+    /// The URL it comes from ([`Listed::url`]).
+    url: String,
 }
 
 /// One config generation being built: the servers it lists.
 pub struct Building<'a> {
     registry: &'a Registry,
-    seen: HashMap<(String, String), Arc<Server>>,
+    generation: u64,
+    seen: HashMap<Key, Entry>,
+    /// `(group, URL)` of every server it lists.
+    urls: HashSet<Key>,
 }
 
 impl Registry {
     pub fn begin(&self) -> Building<'_> {
         Building {
             registry: self,
+            generation: self.lock().generation + 1,
             seen: HashMap::new(),
+            urls: HashSet::new(),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Servers> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The states of `group`'s servers after an answer of one of its names
+    /// changed (within a generation, so the config is the same): those
+    /// that stay keep theirs, new addresses get fresh ones, and the
+    /// group's servers not listed any more (addresses that left an answer)
+    /// are forgotten *without* draining: their live sessions stay.
+    ///
+    /// `None` when `generation` (the one the group was built in) has been
+    /// replaced: a reload rebuilt every group, and the old one is retiring.
+    pub fn regroup(
+        &self,
+        generation: u64,
+        group: &str,
+        servers: &[Listed<'_>],
+        settings: &Settings,
+    ) -> Option<Group> {
+        let mut guard = self.lock();
+        if guard.generation != generation {
+            return None;
+        }
+        let kept = &mut guard.by_label;
+        let mut listed = HashSet::with_capacity(servers.len());
+        let mut states = Vec::with_capacity(servers.len());
+        for l in servers {
+            let key = (group.to_owned(), l.label.to_owned());
+            let found = kept.get(&key).map(|e| e.server.clone());
+            let server = configured(group, l, found, settings);
+            kept.insert(
+                key.clone(),
+                Entry {
+                    server: server.clone(),
+                    url: l.url.to_owned(),
+                },
+            );
+            listed.insert(key);
+            states.push(server);
+        }
+        kept.retain(|key, _| key.0 != group || listed.contains(key));
+        Some(Group {
+            servers: states,
+            passive: settings.passive,
+            probe: settings.probe.clone(),
+        })
     }
 }
 
+/// `found` (or a new state for `l`) with its draining set as the config
+/// says (logged when that changes), and no probe verdict when the group
+/// has no probes.
+fn configured(
+    group: &str,
+    l: &Listed<'_>,
+    found: Option<Arc<Server>>,
+    settings: &Settings,
+) -> Arc<Server> {
+    let server = found.unwrap_or_else(|| Arc::new(Server::new(l.label)));
+    if server.set_draining(l.drain, settings.window) {
+        match l.drain {
+            true => tracing::info!(
+                upstream = group,
+                server = l.label,
+                "server draining: no new sessions, live ones move off"
+            ),
+            false => tracing::info!(upstream = group, server = l.label, "server undrained"),
+        }
+    }
+    if settings.probe.is_none() {
+        server.with_state(State::unprobed);
+    }
+    server
+}
+
 impl Building<'_> {
-    /// The states of `group`'s servers (`(label, drain)` in config order),
-    /// kept from the last generation where they were listed.
-    pub fn group(&mut self, group: &str, servers: &[(&str, bool)], settings: Settings) -> Group {
-        let kept = self
-            .registry
-            .servers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+    /// Its number, for [`Registry::regroup`].
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The states of `group`'s servers (in config order), kept from the
+    /// last generation where they were listed.
+    pub fn group(&mut self, group: &str, servers: &[Listed<'_>], settings: Settings) -> Group {
+        let kept = self.registry.lock();
         let mut states = Vec::with_capacity(servers.len());
-        for &(label, drain) in servers {
-            let key = (group.to_owned(), label.to_owned());
-            let server = self
-                .seen
-                .get(&key)
-                .or_else(|| kept.get(&key))
-                .cloned()
-                .unwrap_or_else(|| Arc::new(Server::new(label)));
-            if server.set_draining(drain, settings.window) {
-                match drain {
-                    true => tracing::info!(
-                        upstream = group,
-                        server = label,
-                        "server draining: no new sessions, live ones move off"
-                    ),
-                    false => tracing::info!(upstream = group, server = label, "server undrained"),
-                }
-            }
-            if settings.probe.is_none() {
-                server.with_state(State::unprobed);
-            }
-            self.seen.insert(key, server.clone());
+        for l in servers {
+            let key = (group.to_owned(), l.label.to_owned());
+            let found = self.seen.get(&key).or_else(|| kept.by_label.get(&key));
+            let server = configured(group, l, found.map(|e| e.server.clone()), &settings);
+            self.urls.insert((group.to_owned(), l.url.to_owned()));
+            self.seen.insert(
+                key,
+                Entry {
+                    server: server.clone(),
+                    url: l.url.to_owned(),
+                },
+            );
             states.push(server);
         }
         Group {
@@ -366,20 +465,21 @@ impl Building<'_> {
     }
 
     /// The generation is complete: servers it no longer lists are drained
-    /// and forgotten.
+    /// and forgotten, except an address of a name the group still lists,
+    /// which only left the name's answer: forgotten without draining, as
+    /// within a generation ([`Registry::regroup`]).
     pub fn finish(self) {
-        let mut kept = self
-            .registry
-            .servers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for ((group, label), server) in kept.drain() {
-            if !self.seen.contains_key(&(group.clone(), label.clone())) {
-                tracing::info!(upstream = %group, server = %label, "server removed: live sessions move off");
-                server.removed();
+        let mut kept = self.registry.lock();
+        for (key, entry) in kept.by_label.drain() {
+            if self.seen.contains_key(&key) || self.urls.contains(&(key.0.clone(), entry.url)) {
+                continue;
             }
+            let (group, label) = key;
+            tracing::info!(upstream = %group, server = %label, "server removed: live sessions move off");
+            entry.server.removed();
         }
-        *kept = self.seen;
+        kept.by_label = self.seen;
+        kept.generation = self.generation;
     }
 }
 
@@ -603,6 +703,30 @@ mod tests {
         assert!(s.available(now));
     }
 
+    /// Servers written as IPs: each labelled by its URL.
+    fn ips<'a>(servers: &[(&'a str, bool)]) -> Vec<Listed<'a>> {
+        servers
+            .iter()
+            .map(|&(label, drain)| Listed {
+                label,
+                url: label,
+                drain,
+            })
+            .collect()
+    }
+
+    /// The addresses (labels) of the name written `url`.
+    fn named<'a>(url: &'a str, labels: &[&'a str]) -> Vec<Listed<'a>> {
+        labels
+            .iter()
+            .map(|&label| Listed {
+                label,
+                url,
+                drain: false,
+            })
+            .collect()
+    }
+
     #[test]
     fn the_registry_keeps_servers_that_stay_and_drains_removed_ones() {
         let reg = Registry::default();
@@ -610,7 +734,7 @@ mod tests {
         let mut b = reg.begin();
         let g1 = b.group(
             "pool",
-            &[("ws://a", false), ("ws://b", false)],
+            &ips(&[("ws://a", false), ("ws://b", false)]),
             settings.clone(),
         );
         b.finish();
@@ -620,18 +744,78 @@ mod tests {
         let mut b = reg.begin();
         let g2 = b.group(
             "pool",
-            &[("ws://a", false), ("ws://c", false)],
+            &ips(&[("ws://a", false), ("ws://c", false)]),
             settings.clone(),
         );
         b.finish();
         assert!(Arc::ptr_eq(&a, &g2.servers[0]), "a stays: same state");
         assert!(bb.is_draining(), "b was removed: its sessions move off");
         drop(removed);
-        assert_eq!(
-            reg.servers.lock().unwrap().len(),
-            2,
-            "bounded by the config"
+        assert_eq!(reg.lock().by_label.len(), 2, "bounded by the config");
+    }
+
+    /// An address that leaves its name's answer is forgotten, not drained,
+    /// whether the answer changed within a generation or across a reload;
+    /// the addresses of a name the config no longer lists are drained.
+    #[test]
+    fn an_address_that_leaves_an_answer_is_forgotten_not_drained() {
+        let reg = Registry::default();
+        let settings = Settings::default();
+        let url = "ws://chat.test:80";
+        let (a, b, c) = (
+            "ws://chat.test:80 (10.0.0.1)",
+            "ws://chat.test:80 (10.0.0.2)",
+            "ws://chat.test:80 (10.0.0.3)",
         );
+        let mut building = reg.begin();
+        let gen = building.generation();
+        let first = building.group("pool", &named(url, &[a, b]), settings.clone());
+        building.finish();
+        // The answer changes: b leaves, c joins.
+        let second = reg
+            .regroup(gen, "pool", &named(url, &[a, c]), &settings)
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(&first.servers[0], &second.servers[0]),
+            "a stays"
+        );
+        assert!(!first.servers[1].is_draining(), "b's sessions stay");
+        assert_eq!(reg.lock().by_label.len(), 2, "b is forgotten");
+        // Another group's servers are not touched by a regroup.
+        let mut building = reg.begin();
+        let gen = building.generation();
+        building.group("pool", &named(url, &[a, c]), settings.clone());
+        let other = building.group("other", &ips(&[("ws://x", false)]), settings.clone());
+        building.finish();
+        assert!(
+            reg.regroup(gen - 1, "pool", &named(url, &[b]), &settings)
+                .is_none(),
+            "a retired generation's group may not regroup"
+        );
+        reg.regroup(gen, "pool", &named(url, &[a]), &settings)
+            .unwrap();
+        assert_eq!(reg.lock().by_label.len(), 2, "pool's a and other's x");
+        // A reload whose answer lacks c, the name still listed: not drained.
+        let mut building = reg.begin();
+        let third = building.group("pool", &named(url, &[a, c]), settings.clone());
+        building.group("other", &ips(&[("ws://x", false)]), settings.clone());
+        building.finish();
+        let mut building = reg.begin();
+        building.group("pool", &named(url, &[a]), settings.clone());
+        building.group("other", &ips(&[("ws://x", false)]), settings.clone());
+        building.finish();
+        assert!(!third.servers[1].is_draining(), "c left the answer only");
+        // A reload that removes the name: its addresses drain.
+        let mut building = reg.begin();
+        building.group(
+            "pool",
+            &ips(&[("ws://10.9.9.9:80", false)]),
+            settings.clone(),
+        );
+        building.group("other", &ips(&[("ws://x", false)]), settings);
+        building.finish();
+        assert!(third.servers[0].is_draining(), "the name was removed");
+        assert!(!other.servers[0].is_draining());
     }
 
     #[test]
@@ -642,18 +826,18 @@ mod tests {
             ..Settings::default()
         };
         let mut b = reg.begin();
-        let g = b.group("pool", &[("ws://a", false)], settings.clone());
+        let g = b.group("pool", &ips(&[("ws://a", false)]), settings.clone());
         b.finish();
         let a = g.servers[0].clone();
         let before = a.drain_signal();
         assert_eq!(before.spread, Some(Duration::from_secs(30)));
         let mut b = reg.begin();
-        b.group("pool", &[("ws://a", true)], settings.clone());
+        b.group("pool", &ips(&[("ws://a", true)]), settings.clone());
         b.finish();
         assert!(a.is_draining());
         assert!(!a.available(Instant::now()));
         let mut b = reg.begin();
-        b.group("pool", &[("ws://a", false)], settings);
+        b.group("pool", &ips(&[("ws://a", false)]), settings);
         b.finish();
         assert!(!a.is_draining());
         assert!(a.available(Instant::now()));

@@ -6,7 +6,10 @@
 //! then [`ws`], each with its own timeout:
 //!
 //! - [`endpoint`]: what a server is (its label, address and TLS settings),
-//!   resolved once per config.
+//!   built once per config.
+//! - [`group`]: a group's servers as they are now (the config's IP servers
+//!   and one per address of each name), rebuilt when an answer changes;
+//!   what routes hold.
 //! - [`balance`]: which servers to try, in order (round robin, least
 //!   connections, two random choices, consistent hashing).
 //! - [`affinity`]: the key a hashing group balances on, read from a request.
@@ -14,7 +17,8 @@
 //!   [`Transport`](crate::stream::Transport) (`connect_timeout` for each);
 //!   [`tcp`]: which of the server's addresses, from which source address.
 //! - [`resolve`]: server names resolved in the background (never at a
-//!   dial), one task per group, run by the gateway like the probes.
+//!   dial), one task per group, run by the gateway like the probes; the
+//!   system's resolver or the `[resolver]` section's DNS servers.
 //! - [`ws`]: the client handshake over that transport: the upgrade request,
 //!   the 101 and its checks (`handshake_timeout`).
 //! - [`error`]: why an attempt failed, what the client is told, and whether
@@ -24,17 +28,21 @@
 //!   probe verdicts, draining), kept across reloads; [`probe`]: the active
 //!   probes, one task per group, run by the gateway.
 //!
-//! This module is the group: it takes the balancer's candidates in order,
+//! This module is one snapshot of a group ([`Upstream`]: its servers fixed,
+//! indexed from 0): it takes the balancer's candidates in order,
 //! dials and handshakes each, and moves on to the next while its failover
 //! rule ([`Upstream::connect`]) allows. Plain HTTP requests take a
 //! connection with [`Upstream::checkout`] (a pooled one when the chosen
-//! server has one) and give it back with [`Upstream::checkin`].
+//! server has one) and give it back with [`Group::checkin`]. Routes reach
+//! these through the [`Group`], which hands each connection its current
+//! snapshot.
 
 mod affinity;
 mod balance;
 mod dial;
 mod endpoint;
 mod error;
+mod group;
 pub mod health;
 mod pool;
 pub mod probe;
@@ -52,6 +60,7 @@ pub use self::{
     balance::{InFlight, Pick, MAX_WEIGHT},
     endpoint::ServerSpec,
     error::UpstreamError,
+    group::{Group, GroupSpec},
     pool::PoolLimits,
     ws::{UpstreamRequest, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
 };
@@ -115,7 +124,7 @@ impl Default for Balance {
 pub struct Network {
     /// Local IPs upstream connections are made from, in turn (tcp.rs).
     pub sources: Vec<IpAddr>,
-    /// How often server names are resolved again (resolve.rs).
+    /// How often server names are resolved again (group.rs).
     pub resolve_interval: Duration,
 }
 
@@ -128,13 +137,13 @@ impl Default for Network {
     }
 }
 
-/// A named group of servers and how connections are spread over them.
+/// A named group of servers and how connections are spread over them, as
+/// of one answer of its names: replaced whole, never changed, when an
+/// answer changes ([`Group`]), so servers are indexed from 0 for its life.
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
     endpoints: Vec<Endpoint>,
-    /// How often its names are resolved again (resolve.rs).
-    resolve_interval: Duration,
     balance: Balancer,
     source: Option<KeySource>,
     max_attempts: usize,
@@ -144,52 +153,85 @@ pub struct Upstream {
 }
 
 /// A connection for one plain HTTP request: give it back with
-/// [`Upstream::checkin`] if the exchange left it reusable, else drop it.
-pub struct Conn<'a> {
+/// [`Group::checkin`] if the exchange left it reusable, else drop it. It
+/// holds the snapshot it came from, which goes on serving it after a newer
+/// answer replaced it.
+pub struct Conn {
     pub io: Transport,
+    upstream: Arc<Upstream>,
     server: usize,
-    endpoint: &'a Endpoint,
     /// It came from the pool (so the server may have closed it just now).
     pub reused: bool,
     /// Counts the request on its server while it is in flight.
     _load: InFlight,
 }
 
-impl<'a> Conn<'a> {
+impl Conn {
+    fn endpoint(&self) -> &Endpoint {
+        &self.upstream.endpoints[self.server]
+    }
+
     /// The server's label, for logs.
-    pub fn server(&self) -> &'a str {
-        self.endpoint.label()
+    pub fn server(&self) -> Arc<str> {
+        self.endpoint().shared_label()
     }
 
     /// The server's `host:port`, the `Host` sent when the client's is not.
     pub fn authority(&self) -> &HeaderValue {
-        self.endpoint.authority()
+        self.endpoint().authority()
+    }
+
+    /// A new connection to the same server, in place of a pooled one that
+    /// broke before answering.
+    async fn redial(&self, connect: Duration) -> Result<Conn, UpstreamError> {
+        let up = &self.upstream;
+        let dialed = dial::dial(self.endpoint(), connect).await;
+        up.report(self.server, &dialed); // health
+        Ok(Conn {
+            io: dialed?,
+            upstream: up.clone(),
+            server: self.server,
+            reused: false,
+            _load: up.balance.in_flight(self.server),
+        })
+    }
+
+    /// Keeps a connection whose exchange ended cleanly for the next request.
+    fn checkin(self) {
+        self.upstream.pool.put(self.server, self.io);
     }
 }
 
 impl Upstream {
-    /// A round-robin group (see [`Upstream::with_balance`]).
+    /// A round-robin group of servers written as IPs (see
+    /// [`Upstream::with_balance`]).
     #[cfg(test)]
     pub fn new(name: String, pool: PoolLimits, specs: Vec<ServerSpec>) -> Self {
-        Self::with_balance(name, pool, specs, Balance::default())
+        Self::with_ips(name, pool, specs, Balance::default())
     }
 
-    pub fn with_balance(
+    /// A group of servers written as IPs, for tests.
+    #[cfg(test)]
+    fn with_ips(name: String, pool: PoolLimits, specs: Vec<ServerSpec>, balance: Balance) -> Self {
+        let endpoints = specs.iter().map(Endpoint::fixed).collect();
+        Self::with_balance(name, pool, endpoints, balance)
+    }
+
+    fn with_balance(
         name: String,
         pool: PoolLimits,
-        specs: Vec<ServerSpec>,
+        endpoints: Vec<Endpoint>,
         balance: Balance,
     ) -> Self {
         let balancer = Balancer::new(
             balance.pick,
-            specs.iter().map(|s| (s.url.as_str(), s.weight)),
+            endpoints.iter().map(|e| (e.label(), e.weight())),
         );
         Upstream {
             name,
-            pool: pool::Pool::new(specs.len(), pool),
-            health: health::Group::standalone(specs.iter().map(|s| s.url.as_str())),
-            endpoints: specs.into_iter().map(Endpoint::new).collect(),
-            resolve_interval: Network::default().resolve_interval,
+            pool: pool::Pool::new(endpoints.len(), pool),
+            health: health::Group::standalone(endpoints.iter().map(Endpoint::label)),
+            endpoints,
             balance: balancer,
             source: balance.source,
             max_attempts: balance.max_attempts.max(1),
@@ -198,19 +240,17 @@ impl Upstream {
 
     /// The group with the servers' shared health states (from the
     /// gateway's [`health::Registry`]), one per server in order.
-    pub fn with_health(mut self, health: health::Group) -> Self {
+    fn with_health(mut self, health: health::Group) -> Self {
         assert_eq!(health.servers.len(), self.endpoints.len());
         self.health = health;
         self
     }
 
-    /// The group with its source addresses and resolution interval.
-    pub fn with_network(mut self, net: Network) -> Self {
-        let sources = Arc::new(tcp::Sources::new(net.sources));
+    /// The group with its source addresses.
+    fn with_sources(mut self, sources: &Arc<tcp::Sources>) -> Self {
         for e in &mut self.endpoints {
             e.set_sources(sources.clone());
         }
-        self.resolve_interval = net.resolve_interval;
         self
     }
 
@@ -227,44 +267,37 @@ impl Upstream {
     /// (refused, timed out, TLS failed: nothing of the request was sent,
     /// so this is safe for any method), within `max_attempts` and the
     /// `handshake` deadline.
-    pub async fn checkout(
-        &self,
+    async fn checkout(
+        self: &Arc<Self>,
         policy: &Timeouts,
         key: Option<Key>,
-    ) -> Result<Conn<'_>, UpstreamError> {
+    ) -> Result<Conn, UpstreamError> {
         let deadline = Instant::now() + policy.handshake;
         let mut last = None;
         let servers = self.available_candidates(key);
-        if servers.is_empty() && !self.endpoints.is_empty() {
+        if servers.is_empty() {
+            // None up, or none at all (a name with no answer yet): 503.
             return Err(self.all_down()); // health
         }
         for server in servers {
             let Some(left) = time_left(deadline) else {
                 break;
             };
-            let endpoint = &self.endpoints[server];
             let load = self.balance.in_flight(server);
+            let conn = |io, reused| Conn {
+                io,
+                upstream: self.clone(),
+                server,
+                reused,
+                _load: load,
+            };
             if let Some(io) = self.pool.take(server) {
-                return Ok(Conn {
-                    io,
-                    server,
-                    endpoint,
-                    reused: true,
-                    _load: load,
-                });
+                return Ok(conn(io, true));
             }
-            let dialed = dial::dial(endpoint, policy.connect.min(left)).await;
+            let dialed = dial::dial(&self.endpoints[server], policy.connect.min(left)).await;
             self.report(server, &dialed); // health
             match dialed {
-                Ok(io) => {
-                    return Ok(Conn {
-                        io,
-                        server,
-                        endpoint,
-                        reused: false,
-                        _load: load,
-                    })
-                }
+                Ok(io) => return Ok(conn(io, false)),
                 Err(e) if fails_over(&e) => {
                     tracing::warn!(upstream = %self.name, error = %e, "server failed, trying the next one");
                     last = Some(e);
@@ -273,30 +306,6 @@ impl Upstream {
             }
         }
         Err(last.unwrap_or_else(|| self.no_servers()))
-    }
-
-    /// A new connection to the server `conn` was to, in place of a pooled
-    /// one that broke before answering.
-    pub async fn redial<'a>(
-        &'a self,
-        conn: &Conn<'a>,
-        connect: Duration,
-    ) -> Result<Conn<'a>, UpstreamError> {
-        let dialed = dial::dial(conn.endpoint, connect).await;
-        self.report(conn.server, &dialed); // health
-        let io = dialed?;
-        Ok(Conn {
-            io,
-            server: conn.server,
-            endpoint: conn.endpoint,
-            reused: false,
-            _load: self.balance.in_flight(conn.server),
-        })
-    }
-
-    /// Keeps a connection whose exchange ended cleanly for the next request.
-    pub fn checkin(&self, conn: Conn<'_>) {
-        self.pool.put(conn.server, conn.io);
     }
 
     /// The servers to try for one connection, best first: the balancer's
@@ -327,7 +336,7 @@ impl Upstream {
     /// upgrade has `attempt` (not the whole deadline), so a backend that
     /// accepts TCP and never answers costs its clients that much and not
     /// their 504.
-    pub async fn connect(
+    async fn connect(
         &self,
         req: UpstreamRequest<'_>,
         policy: &Timeouts,
@@ -335,7 +344,8 @@ impl Upstream {
     ) -> Result<Connected, UpstreamError> {
         let deadline = Instant::now() + policy.handshake;
         let servers = self.available_candidates(key);
-        if servers.is_empty() && !self.endpoints.is_empty() {
+        if servers.is_empty() {
+            // None up, or none at all (a name with no answer yet): 503.
             return Err(self.all_down()); // health
         }
         let tries = servers.len();
@@ -657,7 +667,7 @@ mod tests {
             max_attempts: 2,
             ..Balance::default()
         };
-        let up = Upstream::with_balance(
+        let up = Upstream::with_ips(
             "pool".into(),
             PoolLimits::default(),
             vec![first, second, live],
@@ -676,7 +686,7 @@ mod tests {
             pick: Pick::LeastConn,
             ..Balance::default()
         };
-        let up = Upstream::with_balance("pool".into(), PoolLimits::default(), vec![a, b], balance);
+        let up = Upstream::with_ips("pool".into(), PoolLimits::default(), vec![a, b], balance);
         let held = connect(&up, &POLICY).await.unwrap();
         // The next two go to the other server while the first is held.
         for _ in 0..2 {
@@ -691,10 +701,10 @@ mod tests {
     #[tokio::test]
     async fn a_plain_request_is_counted_while_in_flight() {
         let (a, _) = server(Behaviour::Accept).await;
-        let up = Upstream::new("pool".into(), PoolLimits::default(), vec![a]);
+        let up = Arc::new(Upstream::new("pool".into(), PoolLimits::default(), vec![a]));
         let conn = up.checkout(&POLICY, None).await.unwrap();
         assert_eq!(up.balance.load(0), 1);
-        up.checkin(conn);
+        conn.checkin();
         assert_eq!(up.balance.load(0), 0);
         let conn = up.checkout(&POLICY, None).await.unwrap();
         assert!(conn.reused);
@@ -733,10 +743,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_group_without_servers_is_unreachable() {
+    /// No server at all (its names not answered yet): as when none is up,
+    /// a 503 at once with a `Retry-After`.
+    async fn a_group_without_servers_is_all_down() {
         let up = Upstream::new("empty".into(), PoolLimits::default(), Vec::new());
         let err = connect(&up, &POLICY).await.err().unwrap();
-        assert_eq!(err.to_string(), "cannot reach empty: no servers");
-        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+        assert!(matches!(err, UpstreamError::AllDown { .. }), "{err:?}");
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.retry_after(), Some(1));
     }
 }

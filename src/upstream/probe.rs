@@ -1,7 +1,8 @@
 //! Active health probes: one task per group per config generation, run by
 //! the gateway (not per worker: a server is probed once per interval
 //! however many workers there are), stopped when the generation is
-//! replaced. Each round probes every server at once, each probe bounded by
+//! replaced. Each round probes every server the group has then (a name's
+//! addresses as last answered, see [`super::group`]) at once, each probe bounded by
 //! the group's probe `timeout`, and feeds the results to the servers'
 //! shared states ([`super::health`]), where `rise`/`fall` decide up and down.
 //!
@@ -20,13 +21,13 @@ use tokio_util::sync::CancellationToken;
 use super::{
     dial,
     health::{Probe, ProbeKind},
-    ws, Endpoint, Upstream, UpstreamRequest, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS,
+    ws, Endpoint, Group, UpstreamRequest, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS,
 };
 use crate::proto::head;
 
 /// Starts `group`'s probes, if it has any, until `stop` is cancelled.
-pub fn spawn(group: &Arc<Upstream>, stop: CancellationToken) {
-    let Some(probe) = group.health.probe.clone() else {
+pub fn spawn(group: &Arc<Group>, stop: CancellationToken) {
+    let Some(probe) = group.current().health.probe.clone() else {
         return;
     };
     let group = group.clone();
@@ -39,6 +40,9 @@ pub fn spawn(group: &Arc<Upstream>, stop: CancellationToken) {
                 () = stop.cancelled() => return,
                 _ = every.tick() => {}
             }
+            // The round's results go to this snapshot's states, which are
+            // the servers' own, by label, whichever snapshot is current.
+            let group = group.current();
             let round = group
                 .endpoints
                 .iter()

@@ -1,7 +1,7 @@
-//! The TCP part of a dial: which of the server's addresses, from which of
-//! the group's source addresses. Nothing here resolves a name: a server's
-//! addresses are kept current in the background ([`super::resolve`]), so a
-//! connection never waits on DNS.
+//! The TCP part of a dial: to the server's address, from which of the
+//! group's source addresses. Nothing here resolves a name: each address of
+//! a name is a server of its own, kept current in the background
+//! ([`super::resolve`], [`super::group`]), so a connection never waits on DNS.
 
 use std::{
     io,
@@ -37,31 +37,10 @@ impl Sources {
     }
 }
 
-/// Connects to one of `endpoint`'s current addresses: the next in turn
-/// first (so a name with several addresses spreads its connections over
-/// them), then each of the others while one fails. The caller bounds the
-/// whole with the connect timeout.
-///
-/// A name that has not resolved yet fails at once (`NotConnected`): the
-/// dial never waits on a resolver, and passive health ejects a server that
-/// keeps failing.
+/// Connects to `endpoint`'s address from the group's source addresses. The
+/// caller bounds it with the connect timeout.
 pub async fn connect(endpoint: &Endpoint) -> io::Result<TcpStream> {
-    let (addrs, start) = endpoint.addrs().next();
-    if addrs.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotConnected,
-            format!("{} has no address (not resolved yet)", endpoint.host()),
-        ));
-    }
-    let mut last = None;
-    for i in 0..addrs.len() {
-        let addr = addrs[(start + i) % addrs.len()];
-        match connect_from(addr, endpoint.sources()).await {
-            Ok(tcp) => return Ok(tcp),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.expect("at least one address was tried"))
+    connect_from(endpoint.addr(), endpoint.sources()).await
 }
 
 /// Connects to `addr` from the next source address of its family (IPv4 or
@@ -151,7 +130,7 @@ mod tests {
     /// Which source address each of `n` connections came from.
     async fn sources_seen(sources: Arc<Sources>, n: usize) -> Vec<IpAddr> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut e = Endpoint::new(ServerSpec::plain(listener.local_addr().unwrap()));
+        let mut e = Endpoint::fixed(&ServerSpec::plain(listener.local_addr().unwrap()));
         e.set_sources(sources);
         let mut seen = Vec::new();
         for _ in 0..n {
@@ -192,40 +171,5 @@ mod tests {
         assert!(seen
             .iter()
             .all(|ip| *ip == "127.0.0.5".parse::<IpAddr>().unwrap()));
-    }
-
-    #[tokio::test]
-    async fn an_unresolved_name_fails_at_once() {
-        let e = Endpoint::new(ServerSpec {
-            host: "backend.invalid".into(),
-            url: "ws://backend.invalid:80".into(),
-            ..ServerSpec::plain("127.0.0.1:80".parse().unwrap())
-        });
-        let err = connect(&e).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::NotConnected);
-        assert_eq!(
-            err.to_string(),
-            "backend.invalid has no address (not resolved yet)"
-        );
-    }
-
-    /// Every address of a name is tried in turn: a dead one is passed over.
-    #[tokio::test]
-    async fn each_address_is_tried_while_one_fails() {
-        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dead_addr = dead.local_addr().unwrap();
-        drop(dead);
-        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let live_addr = live.local_addr().unwrap();
-        let e = Endpoint::new(ServerSpec {
-            host: "backend.test".into(),
-            url: "ws://backend.test:80".into(),
-            ..ServerSpec::plain(live_addr)
-        });
-        e.addrs().update(vec![dead_addr, live_addr]);
-        for _ in 0..2 {
-            let tcp = connect(&e).await.unwrap();
-            assert_eq!(tcp.peer_addr().unwrap(), live_addr);
-        }
     }
 }

@@ -427,7 +427,7 @@ mod tests {
     ) -> (Endpoint, TcpStream, tokio::task::JoinHandle<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let endpoint = Endpoint::new(ServerSpec::plain(addr));
+        let endpoint = Endpoint::fixed(&ServerSpec::plain(addr));
         let task = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut got = Vec::new();
@@ -560,7 +560,7 @@ mod tests {
     async fn a_silent_server_is_a_handshake_timeout() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let endpoint = Endpoint::new(ServerSpec::plain(addr));
+        let endpoint = Endpoint::fixed(&ServerSpec::plain(addr));
         let io = TcpStream::connect(addr).await.unwrap();
         let _held = listener.accept().await.unwrap();
         let limit = Duration::from_millis(200);

@@ -21,6 +21,7 @@ mod balancing;
 mod browser;
 mod close;
 mod config_check;
+mod dns;
 mod flow;
 mod forwarding;
 mod handshake;

@@ -29,7 +29,8 @@ async fn echoes(addr: std::net::SocketAddr, text: &str) {
 }
 
 /// An upgrade through the binary `gw` gets a 502 saying TLS failed, and
-/// the log line names TLS and `url`; returns that line.
+/// the log line names TLS and the server (`url` and its address); returns
+/// that line.
 async fn tls_fails(gw: &mut Binary, url: &str) -> String {
     let resp = http(gw.addr, &upgrade_request("/", &[])).await;
     assert_eq!(resp.status, 502, "{resp:?}");
@@ -39,7 +40,9 @@ async fn tls_fails(gw: &mut Binary, url: &str) -> String {
         "bad gateway: TLS to the upstream failed"
     );
     let line = gw.wait_for("upstream handshake failed").await;
-    assert!(line.contains(&format!("TLS with {url} failed: ")), "{line}");
+    // The server's label: `url`, and the address when it names `localhost`.
+    assert!(line.contains(&format!("TLS with {url}")), "{line}");
+    assert!(line.contains(" failed: "), "{line}");
     line
 }
 

@@ -182,14 +182,32 @@ impl BackendBuilder {
         F: Fn(BackendConn) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.start(Arc::new(move |conn| {
-            tokio::spawn(handler(conn));
-        }))
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.serve_on(listener, handler).await
+    }
+
+    /// [`serve`](Self::serve) on a listener the test bound (an address
+    /// other than `127.0.0.1:0`).
+    pub async fn serve_on<F, Fut>(self, listener: TcpListener, handler: F) -> Backend
+    where
+        F: Fn(BackendConn) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.start_on(
+            listener,
+            Arc::new(move |conn| {
+                tokio::spawn(handler(conn));
+            }),
+        )
         .await
     }
 
     async fn start(self, handler: Handler) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.start_on(listener, handler).await
+    }
+
+    async fn start_on(self, listener: TcpListener, handler: Handler) -> Backend {
         let addr = listener.local_addr().unwrap();
         let (requests, closes): (Arc<Mutex<Vec<Request>>>, Closes) = Default::default();
         let server_names = ServerNames::default();
@@ -310,9 +328,15 @@ impl Backend {
     /// Greets every connection with its name and the path it asked for,
     /// then echoes: [`BackendConn::greet_and_echo`].
     pub async fn named(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::named_on(listener, name).await
+    }
+
+    /// [`named`](Self::named) on a listener the test bound.
+    pub async fn named_on(listener: TcpListener, name: &str) -> Backend {
         let name: Arc<str> = name.into();
         Backend::builder()
-            .serve(move |conn| {
+            .serve_on(listener, move |conn| {
                 let name = name.clone();
                 async move { conn.greet_and_echo(&name).await }
             })

@@ -94,6 +94,8 @@ pub struct GatewayBuilder {
     listeners: Vec<String>,
     routes: Vec<Route>,
     upstreams: Vec<String>,
+    /// Lines for `[resolver]`, if any.
+    resolver: Option<String>,
     files: Vec<(String, Vec<u8>)>,
     workers: usize,
 }
@@ -144,6 +146,12 @@ impl GatewayBuilder {
         for (name, backend) in &fleet.members {
             self = self.upstream(name, &[backend.url()]);
         }
+        self
+    }
+
+    /// `[resolver]` with these lines (`servers = [...]`).
+    pub fn resolver(mut self, lines: &str) -> Self {
+        self.resolver = Some(lines.to_owned());
         self
     }
 
@@ -216,6 +224,9 @@ impl GatewayBuilder {
         for upstream in &self.upstreams {
             writeln!(out, "{upstream}").unwrap();
         }
+        if let Some(lines) = &self.resolver {
+            writeln!(out, "[resolver]\n{lines}\n").unwrap();
+        }
         out
     }
 
@@ -285,6 +296,7 @@ impl Gateway {
             listeners: Vec::new(),
             routes: Vec::new(),
             upstreams: Vec::new(),
+            resolver: None,
             files: Vec::new(),
             workers: 2,
         }

@@ -12,6 +12,8 @@
 //!   misbehave on purpose.
 //! - Clients: tungstenite clients from any loopback address, and a raw
 //!   client for byte-exact requests and frames.
+//! - [`DnsServer`]: a name server of the test's own, for `[resolver]`, and
+//!   [`same_port`] listeners for a name's addresses.
 //! - Waiting: tests await events under [`guard`]; [`eventually`] polls only
 //!   state that changes after the last event a test can see.
 
@@ -19,6 +21,7 @@ mod backend;
 mod binary;
 mod certs;
 mod client;
+mod dns;
 mod gateway;
 mod http_backend;
 mod http_client;
@@ -32,6 +35,7 @@ pub use backend::*;
 pub use binary::*;
 pub use certs::*;
 pub use client::*;
+pub use dns::*;
 pub use gateway::*;
 pub use http_backend::*;
 pub use http_client::*;
