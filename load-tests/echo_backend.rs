@@ -11,7 +11,12 @@
 //! ```
 //!
 //! The first line on stdout is `listening ADDR`, so a script can start it on
-//! port 0 and read the port back.
+//! port 0 and read the port back. `--ports N` listens on N ports at once,
+//! served by the same runtime: the line is then `listening ADDR ADDR …`.
+//! The load tests' 8-server pool is this one process on 8 ports, so the
+//! backend costs the same CPU behind one server as behind eight (eight
+//! processes would share their core eight ways and be woken eight times as
+//! often, which is the backend's cost, not the gateway's).
 
 #[path = "backend_runtime.rs"]
 mod backend_runtime;
@@ -29,6 +34,10 @@ struct Cli {
     /// Address to listen on; port 0 picks a free one (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Ports to listen on, all echoing alike: each a free one for port 0,
+    /// else the `--listen` port and the ones after it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    ports: u16,
     /// Runtime worker threads; 1 runs everything on the main thread.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -40,18 +49,40 @@ struct Cli {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = backend_runtime::build(cli.threads)?;
-    rt.block_on(serve(cli.listen, cli.read_buffer))
+    rt.block_on(async {
+        let mut listeners = Vec::new();
+        for i in 0..cli.ports {
+            let mut addr = cli.listen;
+            if addr.port() != 0 {
+                let port = addr.port().checked_add(i);
+                addr.set_port(port.ok_or_else(|| anyhow::anyhow!("--ports runs past port 65535"))?);
+            }
+            listeners.push(listen(addr)?);
+        }
+        let addrs = listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.to_string()))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        // One line, written once every port listens: a script that sees it
+        // can connect to any of them.
+        println!("listening {}", addrs.join(" "));
+        std::io::stdout().flush()?;
+        let serving = listeners.into_iter().map(|l| serve(l, cli.read_buffer));
+        futures_util::future::join_all(serving).await;
+        Ok(())
+    })
 }
 
-async fn serve(addr: SocketAddr, read_buffer: usize) -> anyhow::Result<()> {
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     // The load tests hold ~9,000 connections at once: a deep backlog keeps
     // a burst of connects from being dropped and retried.
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    let listener: TcpListener = socket.listen(4096)?;
-    println!("listening {}", listener.local_addr()?);
-    std::io::stdout().flush()?;
+    socket.listen(4096)
+}
+
+async fn serve(listener: TcpListener, read_buffer: usize) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {

@@ -4,13 +4,17 @@
 # one. Prints a markdown table of absolute numbers and ratios to direct for
 # each. See load-tests/README.md for the method.
 #
-#   load-tests/run.sh              # both workloads, best of 2 rounds (~9 minutes once built)
-#   load-tests/run.sh --quick      # a smoke run: one short round of each (~3 minutes)
+#   load-tests/run.sh              # both workloads, best of 2 rounds (~9 minutes once built:
+#                                  # ~6 WebSocket, of which pool8 ~20 s; ~2½ HTTP)
+#   load-tests/run.sh --quick      # a smoke run: one short round of each (~3 minutes: ~2 WebSocket, ~1 HTTP)
 #   load-tests/run.sh --ws-only    # only the WebSocket workload (also with --quick)
 #   load-tests/run.sh --http-only  # only the HTTP workload (also with --quick)
 #
 # The proxy runs alone on core 0; the backend (echo_backend for WebSockets,
 # http_backend for HTTP) and the load generator (loadgen, wrk) share core 1.
+# echo_backend listens on 8 ports in its one thread: the first is the one
+# server of every target, all 8 are the pool of `pool8` (framegate with an
+# 8-server group and health probes; only at 64 B and in the handshakes).
 # Every proxy gets one worker (framegate --workers 1,
 # worker_processes 1, nbthread 1) and is started afresh for each measurement.
 # A target that fails a measurement (it does not start, or errs) gets n/a in
@@ -48,6 +52,10 @@ fi
 http_warmup=1
 http_idle_conns=2000
 targets=(direct framegate guarded nginx haproxy)
+# The scenarios pool8 runs in (64 B throughput, handshakes) take it right
+# after framegate, so that the two it is compared with run back to back.
+pool_targets=(direct framegate pool8 guarded nginx haproxy)
+pool_size=8
 http_targets=(direct framegate nginx haproxy)
 
 if [ "$(nproc)" -lt 2 ]; then
@@ -106,30 +114,38 @@ wait_port() {
 render() {
   sed -e "s|@WORK@|$work|g" -e "s|@REPO@|$repo|g" -e "s|@PORT@|$port|g" \
     -e "s|@BACKEND_PORT@|$backend_port|g" -e "s|@HTTP_BACKEND_PORT@|$http_backend_port|g" \
-    "$here/$1" > "$work/$1"
+    -e "s|@POOL_SERVERS@|$pool_servers|g" "$here/$1" > "$work/$1"
 }
 
-# Starts example $1 on core 1 for the whole run and sets started_port to
-# its port (not printed: in a $(...) subshell its PID would not reach pids).
+# Starts example $1 (with the further arguments) on core 1 for the whole
+# run and sets started_ports to its ports, as its `listening ADDR…` line
+# gives them (not printed: in a $(...) subshell its PID would not reach pids).
 start_backend() {
-  taskset -c 1 "$bin/examples/$1" --threads 1 > "$work/$1.out" 2>&1 &
+  local name=$1
+  shift
+  taskset -c 1 "$bin/examples/$name" --threads 1 "$@" > "$work/$name.out" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do
-    grep -q '^listening' "$work/$1.out" && break
+    grep -qs '^listening' "$work/$name.out" && break
     sleep 0.05
   done
-  started_port=$(awk '/^listening/ { n = split($2, a, ":"); print a[n] }' "$work/$1.out")
-  [ -n "$started_port" ] || { echo "run.sh: $1 did not start" >&2; exit 1; }
+  read -ra started_ports <<< "$(awk '/^listening/ {
+    for (i = 2; i <= NF; i++) { n = split($i, a, ":"); printf "%s ", a[n] } }' "$work/$name.out")"
+  [ "${#started_ports[@]}" -gt 0 ] || { echo "run.sh: $name did not start" >&2; exit 1; }
 }
 backend_port=
 http_backend_port=
+pool_servers=
 if [ "$ws" = 1 ]; then
-  start_backend echo_backend
-  backend_port=$started_port
+  start_backend echo_backend --ports "$pool_size"
+  backend_port=${started_ports[0]}
+  for p in "${started_ports[@]}"; do
+    pool_servers+="${pool_servers:+, }\"ws://127.0.0.1:$p\""
+  done
 fi
 if [ "$http" = 1 ]; then
   start_backend http_backend
-  http_backend_port=$started_port
+  http_backend_port=${started_ports[0]}
 fi
 
 # Which workload `start` sets a proxy up for: ws or http (its own configs
@@ -153,15 +169,17 @@ start() {
   addr=127.0.0.1:$port
   url="ws://$addr/"
   case "$1" in
-    framegate)
-      render "framegate$suffix.toml"
-      RUST_LOG=info taskset -c 0 "$bin/framegate" --workers 1 --config "$work/framegate$suffix.toml" \
-        > /dev/null 2>> "$work/framegate.log" &
-      ;;
-    guarded)
-      render framegate-guarded.toml
+    framegate | guarded | pool8)
+      local config
+      case "$1" in
+        framegate) config=framegate$suffix.toml ;;
+        guarded) config=framegate-guarded.toml ;;
+        pool8) config=framegate-pool.toml ;;
+      esac
+      render "$config"
+      # Only guarded's policy reads the JWT secret.
       FRAMEGATE_LOADTEST_JWT=$jwt_secret RUST_LOG=info taskset -c 0 "$bin/framegate" --workers 1 \
-        --config "$work/framegate-guarded.toml" > /dev/null 2>> "$work/framegate.log" &
+        --config "$work/$config" > /dev/null 2>> "$work/framegate.log" &
       ;;
     nginx)
       render "nginx$suffix.conf"
@@ -285,8 +303,8 @@ ws_part() {
   local started
   started=$(date +%s)
   for round in $(seq "$rounds"); do
-    round_order "${targets[@]}"
     for size in 64 1024 16384; do
+      if [ "$size" = 64 ]; then round_order "${pool_targets[@]}"; else round_order "${targets[@]}"; fi
       echo "round $round: throughput, 64 connections x 16 in flight, $size B"
       for t in "${order[@]}"; do
         measure "$t" "tp$size" "${loadgen[@]}" throughput --url @URL@ "${auth[@]}" --cpu-pid @WATCH@ \
@@ -294,11 +312,13 @@ ws_part() {
       done
     done
     echo "round $round: latency, one connection, 32 B ping-pong"
+    round_order "${targets[@]}"
     for t in "${order[@]}"; do
       measure "$t" latency "${loadgen[@]}" latency --url @URL@ "${auth[@]}" --secs "$lat_secs" --warmup "$warmup"
     done
     echo "round $round: handshakes, 32 workers: connect + upgrade + close"
     fill_time_wait
+    round_order "${pool_targets[@]}"
     for t in "${order[@]}"; do
       measure "$t" handshakes "${loadgen[@]}" handshakes --url @URL@ "${auth[@]}" --cpu-pid @WATCH@ \
         --workers 32 --sources 8 --secs "$hs_secs" --warmup "$warmup"

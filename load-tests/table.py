@@ -7,7 +7,8 @@ one loadgen or httpload.py run; `_took WORKLOAD secs=N` lines give each
 workload's duration. A measurement repeated over rounds keeps its best value
 (highest rate, lowest CPU or latency): other load on the machine only ever
 makes a run worse. A target with no result where it should have one (it
-failed) shows n/a; – is a cell that does not apply (no proxy CPU for direct).
+failed) shows n/a; – is a cell that does not apply (no proxy CPU for direct,
+a scenario the target is not run in).
 Usage: table.py RESULTS ROUNDS COMMAND
 """
 
@@ -15,10 +16,12 @@ import datetime
 import os
 import sys
 
-TARGETS = ["direct", "framegate", "guarded", "nginx", "haproxy"]
+TARGETS = ["direct", "framegate", "pool8", "guarded", "nginx", "haproxy"]
 HTTP_TARGETS = ["direct", "framegate", "nginx", "haproxy"]
-NAMES = {"direct": "direct", "framegate": "framegate", "guarded": "framegate, guarded",
-         "nginx": "nginx", "haproxy": "HAProxy"}
+NAMES = {"direct": "direct", "framegate": "framegate", "pool8": "framegate, 8-server pool",
+         "guarded": "framegate, guarded", "nginx": "nginx", "haproxy": "HAProxy"}
+# The scenarios of a target that run.sh does not run in all of them.
+ONLY = {"pool8": {"tp64", "handshakes"}}
 SIZES = [("tp64", "64 B"), ("tp1024", "1 KiB"), ("tp16384", "16 KiB")]
 HTTP_SIZES = [("http100", "100 B"), ("http16k", "16 KiB")]
 
@@ -29,20 +32,23 @@ HIGHER = {"msgs_per_s", "per_s", "msgs", "count", "conns", "req_per_s", "up_mib_
 
 
 def load(path):
-    results = {}
+    """The best value of every (target, scenario) key, and every round's."""
+    results, rounds = {}, {}
     with open(path) as f:
         for line in f:
             target, scenario, *pairs = line.split()
             best = results.setdefault((target, scenario), {})
+            every = rounds.setdefault((target, scenario), {})
             for k, v in (p.split("=", 1) for p in pairs):
                 if k == "mode":
                     continue
                 v = float(v)
+                every.setdefault(k, []).append(v)
                 if k not in best:
                     best[k] = v
                 else:
                     best[k] = max(best[k], v) if k in HIGHER else min(best[k], v)
-    return results
+    return results, rounds
 
 
 def get(r, target, scenario, key):
@@ -64,7 +70,7 @@ class Table:
         direct = get(r, "direct", scenario, key_of)
         for t in self.targets:
             v = get(r, t, scenario, key_of)
-            if t == "direct" and not with_direct:
+            if t == "direct" and not with_direct or scenario not in ONLY.get(t, {scenario}):
                 cells.append("–")
             elif v is None:
                 cells.append("n/a")
@@ -81,16 +87,16 @@ class Table:
 
 
 def main():
-    r = load(sys.argv[1])
+    r, every = load(sys.argv[1])
     rounds, command = int(sys.argv[2]), sys.argv[3]
     took = {scenario: int(v["secs"]) for (t, scenario), v in r.items() if t == "_took"}
     if "ws" in took:
-        ws_table(r, took["ws"], rounds, command)
+        ws_table(r, every, took["ws"], rounds, command)
     if "http" in took:
         http_table(r, took["http"], rounds, command)
 
 
-def ws_table(r, took, rounds, command):
+def ws_table(r, every, took, rounds, command):
     table = Table(r, TARGETS)
     row = table.row
     for scenario, label in SIZES:
@@ -118,6 +124,10 @@ def ws_table(r, took, rounds, command):
           " framegate, guarded: the same with `load-tests/policies/guarded.toml` (a JWT checked"
           " on every upgrade, connection limits per IP, subject and route, a handshake rate,"
           " frame and byte rates on both legs, all far above the load);"
+          " framegate, 8-server pool: the same as framegate with one group of 8 servers"
+          " (`load-tests/framegate-pool.toml`: round robin, passive ejection, a WebSocket probe"
+          " of every server each second, counted in its CPU), the 8 being the one echo backend"
+          " listening on 8 ports, run at 64 B and in the handshakes only;"
           " nginx: the classic"
           " WebSocket proxy (`load-tests/nginx.conf`: proxy_http_version 1.1, Upgrade/Connection"
           " headers, proxy_read_timeout 3600s, `worker_processes 1`, default buffers, access log"
@@ -132,6 +142,34 @@ def ws_table(r, took, rounds, command):
         print(f"{NAMES[target]} against the targets of issue 5:")
         for line in check(r, target):
             print(f"- {line}")
+    lines = pool_check(r, every)
+    if lines:
+        print()
+        print("framegate, 8-server pool against framegate (one server), same run: handshakes/s"
+              " should stay within noise of it")
+        for line in lines:
+            print(f"- {line}")
+
+
+def pool_check(r, every):
+    """pool8 over framegate for what pool8 runs, with framegate's own spread
+    between rounds as the measure of noise."""
+    out = []
+    for scenario, key, label, fmt in (
+            ("handshakes", "per_s", "handshakes/s", lambda v: f"{v:,.0f}"),
+            ("handshakes", "cpu_us_each", "proxy CPU µs per handshake", lambda v: f"{v:.1f}"),
+            ("tp64", "msgs_per_s", "msgs/s 64 B", rate),
+            ("tp64", "cpu_s_per_1m", "proxy CPU s per 1M msgs, 64 B", lambda v: f"{v:.2f}")):
+        pool, one = get(r, "pool8", scenario, key), get(r, "framegate", scenario, key)
+        if pool is None or not one:
+            continue
+        line = f"{label}: {pool / one:.2f}× ({fmt(pool)} vs {fmt(one)})"
+        own = every.get(("framegate", scenario), {}).get(key, [])
+        if len(own) > 1:
+            line += (f"; framegate's own {len(own)} rounds differ by "
+                     f"{(max(own) / min(own) - 1) * 100:.0f}%")
+        out.append(line)
+    return out
 
 
 def check(r, target):
