@@ -24,7 +24,7 @@ use crate::{
     route::{Route, Routes},
     shutdown::{DrainReport, Sessions},
     tls,
-    upstream::{health, probe, resolve, ServerSpec, Upstream},
+    upstream::{health, probe, rebalance, resolve, ServerSpec, Upstream},
 };
 
 /// A gateway with its sockets bound, ready to serve.
@@ -66,11 +66,11 @@ struct Kept {
     addrs: Vec<SocketAddr>,
     /// The built-in echo backend, started once and kept across reloads.
     echo: OnceCell<SocketAddr>,
-    /// Servers' health and draining states by (group, URL), kept across
-    /// reloads for the servers that stay (upstream/health.rs).
+    /// Servers' health, draining states and live counts by (group, URL),
+    /// kept across reloads for the servers that stay (upstream/health.rs).
     health: Arc<health::Registry>,
-    /// Stops the current generation's active probes and name resolution
-    /// when it is replaced.
+    /// Stops the current generation's active probes, rebalance and name
+    /// resolution when it is replaced.
     probes: std::sync::Mutex<CancellationToken>,
     /// Looks server names up, in the background only (upstream/resolve.rs).
     resolver: resolve::Resolver,
@@ -82,13 +82,16 @@ impl Gateway {
     /// Starts built-in upstreams and binds every listener once per worker.
     pub async fn bind(config: Config, workers: NonZeroUsize) -> anyhow::Result<Gateway> {
         tls::install_provider();
+        let sessions = Arc::<Sessions>::default();
         let kept = Kept {
-            sessions: Arc::default(),
+            // The servers' beacons are under the gateway's: its drain
+            // reaches every session through the one watch it has.
+            health: Arc::new(health::Registry::under(sessions.beacon())),
+            sessions,
             admission: Arc::default(),
             pending: Arc::default(),
             addrs: config.listeners.iter().map(|l| l.addr).collect(),
             echo: OnceCell::new(),
-            health: Arc::default(),
             probes: std::sync::Mutex::default(),
             resolver: resolve::system(),
             known: Arc::default(),
@@ -346,10 +349,11 @@ impl Kept {
             .values()
             .map(|group| resolve::refresh(group, &self.resolver, &self.known));
         futures_util::future::join_all(first).await;
-        // health: this generation's probes replace the last one's.
+        // health: this generation's probes and rebalance replace the last one's.
         let probes = CancellationToken::new();
         for group in upstreams.values() {
             probe::spawn(group, probes.clone());
+            rebalance::spawn(group, probes.clone());
             let (resolver, known) = (self.resolver.clone(), self.known.clone());
             resolve::spawn(group, resolver, known, probes.clone()); // dns
         }

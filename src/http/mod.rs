@@ -108,8 +108,9 @@ struct Accepted {
     server: String,
     /// Counts the session on its server for as long as it lives.
     load: InFlight,
-    /// Its server's drain (health): moves the session off it.
-    moved: Option<crate::relay::DrainSignal>,
+    /// Its server's beacon (health): the gateway's drain, its server's, and
+    /// a rebalance's shed.
+    drain: crate::relay::DrainSignal,
 }
 
 /// Serves one client connection (already past TLS, if any). `inflight`
@@ -158,15 +159,15 @@ fn session(
     ctx: &Context,
 ) -> Pin<Box<impl Future<Output = ()>>> {
     let sessions = ctx.sessions.clone();
-    let drain = sessions.drain_signal(ctx.server.drain_spread);
     let Accepted {
         upstream,
         route,
         admitted,
         server,
         load,
-        moved,
+        mut drain,
     } = up.accepted;
+    drain.spread = ctx.server.drain_spread;
     let (client_gate, upstream_gate) = admitted.gates();
     let slots = admitted.slots;
     let client = Stream::new(io, up.client_early);
@@ -177,7 +178,6 @@ fn session(
         Some(drain),
         Jitter::random(),
     )
-    .moved_by(moved)
     .gated(client_gate, upstream_gate);
     let path = up.path;
     Box::pin(async move {
@@ -544,7 +544,7 @@ async fn upgrade_request(
             admitted,
             server: connected.server,
             load: connected.load,
-            moved: connected.drain,
+            drain: connected.drain,
         },
     ))
 }

@@ -21,8 +21,11 @@
 //!   another server may be tried ([`Retry`](error::Retry)).
 //! - [`pool`]: idle keep-alive connections per server, for plain HTTP.
 //! - [`health`]: whether a server may take new sessions (passive ejection,
-//!   probe verdicts, draining), kept across reloads; [`probe`]: the active
-//!   probes, one task per group, run by the gateway.
+//!   probe verdicts, draining) and its live count, kept across reloads;
+//!   [`probe`]: the active probes, one task per group, run by the gateway.
+//! - [`rebalance`]: after a scale-out, moves sessions off servers above
+//!   their share, a bounded number per second; one task per group that
+//!   asks for it, run by the gateway like the probes.
 //!
 //! This module is the group: it takes the balancer's candidates in order,
 //! dials and handshakes each, and moves on to the next while its failover
@@ -38,20 +41,22 @@ mod error;
 pub mod health;
 mod pool;
 pub mod probe;
+pub mod rebalance;
 pub mod resolve;
 mod tcp;
 mod ws;
 
-use std::{io, net::IpAddr, sync::Arc, time::Duration};
+use std::{io, net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 pub use self::{
     affinity::{Facts, Key, KeySource},
-    balance::{InFlight, Pick, MAX_WEIGHT},
+    balance::{Pick, MAX_WEIGHT},
     endpoint::ServerSpec,
     error::UpstreamError,
+    health::InFlight,
     pool::PoolLimits,
     ws::{UpstreamRequest, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
 };
@@ -85,8 +90,9 @@ pub struct Connected {
     /// Counts the session on its server (least connections): hold it for
     /// the session's life.
     pub load: InFlight,
-    /// Tells the session when its server drains (health.rs).
-    pub drain: Option<crate::relay::DrainSignal>,
+    /// Tells the session when its server drains or sheds it (health.rs,
+    /// rebalance.rs), and when the gateway drains.
+    pub drain: crate::relay::DrainSignal,
 }
 
 /// How a group spreads its connections (`[upstream.NAME]`).
@@ -97,6 +103,9 @@ pub struct Balance {
     pub source: Option<KeySource>,
     /// Servers tried for one connection at most (the first included).
     pub max_attempts: usize,
+    /// Sessions moved per second at most, when the group rebalances
+    /// (rebalance.rs); `None`: it does not.
+    pub rebalance: Option<NonZeroU32>,
 }
 
 impl Default for Balance {
@@ -105,6 +114,7 @@ impl Default for Balance {
             pick: Pick::RoundRobin,
             source: None,
             max_attempts: 3,
+            rebalance: None,
         }
     }
 }
@@ -138,6 +148,8 @@ pub struct Upstream {
     balance: Balancer,
     source: Option<KeySource>,
     max_attempts: usize,
+    /// Sessions moved per second at most (rebalance.rs).
+    rebalance: Option<NonZeroU32>,
     pool: Arc<pool::Pool>,
     /// Health and draining, index for index with `endpoints` (health.rs).
     health: health::Group,
@@ -193,6 +205,7 @@ impl Upstream {
             balance: balancer,
             source: balance.source,
             max_attempts: balance.max_attempts.max(1),
+            rebalance: balance.rebalance,
         }
     }
 
@@ -243,7 +256,7 @@ impl Upstream {
                 break;
             };
             let endpoint = &self.endpoints[server];
-            let load = self.balance.in_flight(server);
+            let load = self.in_flight(server); // health
             if let Some(io) = self.pool.take(server) {
                 return Ok(Conn {
                     io,
@@ -290,7 +303,7 @@ impl Upstream {
             server: conn.server,
             endpoint: conn.endpoint,
             reused: false,
-            _load: self.balance.in_flight(conn.server),
+            _load: self.in_flight(conn.server), // health
         })
     }
 
@@ -301,13 +314,35 @@ impl Upstream {
 
     /// The servers to try for one connection, best first: the balancer's
     /// candidates that are up and not draining (health), at most
-    /// `max_attempts` of them.
+    /// `max_attempts` of them. A request not balanced by its key tries the
+    /// servers a rebalance found above their share last (rebalance.rs), so
+    /// that the sessions it moves land elsewhere; one with a key always goes
+    /// where its key says.
     fn available_candidates(&self, key: Option<Key>) -> Vec<usize> {
-        self.balance
-            .candidates(key)
-            .filter(|&server| self.available(server))
-            .take(self.max_attempts)
-            .collect()
+        let loads = |i: usize| self.load(i); // health
+        let candidates = self.balance.candidates(key, &loads);
+        if key.is_some() {
+            return candidates
+                .filter(|&server| self.available(server))
+                .take(self.max_attempts)
+                .collect();
+        }
+        // The balancer's order within each part; no further than needed.
+        let now = Instant::now();
+        let (mut servers, mut crowded) = (Vec::new(), Vec::new());
+        for server in candidates {
+            match self.standing(server, now) {
+                Some(false) => servers.push(server),
+                Some(true) => crowded.push(server),
+                None => {}
+            }
+            if servers.len() == self.max_attempts {
+                break;
+            }
+        }
+        servers.extend(crowded);
+        servers.truncate(self.max_attempts);
+        servers
     }
 
     fn no_servers(&self) -> UpstreamError {
@@ -355,17 +390,14 @@ impl Upstream {
             };
             // Counted from the moment it is chosen, so that a burst of
             // connections does not all pick the same least-loaded server.
-            let load = self.balance.in_flight(server);
-            let outcome = attempt(endpoint, &req, &limits, load).await;
+            let load = self.in_flight(server); // health
+            let drain = self.drain_signal(server, key.map(|k| k.0)); // health
+            let outcome = attempt(endpoint, &req, &limits, load, drain).await;
             self.report(server, &outcome); // health
             match outcome {
                 Err(e) if fails_over(&e) => {
                     tracing::warn!(upstream = %self.name, error = %e, "server failed, trying the next one");
                     last = Some(e);
-                }
-                Ok(mut c) => {
-                    c.drain = Some(self.drain_signal(server)); // health
-                    return Ok(c);
                 }
                 other => return other,
             }
@@ -413,6 +445,7 @@ async fn attempt(
     req: &UpstreamRequest<'_>,
     policy: &Timeouts,
     load: InFlight,
+    drain: crate::relay::DrainSignal,
 ) -> Result<Connected, UpstreamError> {
     let io = dial::dial(endpoint, policy.connect).await?;
     let done = ws::handshake(io, endpoint, req, policy.handshake).await?;
@@ -422,8 +455,7 @@ async fn attempt(
         headers: done.headers,
         server: endpoint.label().to_owned(),
         load,
-        // Set to the server's own signal by `Upstream::connect`.
-        drain: None,
+        drain,
     })
 }
 
@@ -683,9 +715,9 @@ mod tests {
             let other = connect(&up, &POLICY).await.unwrap();
             assert_ne!(other.server, held.server);
         }
-        assert_eq!((up.balance.load(0) + up.balance.load(1)), 1);
+        assert_eq!((up.load(0) + up.load(1)), 1);
         drop(held);
-        assert_eq!((up.balance.load(0), up.balance.load(1)), (0, 0));
+        assert_eq!((up.load(0), up.load(1)), (0, 0));
     }
 
     #[tokio::test]
@@ -693,14 +725,14 @@ mod tests {
         let (a, _) = server(Behaviour::Accept).await;
         let up = Upstream::new("pool".into(), PoolLimits::default(), vec![a]);
         let conn = up.checkout(&POLICY, None).await.unwrap();
-        assert_eq!(up.balance.load(0), 1);
+        assert_eq!(up.load(0), 1);
         up.checkin(conn);
-        assert_eq!(up.balance.load(0), 0);
+        assert_eq!(up.load(0), 0);
         let conn = up.checkout(&POLICY, None).await.unwrap();
         assert!(conn.reused);
-        assert_eq!(up.balance.load(0), 1);
+        assert_eq!(up.load(0), 1);
         drop(conn);
-        assert_eq!(up.balance.load(0), 0);
+        assert_eq!(up.load(0), 0);
     }
 
     #[tokio::test]

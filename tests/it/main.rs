@@ -31,6 +31,7 @@ mod limits;
 mod memory;
 mod pending;
 mod protocol;
+mod rebalance;
 mod relay;
 mod request_path;
 mod routing;
