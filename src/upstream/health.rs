@@ -322,6 +322,13 @@ impl Server {
 #[derive(Debug)]
 pub struct InFlight(Arc<Server>);
 
+impl InFlight {
+    /// The server's label (its URL as written), for logs.
+    pub fn label(&self) -> &str {
+        self.0.label()
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.load.fetch_sub(1, Ordering::Relaxed);

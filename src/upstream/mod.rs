@@ -85,10 +85,8 @@ pub struct Connected {
     pub protocol: Option<HeaderValue>,
     /// End-to-end headers of the upstream's 101 (e.g. `Set-Cookie`).
     pub headers: HeaderMap,
-    /// Which server, for logs.
-    pub server: String,
     /// Counts the session on its server (least connections): hold it for
-    /// the session's life.
+    /// the session's life. It also names the server, for logs.
     pub load: InFlight,
     /// Tells the session when its server drains or sheds it (health.rs,
     /// rebalance.rs), and when the gateway drains.
@@ -453,7 +451,6 @@ async fn attempt(
         io: Stream::new(done.io, done.early),
         protocol: done.protocol,
         headers: done.headers,
-        server: endpoint.label().to_owned(),
         load,
         drain,
     })
@@ -600,7 +597,7 @@ mod tests {
         let up = Upstream::new("pool".into(), PoolLimits::default(), vec![a, b]);
         let mut order = Vec::new();
         for _ in 0..4 {
-            order.push(connect(&up, &POLICY).await.unwrap().server);
+            order.push(connect(&up, &POLICY).await.unwrap().load.label().to_owned());
         }
         assert_eq!(order, [&a_url, &b_url, &a_url, &b_url].map(String::as_str));
         assert_eq!(
@@ -617,7 +614,7 @@ mod tests {
         let up = Upstream::new("pool".into(), PoolLimits::default(), vec![dead, live]);
         // The first starts at the dead server, the second at the live one.
         for _ in 0..2 {
-            assert_eq!(connect(&up, &POLICY).await.unwrap().server, live_url);
+            assert_eq!(connect(&up, &POLICY).await.unwrap().load.label(), live_url);
         }
         assert_eq!(live_n.load(Ordering::SeqCst), 2);
     }
@@ -630,7 +627,7 @@ mod tests {
         let (live, _) = server(Behaviour::Accept).await;
         let live_url = live.url.clone();
         let up = Upstream::new("pool".into(), PoolLimits::default(), vec![flaky, live]);
-        assert_eq!(connect(&up, &POLICY).await.unwrap().server, live_url);
+        assert_eq!(connect(&up, &POLICY).await.unwrap().load.label(), live_url);
         assert_eq!(flaky_n.load(Ordering::SeqCst), 1);
     }
 
@@ -647,7 +644,7 @@ mod tests {
             ..POLICY
         };
         let started = Instant::now();
-        assert_eq!(connect(&up, &policy).await.unwrap().server, live_url);
+        assert_eq!(connect(&up, &policy).await.unwrap().load.label(), live_url);
         // Paused clock: exactly the attempt timeout was spent on the silent one.
         assert_eq!(started.elapsed().as_secs(), 1);
         assert_eq!(silent_n.load(Ordering::SeqCst), 1);
@@ -713,7 +710,7 @@ mod tests {
         // The next two go to the other server while the first is held.
         for _ in 0..2 {
             let other = connect(&up, &POLICY).await.unwrap();
-            assert_ne!(other.server, held.server);
+            assert_ne!(other.load.label(), held.load.label());
         }
         assert_eq!((up.load(0) + up.load(1)), 1);
         drop(held);
