@@ -18,14 +18,16 @@
 //!   leg runs over, and rustls configs (certificates chosen by SNI).
 //! - [`relay`]: the session: frames both ways, close handshake on both legs,
 //!   keepalive and timers ([`relay::lifecycle`]), per-leg rate and token
-//!   expiry checks ([`relay::gate`]).
+//!   expiry checks ([`relay::gate`]), and the one watch through which it
+//!   hears a drain or a shed ([`relay::beacon`]).
 //! - [`upstream`]: pick a server, connect, complete its handshake *before*
 //!   the client gets a 101: endpoints (each address of a name a server of
 //!   its own, the group's servers rebuilt as answers change, names resolved
 //!   in the background by the system's resolver or `[resolver]`), the
 //!   balancer's candidates, dialing (TCP/TLS, from the configured source
 //!   addresses), the client handshake, errors that say whether another
-//!   server may be tried, and each server's health and draining state.
+//!   server may be tried, each server's health, draining state and live
+//!   count, and the rebalance that moves sessions after a scale-out.
 //! - [`admission`]: decided before the upstream is contacted: client IP,
 //!   Origin, JWT, connection limits, handshake rate, and the caps on
 //!   connections not yet upgraded ([`admission::pending`]).

@@ -5,7 +5,10 @@
 
 use std::{
     future::Future,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -14,13 +17,18 @@ use tokio_util::{
     task::{task_tracker::TrackedFuture, TaskTracker},
 };
 
-use crate::relay::DrainSignal;
+use crate::relay::beacon::Beacon;
 
 /// The sessions of one gateway, across config reloads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sessions {
     tracker: TaskTracker,
+    /// Cancelled when the drain begins: what connections between requests
+    /// wait on.
     drain: CancellationToken,
+    /// Drains when the drain begins: every server's beacon is under it, so
+    /// the one watch of each session hears it.
+    beacon: Arc<Beacon>,
     /// Sessions that finished their close handshakes after the drain began.
     drained_clean: AtomicUsize,
     /// Sessions that ended without a clean handshake after the drain began.
@@ -40,18 +48,27 @@ pub struct DrainReport {
     pub cut: usize,
 }
 
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            tracker: TaskTracker::default(),
+            drain: CancellationToken::default(),
+            beacon: Beacon::new(),
+            drained_clean: AtomicUsize::default(),
+            drained_unclean: AtomicUsize::default(),
+        }
+    }
+}
+
 impl Sessions {
     /// Counts `session` as open until it completes; the drain waits for it.
     pub fn track<F: Future>(&self, session: F) -> TrackedFuture<F> {
         self.tracker.track_future(session)
     }
 
-    /// What a new session watches to learn the gateway is draining.
-    pub fn drain_signal(&self, spread: Option<Duration>) -> DrainSignal {
-        DrainSignal {
-            signal: self.drain.clone().cancelled_owned(),
-            spread,
-        }
+    /// The gateway's beacon, which every server's is under.
+    pub(crate) fn beacon(&self) -> &Arc<Beacon> {
+        &self.beacon
     }
 
     /// Resolves when the drain begins.
@@ -84,6 +101,7 @@ impl Sessions {
     pub async fn drain(&self, timeout: Duration) -> DrainReport {
         let sessions = self.tracker.len();
         self.drain.cancel();
+        self.beacon.set_draining(true);
         self.tracker.close();
         let _ = tokio::time::timeout(timeout, self.tracker.wait()).await;
         DrainReport {

@@ -33,6 +33,12 @@ pub struct Stream {
 
 impl Stream {
     pub fn new(transport: Transport, early: Vec<u8>) -> Self {
+        // An empty buffer may still hold what a read reserved (the wait for
+        // the upstream reads the client into it): not for the session's life.
+        let early = match early.is_empty() {
+            true => Vec::new(),
+            false => early,
+        };
         Stream { transport, early }
     }
 }

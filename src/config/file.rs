@@ -263,6 +263,10 @@ pub struct UpstreamSection {
     /// Servers tried for one connection before the client gets its 502 or
     /// 504, the first included; 1 turns failing over off.
     pub max_attempts: Option<Spanned<usize>>,
+    /// Move sessions off servers above their fair share (after a scale-out),
+    /// at most this many per second for the group: each client gets 1012 and
+    /// reconnects, as from a draining server. Off when omitted.
+    pub rebalance_per_second: Option<Spanned<u32>>,
     /// Serve this upstream from inside the gateway instead: `"echo"` sends
     /// every message back. Meant for trying framegate out and for tests.
     pub builtin: Option<Spanned<String>>,

@@ -15,6 +15,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt,
     net::SocketAddr,
+    num::NonZeroU32,
     ops::Range,
     path::{Path, PathBuf},
     sync::Arc,
@@ -617,7 +618,7 @@ impl<'a> Checker<'a> {
         Some((tls::upstream_client_config(trust, identity), server_name))
     }
 
-    /// `balance` and `max_attempts`.
+    /// `balance`, `max_attempts` and `rebalance_per_second`.
     fn balance(&mut self, u: &UpstreamSection) -> Balance {
         let mut balance = Balance::default();
         if let Some(b) = &u.balance {
@@ -633,6 +634,15 @@ impl<'a> Checker<'a> {
             match *n.get_ref() {
                 0 => self.err(n, "max_attempts must be at least 1 (1: no failover)"),
                 n => balance.max_attempts = n,
+            }
+        }
+        if let Some(r) = &u.rebalance_per_second {
+            balance.rebalance = NonZeroU32::new(*r.get_ref());
+            if balance.rebalance.is_none() {
+                self.err(
+                    r,
+                    "rebalance_per_second must be at least 1 (omit it to turn rebalancing off)",
+                );
             }
         }
         balance

@@ -24,7 +24,7 @@ use crate::{
     route::{Route, Routes},
     shutdown::{DrainReport, Sessions},
     tls,
-    upstream::{health, probe, resolve, Group, GroupSpec, ServerSpec},
+    upstream::{health, probe, rebalance, resolve, Group, GroupSpec, ServerSpec},
 };
 
 /// A gateway with its sockets bound, ready to serve.
@@ -66,12 +66,12 @@ struct Kept {
     addrs: Vec<SocketAddr>,
     /// The built-in echo backend, started once and kept across reloads.
     echo: OnceCell<SocketAddr>,
-    /// Servers' health and draining states by (group, label), kept across
-    /// reloads and changed answers for the servers that stay
+    /// Servers' health, draining states and live counts by (group, label),
+    /// kept across reloads and changed answers for the servers that stay
     /// (upstream/health.rs).
     health: Arc<health::Registry>,
-    /// Stops the current generation's active probes and name resolution
-    /// when it is replaced.
+    /// Stops the current generation's active probes, rebalance and name
+    /// resolution when it is replaced.
     probes: std::sync::Mutex<CancellationToken>,
     /// Names' last good answers, which a new generation starts from.
     known: Arc<resolve::Known>,
@@ -81,13 +81,16 @@ impl Gateway {
     /// Starts built-in upstreams and binds every listener once per worker.
     pub async fn bind(config: Config, workers: NonZeroUsize) -> anyhow::Result<Gateway> {
         tls::install_provider();
+        let sessions = Arc::<Sessions>::default();
         let kept = Kept {
-            sessions: Arc::default(),
+            // The servers' beacons are under the gateway's: its drain
+            // reaches every session through the one watch it has.
+            health: Arc::new(health::Registry::under(sessions.beacon())),
+            sessions,
             admission: Arc::default(),
             pending: Arc::default(),
             addrs: config.listeners.iter().map(|l| l.addr).collect(),
             echo: OnceCell::new(),
-            health: Arc::default(),
             probes: std::sync::Mutex::default(),
             known: Arc::default(),
         };
@@ -363,6 +366,7 @@ impl Kept {
         building.finish();
         for group in upstreams.values() {
             probe::spawn(group, probes.clone()); // health
+            rebalance::spawn(group, probes.clone()); // health
             group.follow(resolver.clone(), self.known.clone(), probes.clone()); // dns
         }
         let routes: Vec<Arc<Route>> = config

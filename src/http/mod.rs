@@ -105,11 +105,12 @@ struct Accepted {
     upstream: Stream,
     route: Arc<Route>,
     admitted: Admitted,
-    server: String,
-    /// Counts the session on its server for as long as it lives.
+    /// Counts the session on its server for as long as it lives, and names
+    /// the server for the log.
     load: InFlight,
-    /// Its server's drain (health): moves the session off it.
-    moved: Option<crate::relay::DrainSignal>,
+    /// Its server's beacon (health): the gateway's drain, its server's, and
+    /// a rebalance's shed.
+    drain: crate::relay::DrainSignal,
 }
 
 /// Serves one client connection (already past TLS, if any). `inflight`
@@ -144,29 +145,32 @@ pub async fn serve(
         }
     };
     drop(inflight);
-    let session = session(io, peer.addr, *up, &ctx);
+    let session = session(io, peer.addr, up, &ctx);
     // A session keeps its own route and policy, not the whole config generation.
     drop(ctx);
     session.await;
 }
 
 /// The session of an accepted upgrade, ready to run; it logs itself when done.
+/// `up` is taken boxed and emptied here, so that its allocation is freed
+/// now: a box moved out of is freed where its binding ends, which in
+/// `serve` would be after the session (a few hundred bytes for its life).
 fn session(
     io: Transport,
     peer: SocketAddr,
-    up: Upgraded,
+    up: Box<Upgraded>,
     ctx: &Context,
 ) -> Pin<Box<impl Future<Output = ()>>> {
+    let up = *up;
     let sessions = ctx.sessions.clone();
-    let drain = sessions.drain_signal(ctx.server.drain_spread);
     let Accepted {
         upstream,
         route,
         admitted,
-        server,
         load,
-        moved,
+        mut drain,
     } = up.accepted;
+    drain.spread = ctx.server.drain_spread;
     let (client_gate, upstream_gate) = admitted.gates();
     let slots = admitted.slots;
     let client = Stream::new(io, up.client_early);
@@ -177,13 +181,11 @@ fn session(
         Some(drain),
         Jitter::random(),
     )
-    .moved_by(moved)
     .gated(client_gate, upstream_gate);
     let path = up.path;
     Box::pin(async move {
         // Held for the session's whole life, released on every way out.
         let _slots = slots;
-        let _load = load;
         let started = Instant::now();
         // Counted as ended before it stops being tracked: the drain report,
         // read once nothing is tracked, must include it.
@@ -198,7 +200,7 @@ fn session(
             peer,
             &route.label,
             &path,
-            &server,
+            load.label(),
             started.elapsed(),
             &summary,
         );
@@ -542,9 +544,8 @@ async fn upgrade_request(
             upstream: connected.io,
             route,
             admitted,
-            server: connected.server,
             load: connected.load,
-            moved: connected.drain,
+            drain: connected.drain,
         },
     ))
 }

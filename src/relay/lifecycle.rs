@@ -41,8 +41,8 @@ pub enum Due {
     Idle,
     /// `max_lifetime` reached.
     Lifetime,
-    /// The gateway is shutting down, or the session's server drains, and
-    /// this session's turn has come.
+    /// The gateway is shutting down, the session's server drains or a
+    /// rebalance moves the session, and this session's turn has come.
     Drain(DrainBy),
 }
 
@@ -133,13 +133,14 @@ impl Lifecycle {
         }
     }
 
-    /// The gateway or the server is draining: act after `delay` (the
-    /// session's share of the spread). The first drain stands, unless the
-    /// gateway's own shutdown would come sooner than a server's.
+    /// The gateway or the server is draining, or a rebalance moves the
+    /// session: act after `delay` (the session's share of the spread). The
+    /// first drain stands, unless the gateway's own shutdown would come
+    /// sooner than a move.
     pub fn drain(&mut self, now: Instant, delay: Duration, by: DrainBy) {
         let at = now + delay;
         match self.drain_at {
-            Some((t, DrainBy::Server)) if by == DrainBy::Gateway && at < t => {
+            Some((t, first)) if first != DrainBy::Gateway && by == DrainBy::Gateway && at < t => {
                 self.drain_at = Some((at, by));
             }
             Some(_) => {}

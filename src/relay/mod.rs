@@ -8,7 +8,9 @@
 //! - `leg.rs`: one leg and where its close handshake stands (`LegState`);
 //! - `phase.rs`: where the session stands (`Phase`) and what an event on
 //!   one leg does to both (`on`);
-//! - [`lifecycle`]: the timers, pure; [`gate`]: admission's per-leg checks.
+//! - [`lifecycle`]: the timers, pure; [`gate`]: admission's per-leg checks;
+//! - [`beacon`]: how a session hears of a drain or a shed, one registration
+//!   per session and one atomic load per poll.
 //!
 //! Memory: a session owns no buffer while idle. Reads go into a per-thread
 //! scratch buffer and are rewritten in place by [`frame::Decoder`]; bytes a
@@ -17,6 +19,7 @@
 //! waiting, so a slow reader stops the gateway reading from the other side
 //! (TCP backpressure) instead of growing a queue.
 
+pub mod beacon;
 pub mod gate;
 mod leg;
 pub mod lifecycle;
@@ -26,19 +29,19 @@ mod pump;
 mod tests;
 
 use std::{
-    future::{poll_fn, Future},
-    pin::Pin,
+    future::poll_fn,
+    sync::Arc,
     task::{ready, Context, Poll},
     time::Duration,
 };
 
 use tokio::time::Instant;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::{
     proto::frame::{FrameLimits, Side},
     stream::Socket,
 };
+use beacon::{Beacon, Watch};
 use gate::Gate;
 use leg::{Leg, LegState};
 use lifecycle::{Due, Lifecycle};
@@ -97,12 +100,19 @@ pub struct Summary {
     pub upstream_rtt: Option<Duration>,
 }
 
-/// The gateway is shutting down (or, given to [`Session::moved_by`], the
-/// session's server drains): when `signal` resolves the session starts
-/// closing, after its share ([`Jitter::drain`]) of `spread`.
+/// What a session watches to learn that it must stop or move: its server's
+/// [`Beacon`] (under the gateway's, so the gateway's drain reaches it too;
+/// or the gateway's own), and the spreads of which it waits its share
+/// ([`Jitter::drain`]) after each drain.
 pub struct DrainSignal {
-    pub signal: WaitForCancellationFutureOwned,
+    pub beacon: Arc<Beacon>,
+    /// The gateway's shutdown is spread over this (`drain_spread`).
     pub spread: Option<Duration>,
+    /// The server's drain is spread over this (its group's `drain_window`).
+    pub window: Option<Duration>,
+    /// The key the session was balanced on (hashing groups): a shed takes
+    /// only sessions whose key now goes to another server.
+    pub key: Option<u64>,
 }
 
 /// Who drains a session, which decides what each leg is told.
@@ -114,13 +124,16 @@ pub enum DrainBy {
     /// gets 1012 "service restart", which tells it to reconnect, and it lands
     /// on another server; the backend gets 1001 "going away".
     Server,
+    /// Its server holds more than its share of the group's sessions
+    /// (rebalance): told as for [`DrainBy::Server`], at once.
+    Rebalance,
 }
 
 impl DrainBy {
     /// The close a leg on `side` gets.
     pub fn close(self, side: Side) -> (u16, &'static str) {
         match (self, side) {
-            (DrainBy::Server, Side::Client) => (1012, "service restart"),
+            (DrainBy::Server | DrainBy::Rebalance, Side::Client) => (1012, "service restart"),
             _ => (1001, "going away"),
         }
     }
@@ -130,21 +143,31 @@ impl DrainBy {
         match self {
             DrainBy::Gateway => "going away",
             DrainBy::Server => "server draining",
+            DrainBy::Rebalance => "rebalanced",
         }
     }
 }
 
-/// A drain signal being watched, and the session's delay after it.
-struct Watch {
-    signal: Pin<Box<WaitForCancellationFutureOwned>>,
-    delay: Duration,
+/// The session's watch, and its delays after each drain, in milliseconds
+/// (every session carries them: 8 bytes rather than 32).
+struct Watched {
+    watch: Watch,
+    /// Its share of the gateway's `drain_spread`.
+    gateway_ms: u32,
+    /// Its share of the server's `drain_window`.
+    server_ms: u32,
 }
 
-impl Watch {
+impl Watched {
     fn new(d: DrainSignal, share: f64) -> Self {
-        Watch {
-            signal: Box::pin(d.signal),
-            delay: d.spread.map_or(Duration::ZERO, |s| s.mul_f64(share)),
+        let ms = |spread: Option<Duration>| {
+            let delay = spread.map_or(Duration::ZERO, |s| s.mul_f64(share));
+            u32::try_from(delay.as_millis()).unwrap_or(u32::MAX)
+        };
+        Watched {
+            watch: Watch::new(d.beacon, d.key),
+            gateway_ms: ms(d.spread),
+            server_ms: ms(d.window),
         }
     }
 }
@@ -187,12 +210,9 @@ pub struct Session<C, U> {
     client: Leg<C>,
     upstream: Leg<U>,
     state: State,
-    /// The gateway's drain, and how long after it this session starts draining.
-    drain: Option<Watch>,
-    /// Its server's drain (see [`Session::moved_by`]).
-    moved: Option<Watch>,
-    /// [`Jitter::drain`], for a server drain given after `new`.
-    drain_share: f64,
+    /// The one thing it waits on besides its sockets and its timer: the
+    /// gateway's drain, its server's, and a rebalance's shed.
+    watch: Option<Watched>,
 }
 
 impl<C, U> Session<C, U>
@@ -200,8 +220,10 @@ where
     C: Socket,
     U: Socket,
 {
-    /// A session held to `rules`, told of the gateway's drain by `drain`,
-    /// its lifetime and drain moment spread by `jitter` ([`Jitter::random`]
+    /// A session held to `rules`, told by `drain` when the gateway drains
+    /// (1001 to both legs) and when its server drains or sheds it (the
+    /// client 1012, the backend 1001, each at a message boundary), its
+    /// lifetime and drain moment spread by `jitter` ([`Jitter::random`]
     /// outside tests).
     pub fn new(
         client: C,
@@ -217,23 +239,12 @@ where
         rules.max_lifetime = rules
             .max_lifetime
             .map(|d| d.mul_f64(1.0 - jitter.lifetime * 0.1));
-        let drain = drain.map(|d| Watch::new(d, jitter.drain));
         Session {
             client: Leg::new(Side::Client, client, policy),
             upstream: Leg::new(Side::Upstream, upstream, policy),
             state: State::new(Lifecycle::new(rules, now), policy.close_timeout, now),
-            drain,
-            moved: None,
-            drain_share: jitter.drain,
+            watch: drain.map(|d| Watched::new(d, jitter.drain)),
         }
-    }
-
-    /// Adds the session's server's drain: when `signal` resolves, after its
-    /// share of the spread, the client gets 1012 (reconnect) and the
-    /// backend 1001, each at a message boundary ([`DrainBy::Server`]).
-    pub fn moved_by(mut self, signal: Option<DrainSignal>) -> Self {
-        self.moved = signal.map(|d| Watch::new(d, self.drain_share));
-        self
     }
 
     /// Adds admission's per-leg checks: what each leg may send, and when the
@@ -333,14 +344,18 @@ where
     /// Returns whether anything was done (the pumps should run again).
     fn poll_open(&mut self, cx: &mut Context<'_>) -> bool {
         let now = self.state.now;
-        for (watch, by) in [
-            (&mut self.drain, DrainBy::Gateway),
-            (&mut self.moved, DrainBy::Server),
-        ] {
-            if let Some(w) = watch {
-                if w.signal.as_mut().poll(cx).is_ready() {
-                    self.state.life.drain(now, w.delay, by);
-                    *watch = None;
+        if let Some(w) = &mut self.watch {
+            if let Poll::Ready(news) = w.watch.poll(cx) {
+                let life = &mut self.state.life;
+                let ms = |n| Duration::from_millis(u64::from(n));
+                if news.gateway {
+                    life.drain(now, ms(w.gateway_ms), DrainBy::Gateway);
+                }
+                if news.drained {
+                    life.drain(now, ms(w.server_ms), DrainBy::Server);
+                }
+                if news.shed {
+                    life.drain(now, Duration::ZERO, DrainBy::Rebalance);
                 }
             }
         }

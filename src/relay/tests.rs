@@ -20,13 +20,13 @@ use tokio::{
     task::JoinHandle,
     time::Instant,
 };
-use tokio_util::sync::CancellationToken;
 use tungstenite::protocol::frame::{
     coding::{Control, Data, OpCode},
     FrameHeader,
 };
 
 use super::{
+    beacon::Beacon,
     gate::{Events, Gate, RateAction, RateSpec},
     leg::{Leg, LegState},
     lifecycle::{Due, Keepalive, Rules},
@@ -208,24 +208,11 @@ fn launch(
     upstream_buffer: usize,
     client_gate: Option<Gate>,
 ) -> Running {
-    launch_moved(rules, drain, None, jitter, upstream_buffer, client_gate)
-}
-
-/// [`launch`] with the session's server's drain signal too.
-fn launch_moved(
-    rules: SessionRules,
-    drain: Option<DrainSignal>,
-    moved: Option<DrainSignal>,
-    jitter: Jitter,
-    upstream_buffer: usize,
-    client_gate: Option<Gate>,
-) -> Running {
     let (client_gw, client) = duplex(64 * 1024);
     let (upstream_gw, upstream) = duplex(upstream_buffer);
     let t0 = Instant::now();
-    let mut session = Session::new(client_gw, upstream_gw, &rules, drain, jitter)
-        .moved_by(moved)
-        .gated(client_gate, None);
+    let mut session =
+        Session::new(client_gw, upstream_gw, &rules, drain, jitter).gated(client_gate, None);
     Running {
         client: Peer {
             io: client,
@@ -595,19 +582,41 @@ async fn a_peer_that_takes_nothing_is_dropped_at_the_second_deadline() {
 
 // --- Drain ------------------------------------------------------------------
 
-fn drain_signal(token: &CancellationToken, spread: Option<Duration>) -> Option<DrainSignal> {
+/// The gateway's beacon, and one server's under it (as in a gateway).
+fn beacons() -> (Arc<Beacon>, Arc<Beacon>) {
+    let gateway = Beacon::new();
+    let server = Beacon::under(&gateway);
+    (gateway, server)
+}
+
+/// What a session on `beacon` watches: the gateway's drain spread over
+/// `spread`, its server's over `window`.
+fn drain_signal(
+    beacon: &Arc<Beacon>,
+    spread: Option<Duration>,
+    window: Option<Duration>,
+    key: Option<u64>,
+) -> Option<DrainSignal> {
     Some(DrainSignal {
-        signal: token.clone().cancelled_owned(),
+        beacon: beacon.clone(),
         spread,
+        window,
+        key,
     })
 }
 
 #[tokio::test(start_paused = true)]
 async fn drain_sends_1001_to_both_legs_after_the_sessions_share_of_the_spread() {
-    let token = CancellationToken::new();
+    // The session watches its server's beacon; the gateway's drain reaches it.
+    let (gateway, server) = beacons();
     let mut s = start_with(
         rules(Duration::from_secs(5), Rules::default()),
-        drain_signal(&token, Some(Duration::from_secs(10))),
+        drain_signal(
+            &server,
+            Some(Duration::from_secs(10)),
+            Some(Duration::from_secs(100)),
+            None,
+        ),
         Jitter {
             lifetime: 0.0,
             drain: 0.25,
@@ -615,8 +624,8 @@ async fn drain_sends_1001_to_both_legs_after_the_sessions_share_of_the_spread() 
         64 * 1024,
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    token.cancel();
-    // A quarter of the 10 s spread after the signal.
+    gateway.set_draining(true);
+    // A quarter of the gateway's 10 s spread after the signal.
     let going_away = (1001, "going away".to_string());
     assert_eq!(s.client.expect_close().await, going_away);
     assert_eq!(s.elapsed(), Duration::from_millis(3500));
@@ -636,11 +645,15 @@ async fn drain_sends_1001_to_both_legs_after_the_sessions_share_of_the_spread() 
 
 #[tokio::test(start_paused = true)]
 async fn a_server_drain_sends_1012_to_the_client_and_1001_upstream_after_its_share() {
-    let (gateway, server) = (CancellationToken::new(), CancellationToken::new());
-    let mut s = launch_moved(
+    let (_gateway, server) = beacons();
+    let mut s = launch(
         rules(Duration::from_secs(5), Rules::default()),
-        drain_signal(&gateway, Some(Duration::from_secs(100))),
-        drain_signal(&server, Some(Duration::from_secs(20))),
+        drain_signal(
+            &server,
+            Some(Duration::from_secs(100)),
+            Some(Duration::from_secs(20)),
+            None,
+        ),
         Jitter {
             lifetime: 0.0,
             drain: 0.5,
@@ -648,7 +661,7 @@ async fn a_server_drain_sends_1012_to_the_client_and_1001_upstream_after_its_sha
         64 * 1024,
         None,
     );
-    server.cancel();
+    server.set_draining(true);
     // Half of the server's 20 s window.
     assert_eq!(
         s.client.expect_close().await,
@@ -668,19 +681,44 @@ async fn a_server_drain_sends_1012_to_the_client_and_1001_upstream_after_its_sha
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_server_drain_never_cuts_a_message_in_flight() {
-    let server = CancellationToken::new();
-    let mut s = launch_moved(
+async fn a_shutdown_overtakes_a_later_server_drain_on_the_same_watch() {
+    let (gateway, server) = beacons();
+    let mut s = start_with(
         rules(Duration::from_secs(5), Rules::default()),
-        None,
-        drain_signal(&server, None),
+        drain_signal(
+            &server,
+            Some(Duration::from_secs(10)),
+            Some(Duration::from_secs(100)),
+            None,
+        ),
+        Jitter {
+            lifetime: 0.0,
+            drain: 0.5,
+        },
+        64 * 1024,
+    );
+    // The move would come at 50 s; the shutdown at 1 s + 5 s.
+    server.set_draining(true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    gateway.set_draining(true);
+    assert_eq!(s.client.expect_close().await, (1001, "going away".into()));
+    assert_eq!(s.elapsed(), Duration::from_secs(6));
+    assert_eq!(s.upstream.expect_close().await, (1001, "going away".into()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_drain_never_cuts_a_message_in_flight() {
+    let (_gateway, server) = beacons();
+    let mut s = launch(
+        rules(Duration::from_secs(5), Rules::default()),
+        drain_signal(&server, None, None, None),
         NO_JITTER,
         64 * 1024,
         None,
     );
     s.upstream.send(false, TEXT, b"first half, ").await;
     assert!(!s.client.frame().await.fin);
-    server.cancel();
+    server.set_draining(true);
     assert_eq!(s.upstream.expect_close().await, (1001, "going away".into()));
     tokio::time::advance(Duration::from_secs(1)).await;
     s.upstream.send(true, CONT, b"second half").await;
@@ -696,18 +734,17 @@ async fn a_server_drain_never_cuts_a_message_in_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn a_message_that_never_ends_holds_a_server_drain_only_until_the_close_deadline() {
-    let server = CancellationToken::new();
-    let mut s = launch_moved(
+    let (_gateway, server) = beacons();
+    let mut s = launch(
         rules(Duration::from_secs(5), Rules::default()),
-        None,
-        drain_signal(&server, None),
+        drain_signal(&server, None, None, None),
         NO_JITTER,
         64 * 1024,
         None,
     );
     s.upstream.send(false, TEXT, b"never finished").await;
     assert!(!s.client.frame().await.fin);
-    server.cancel();
+    server.set_draining(true);
     assert_eq!(s.upstream.expect_close().await, (1001, "going away".into()));
     // At the close deadline the client still gets the move's code.
     assert_eq!(
@@ -717,12 +754,82 @@ async fn a_message_that_never_ends_holds_a_server_drain_only_until_the_close_dea
     assert_eq!(s.elapsed(), Duration::from_secs(5));
 }
 
+// --- A shed: rebalance moves the session --------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_shed_moves_the_session_at_once_without_cutting_a_message() {
+    let (_gateway, server) = beacons();
+    // A window and a share that a drain would wait out; a shed does not.
+    let mut s = launch(
+        rules(Duration::from_secs(5), Rules::default()),
+        drain_signal(&server, None, Some(Duration::from_secs(60)), None),
+        Jitter {
+            lifetime: 0.0,
+            drain: 0.9,
+        },
+        64 * 1024,
+        None,
+    );
+    s.upstream.send(false, TEXT, b"first half, ").await;
+    assert!(!s.client.frame().await.fin);
+    assert_eq!(server.shed(1, |_| true), 1);
+    assert_eq!(s.upstream.expect_close().await, (1001, "going away".into()));
+    assert_eq!(s.elapsed(), Duration::ZERO);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    s.upstream.send(true, CONT, b"second half").await;
+    let last = s.client.frame().await;
+    assert_eq!((last.fin, &last.payload[..]), (true, &b"second half"[..]));
+    assert_eq!(
+        s.client.expect_close().await,
+        (1012, "service restart".into())
+    );
+    answer_closes(&mut s, (1012, ""), (1001, "")).await;
+    let summary = s.summary().await;
+    assert!(summary.clean);
+    assert_eq!(
+        summary.ending,
+        Some(Ending::Gateway {
+            reason: "rebalanced"
+        })
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shed_reaches_only_the_sessions_it_takes() {
+    let (_gateway, server) = beacons();
+    let start = |key| {
+        launch(
+            rules(Duration::from_secs(5), Rules::default()),
+            drain_signal(&server, None, None, Some(key)),
+            NO_JITTER,
+            64 * 1024,
+            None,
+        )
+    };
+    let (mut stays, mut moves) = (start(1), start(2));
+    // Both are registered once they relay.
+    for s in [&mut stays, &mut moves] {
+        s.upstream.text("hello").await;
+        assert_eq!(s.client.frame().await.payload, b"hello");
+    }
+    assert_eq!(server.watching(), 2);
+    assert_eq!(server.shed(5, |key| key == Some(2)), 1);
+    assert_eq!(
+        moves.client.expect_close().await,
+        (1012, "service restart".into())
+    );
+    // The other goes on relaying, and is still counted as staying.
+    stays.upstream.text("still here").await;
+    assert_eq!(stays.client.frame().await.payload, b"still here");
+    assert_eq!(server.watching(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn drain_never_cuts_a_message_in_flight() {
-    let token = CancellationToken::new();
+    let gateway = Beacon::new();
     let mut s = start_with(
         rules(Duration::from_secs(5), Rules::default()),
-        drain_signal(&token, None),
+        drain_signal(&gateway, None, None, None),
         NO_JITTER,
         64 * 1024,
     );
@@ -733,7 +840,7 @@ async fn drain_never_cuts_a_message_in_flight() {
         (false, &b"first half, "[..])
     );
 
-    token.cancel();
+    gateway.set_draining(true);
     // The upstream's own direction is idle, so it hears 1001 at once...
     assert_eq!(s.upstream.expect_close().await, (1001, "going away".into()));
     // ...while the client's close waits for the message to finish.
@@ -762,16 +869,16 @@ async fn drain_never_cuts_a_message_in_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn a_message_that_never_ends_holds_the_drain_only_until_the_close_deadline() {
-    let token = CancellationToken::new();
+    let gateway = Beacon::new();
     let mut s = start_with(
         rules(Duration::from_secs(5), Rules::default()),
-        drain_signal(&token, None),
+        drain_signal(&gateway, None, None, None),
         NO_JITTER,
         64 * 1024,
     );
     s.upstream.send(false, TEXT, b"never finished").await;
     assert!(!s.client.frame().await.fin);
-    token.cancel();
+    gateway.set_draining(true);
     assert_eq!(s.upstream.expect_close().await, (1001, "going away".into()));
     // The upstream neither finishes the message nor answers the close.
     assert_eq!(s.client.expect_close().await, (1001, "going away".into()));

@@ -26,17 +26,14 @@
 //!   next candidate is the server with the next highest score, the one the
 //!   key would move to if the first were gone.
 //!
-//! Live counts are plain atomics, one per server, taken with an RAII
-//! [`InFlight`] guard (pingora's `Inflight`): a WebSocket session holds its
-//! guard for its whole life, a plain HTTP request while it is in flight,
-//! and every way out releases it.
+//! The live counts the loaded policies compare are not kept here: they are
+//! the servers' own ([`InFlight`](super::health::InFlight), kept across
+//! reloads), passed in as a [`Loads`] view, so a balancer is rebuilt on
+//! every reload without forgetting the sessions already open.
 
 use std::{
     cmp::Reverse,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::atomic::{AtomicUsize, Ordering},
 };
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
@@ -61,12 +58,15 @@ pub enum Pick {
 /// load to be at most [`MAX_WEIGHT`], so this bounds the server count too.
 pub const MAX_WEIGHT: u32 = 100;
 
-/// One group's balancer: its policy, its servers' weights and hash seeds,
-/// and the live count of each server.
+/// One group's balancer: its policy, and its servers' weights and hash
+/// seeds.
 #[derive(Debug)]
 pub struct Balancer {
     pick: Pick,
     weights: Vec<u32>,
+    /// Each server's weight with that of its twins (the same URL again):
+    /// twins share one live count, so their load is per this weight.
+    pooled: Vec<u32>,
     /// Each server's rendezvous seed, from its URL as written (and how many
     /// servers before it have the same URL). Nothing per process: every
     /// gateway with the same server list sends a key to the same server.
@@ -81,13 +81,14 @@ pub struct Balancer {
     cumulative: Vec<u64>,
     /// Connections started so far (wrapping): the round-robin turn.
     turn: AtomicUsize,
-    /// Live sessions and in-flight requests, per server.
-    loads: Vec<Arc<AtomicUsize>>,
 }
 
 /// A draw in `0..bound`; the real one is `rand`'s thread-local generator,
 /// tests pass a seeded one.
 pub type Draw<'r> = &'r mut dyn FnMut(u64) -> u64;
+
+/// Server `i`'s live sessions and in-flight requests.
+pub type Loads<'l> = &'l dyn Fn(usize) -> usize;
 
 impl Balancer {
     /// A balancer for servers with these labels (URLs as written) and
@@ -104,6 +105,13 @@ impl Balancer {
             labels.push(label);
             weights.push(weight.max(1));
         }
+        let pooled = labels
+            .iter()
+            .map(|l| {
+                let twins = labels.iter().zip(&weights).filter(|(t, _)| *t == l);
+                twins.map(|(_, w)| w).sum()
+            })
+            .collect();
         let uniform = weights.windows(2).all(|w| w[0] == w[1]);
         let wheel = if uniform {
             Vec::new()
@@ -117,31 +125,41 @@ impl Balancer {
                 Some(*sum)
             })
             .collect();
-        let loads = weights.iter().map(|_| Arc::default()).collect();
         Balancer {
             pick,
             weights,
+            pooled,
             seeds,
             uniform,
             wheel,
             cumulative,
             turn: AtomicUsize::new(0),
-            loads,
         }
     }
 
+    /// Server `i`'s weight with its twins' (see `pooled`).
+    pub fn pooled_weight(&self, i: usize) -> u32 {
+        self.pooled[i]
+    }
+
     /// The order to try the servers in for one connection with this key
-    /// (used only by [`Pick::Hash`]): every server once, best first.
-    pub fn candidates(&self, key: Option<Key>) -> Candidates<'_> {
+    /// (used only by [`Pick::Hash`]), the loaded policies reading `loads`:
+    /// every server once, best first.
+    pub fn candidates(&self, key: Option<Key>, loads: Loads<'_>) -> Candidates<'_> {
         // The thread's generator, reached only by `random_two`.
-        self.candidates_with(key, &mut |bound| {
+        self.candidates_with(key, loads, &mut |bound| {
             rand::Rng::random_range(&mut rand::rng(), 0..bound)
         })
     }
 
     /// [`Balancer::candidates`] with the random draws of [`Pick::RandomTwo`]
     /// from `draw`.
-    pub fn candidates_with(&self, key: Option<Key>, draw: Draw<'_>) -> Candidates<'_> {
+    pub fn candidates_with(
+        &self,
+        key: Option<Key>,
+        loads: Loads<'_>,
+        draw: Draw<'_>,
+    ) -> Candidates<'_> {
         let n = self.weights.len();
         let plan = if n == 0 {
             Plan::Rotate { first: 0, start: 0 }
@@ -152,8 +170,8 @@ impl Balancer {
                     last: None,
                 },
                 (Pick::RoundRobin | Pick::Hash, _) => self.next_turn(),
-                (Pick::LeastConn, _) => self.least_loaded(),
-                (Pick::RandomTwo, _) => self.two_choices(draw),
+                (Pick::LeastConn, _) => self.least_loaded(loads),
+                (Pick::RandomTwo, _) => self.two_choices(loads, draw),
             }
         };
         Candidates {
@@ -162,18 +180,6 @@ impl Balancer {
             taken: 0,
             cursor: 0,
         }
-    }
-
-    /// Counts one connection to server `i` until the guard is dropped.
-    pub fn in_flight(&self, i: usize) -> InFlight {
-        let count = self.loads[i].clone();
-        count.fetch_add(1, Ordering::Relaxed);
-        InFlight(count)
-    }
-
-    /// Server `i`'s live sessions and in-flight requests.
-    pub fn load(&self, i: usize) -> usize {
-        self.loads[i].load(Ordering::Relaxed)
     }
 
     fn next_turn(&self) -> Plan {
@@ -189,26 +195,26 @@ impl Balancer {
     }
 
     /// Whether server `a` is less loaded than `b`, per unit of weight.
-    fn lighter(&self, a: usize, b: usize) -> bool {
+    fn lighter(&self, loads: Loads<'_>, a: usize, b: usize) -> bool {
         // load_a / w_a < load_b / w_b, without division.
-        let (la, lb) = (self.load(a) as u64, self.load(b) as u64);
-        la * u64::from(self.weights[b]) < lb * u64::from(self.weights[a])
+        let (la, lb) = (loads(a) as u64, loads(b) as u64);
+        la * u64::from(self.pooled[b]) < lb * u64::from(self.pooled[a])
     }
 
-    fn least_loaded(&self) -> Plan {
+    fn least_loaded(&self, loads: Loads<'_>) -> Plan {
         let n = self.weights.len();
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % n;
         let mut best = start;
         for k in 1..n {
             let i = (start + k) % n;
-            if self.lighter(i, best) {
+            if self.lighter(loads, i, best) {
                 best = i;
             }
         }
         Plan::Rotate { first: best, start }
     }
 
-    fn two_choices(&self, draw: Draw<'_>) -> Plan {
+    fn two_choices(&self, loads: Loads<'_>, draw: Draw<'_>) -> Plan {
         let n = self.weights.len();
         let a = self.weighted(draw(self.total()));
         let mut b = self.weighted(draw(self.total()));
@@ -216,7 +222,7 @@ impl Balancer {
             // Another server, uniformly among the rest.
             b = (a + 1 + draw(n as u64 - 1) as usize) % n;
         }
-        let first = if self.lighter(b, a) { b } else { a };
+        let first = if self.lighter(loads, b, a) { b } else { a };
         Plan::Rotate {
             first,
             start: (first + 1) % n,
@@ -270,17 +276,6 @@ fn smooth_wheel(weights: &[u32]) -> Vec<usize> {
             best
         })
         .collect()
-}
-
-/// Counts one live session or in-flight request on a server; dropping it
-/// stops counting.
-#[derive(Debug)]
-pub struct InFlight(Arc<AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -385,8 +380,17 @@ mod tests {
         }
     }
 
+    /// No server has a live session.
+    const IDLE: Loads<'static> = &|_| 0;
+
     fn order(b: &Balancer, key: Option<Key>) -> Vec<usize> {
-        b.candidates_with(key, &mut seeded(1)).collect()
+        loaded(b, key, &[])
+    }
+
+    /// [`order`] with these live counts (missing ones are 0).
+    fn loaded(b: &Balancer, key: Option<Key>, loads: &[usize]) -> Vec<usize> {
+        let loads = |i: usize| loads.get(i).copied().unwrap_or(0);
+        b.candidates_with(key, &loads, &mut seeded(1)).collect()
     }
 
     fn key(s: &str) -> Option<Key> {
@@ -405,9 +409,9 @@ mod tests {
     #[test]
     fn a_connection_takes_one_turn_however_many_it_tries() {
         let b = even(Pick::RoundRobin, 3);
-        assert_eq!(b.candidates(None).take(2).count(), 2);
+        assert_eq!(b.candidates(None, IDLE).take(2).count(), 2);
         assert_eq!(order(&b, None), [1, 2, 0]);
-        b.candidates(None);
+        b.candidates(None, IDLE);
         assert_eq!(order(&b, None), [0, 1, 2]);
     }
 
@@ -443,7 +447,7 @@ mod tests {
         ] {
             let b = even(pick, 0);
             assert_eq!(order(&b, key("k")), Vec::<usize>::new());
-            assert_eq!(b.candidates(None).len(), 0);
+            assert_eq!(b.candidates(None, IDLE).len(), 0);
         }
     }
 
@@ -457,11 +461,11 @@ mod tests {
         ] {
             let b = balancer(pick, &servers(5), &[1, 3, 1, 2, 1]);
             for k in ["a", "b", "c"] {
-                let mut c = b.candidates(key(k));
+                let mut c = b.candidates(key(k), IDLE);
                 assert_eq!(c.len(), 5);
                 c.next();
                 assert_eq!(c.size_hint(), (4, Some(4)));
-                let mut all: Vec<usize> = b.candidates(key(k)).collect();
+                let mut all: Vec<usize> = b.candidates(key(k), IDLE).collect();
                 all.sort_unstable();
                 assert_eq!(all, [0, 1, 2, 3, 4], "{pick:?}");
             }
@@ -474,16 +478,12 @@ mod tests {
         // Idle: in turn.
         assert_eq!(order(&b, None)[0], 0);
         assert_eq!(order(&b, None)[0], 1);
-        let _held: Vec<InFlight> = (0..3).map(|_| b.in_flight(0)).collect();
-        let _one = b.in_flight(1);
         for _ in 0..5 {
-            assert_eq!(order(&b, None)[0], 2);
+            assert_eq!(loaded(&b, None, &[3, 1, 0])[0], 2);
         }
-        // Guards released on drop: 0 and 2 are idle again, 1 is not.
-        drop(_held);
-        assert_eq!(b.load(0), 0);
+        // 0 and 2 are idle again, 1 is not.
         for _ in 0..4 {
-            assert_ne!(order(&b, None)[0], 1);
+            assert_ne!(loaded(&b, None, &[0, 1, 0])[0], 1);
         }
     }
 
@@ -491,39 +491,65 @@ mod tests {
     fn least_conn_follows_live_sessions() {
         // Sessions that stay open: each new one goes where there are fewest.
         let b = balancer(Pick::LeastConn, &servers(3), &[1, 1, 2]);
-        let mut held = Vec::new();
+        let mut loads = vec![0; 3];
         for _ in 0..400 {
-            let first = order(&b, None)[0];
-            held.push(b.in_flight(first));
+            let first = loaded(&b, None, &loads)[0];
+            loads[first] += 1;
         }
         // Weighted 1:1:2 exactly (give or take one).
-        let loads: Vec<usize> = (0..3).map(|i| b.load(i)).collect();
         assert!(loads[0].abs_diff(100) <= 1, "{loads:?}");
         assert!(loads[1].abs_diff(100) <= 1, "{loads:?}");
         assert!(loads[2].abs_diff(200) <= 2, "{loads:?}");
     }
 
     #[test]
+    fn twins_share_one_count_and_their_weights() {
+        // The same URL twice: one live count, compared per weight 2.
+        let labels = vec![
+            "ws://a:1".to_owned(),
+            "ws://a:1".to_owned(),
+            "ws://b:1".to_owned(),
+        ];
+        let b = balancer(Pick::LeastConn, &labels, &[1, 1, 1]);
+        assert_eq!(b.pooled_weight(0), 2);
+        let (mut a, mut other) = (0, 0);
+        for _ in 0..300 {
+            match loaded(&b, None, &[a, a, other])[0] {
+                2 => other += 1,
+                _ => a += 1,
+            }
+        }
+        assert!(a.abs_diff(200) <= 2, "{a} vs {other}");
+    }
+
+    #[test]
     fn random_two_spreads_live_sessions_evenly() {
         let b = even(Pick::RandomTwo, 3);
         let mut draw = seeded(7);
-        let mut held = Vec::new();
+        let mut loads = vec![0usize; 3];
         for _ in 0..300 {
-            let first = b.candidates_with(None, &mut draw).next().unwrap();
-            held.push(b.in_flight(first));
+            let counts = loads.clone();
+            let first = b
+                .candidates_with(None, &|i| counts[i], &mut draw)
+                .next()
+                .unwrap();
+            loads[first] += 1;
         }
-        for i in 0..3 {
-            assert!(b.load(i).abs_diff(100) <= 20, "{}", b.load(i));
+        for n in &loads {
+            assert!(n.abs_diff(100) <= 20, "{loads:?}");
         }
     }
 
     #[test]
     fn random_two_takes_the_less_loaded_of_its_two() {
         let b = even(Pick::RandomTwo, 2);
-        let _busy = b.in_flight(0);
+        let busy: Loads<'_> = &|i| usize::from(i == 0);
         // With two servers the two draws are always both of them.
         for s in 0..20 {
-            assert_eq!(b.candidates_with(None, &mut seeded(s)).next(), Some(1));
+            assert_eq!(
+                b.candidates_with(None, busy, &mut seeded(s)).next(),
+                Some(1)
+            );
         }
     }
 

@@ -441,7 +441,7 @@ mod tests {
         let mut chosen = BTreeSet::new();
         for k in 0..200u64 {
             let first = |up: &Upstream| {
-                let i = up.balance.candidates(Some(Key(k))).next().unwrap();
+                let i = up.balance.candidates(Some(Key(k)), &|_| 0).next().unwrap();
                 up.endpoints[i].label().to_owned()
             };
             assert_eq!(first(&a), first(&b));

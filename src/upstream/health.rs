@@ -6,11 +6,13 @@
 //! The decisions are a pure state machine ([`State`]) that is told what
 //! happened and what time it is, unit-tested on tokio's paused clock. Around
 //! it, [`Server`] is one server's shared state (behind a lock taken once per
-//! attempt, never per frame), and [`Registry`] keeps a [`Server`] per
-//! `(group, label)` across reloads and changed answers of names, so a
-//! server that stays keeps its health and its draining state, and one a
-//! reload removes is drained. An address that only left its name's answer
-//! is forgotten without draining (see [`super::group`] for why).
+//! attempt, never per frame), with its live count ([`InFlight`], what least
+//! connections compares) and the beacon its sessions watch; [`Registry`]
+//! keeps a [`Server`] per `(group, label)` across reloads and changed
+//! answers of names, so a server that stays keeps its health, its draining
+//! state and its count of the sessions opened before, and one a reload
+//! removes is drained. An address that only left its name's answer is
+//! forgotten without draining (see [`super::group`] for why).
 //!
 //! Availability filters the balancer's candidates (see
 //! [`Upstream::available`](super::Upstream::available)); it does not choose
@@ -18,15 +20,17 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     time::Duration,
 };
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{error::UpstreamError, Upstream};
-use crate::relay::DrainSignal;
+use crate::relay::{beacon::Beacon, DrainSignal};
 
 /// Passive health: how failures of real traffic eject a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +110,10 @@ pub struct State {
     up: bool,
     /// Probe results in a row that disagree with `up`.
     streak: u32,
+    /// Rebalance found the server above its share: until then it is tried
+    /// after the others (see `rebalance.rs`). A time rather than a flag, so
+    /// that a mark left by a rebalance a reload stopped wears off.
+    crowded_until: Option<Instant>,
 }
 
 impl Default for State {
@@ -116,6 +124,7 @@ impl Default for State {
             until: None,
             up: true,
             streak: 0,
+            crowded_until: None,
         }
     }
 }
@@ -124,6 +133,16 @@ impl State {
     /// Whether new sessions may go to the server at `now`.
     pub fn available(&self, now: Instant) -> bool {
         self.up && self.until.is_none_or(|t| now >= t)
+    }
+
+    /// Whether the server is marked above its share at `now`.
+    pub fn crowded(&self, now: Instant) -> bool {
+        self.crowded_until.is_some_and(|t| now < t)
+    }
+
+    /// Marks the server above its share until `until`, or clears the mark.
+    pub fn crowd(&mut self, until: Option<Instant>) {
+        self.crowded_until = until;
     }
 
     /// When an ejection ends, if the server is ejected at `now`.
@@ -198,24 +217,25 @@ impl State {
 pub struct Server {
     label: String,
     state: Mutex<State>,
-    drain: Mutex<Drain>,
-}
-
-#[derive(Debug, Default)]
-struct Drain {
-    /// Cancelled when the server starts draining; replaced by a fresh one
-    /// when it is undrained, so later sessions are not told.
-    token: CancellationToken,
+    /// Live sessions and in-flight requests ([`InFlight`]), whichever
+    /// generation opened them: least connections compares these.
+    load: AtomicUsize,
+    /// What its sessions watch: draining (its own, or the gateway's above
+    /// it) and sheds.
+    beacon: Arc<Beacon>,
     /// The group's `drain_window` when last configured.
-    window: Option<Duration>,
+    window: Mutex<Option<Duration>>,
 }
 
 impl Server {
-    pub fn new(label: &str) -> Self {
+    /// A server whose sessions also hear `gateway`'s drain, if given.
+    pub fn new(label: &str, gateway: Option<&Arc<Beacon>>) -> Self {
         Server {
             label: label.to_owned(),
             state: Mutex::default(),
-            drain: Mutex::default(),
+            load: AtomicUsize::new(0),
+            beacon: gateway.map_or_else(Beacon::new, Beacon::under),
+            window: Mutex::default(),
         }
     }
 
@@ -227,8 +247,8 @@ impl Server {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn drain_state(&self) -> MutexGuard<'_, Drain> {
-        self.drain.lock().unwrap_or_else(|e| e.into_inner())
+    fn window(&self) -> MutexGuard<'_, Option<Duration>> {
+        self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether new sessions may go here at `now`: healthy and not draining.
@@ -236,40 +256,83 @@ impl Server {
         !self.is_draining() && self.state().available(now)
     }
 
-    pub fn is_draining(&self) -> bool {
-        self.drain_state().token.is_cancelled()
+    /// `None` when no new session may go here at `now`; else whether it is
+    /// marked above its share (one lock for both).
+    pub fn standing(&self, now: Instant) -> Option<bool> {
+        if self.is_draining() {
+            return None;
+        }
+        let s = self.state();
+        s.available(now).then(|| s.crowded(now))
     }
 
-    /// What a session on this server watches: when the server drains, the
-    /// session closes at a message boundary after its share of the window
-    /// (client 1012, backend 1001).
-    pub fn drain_signal(&self) -> DrainSignal {
-        let d = self.drain_state();
+    pub fn is_draining(&self) -> bool {
+        self.beacon.is_draining()
+    }
+
+    /// Live sessions and in-flight requests.
+    pub fn load(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+
+    /// Counts one session or request here until the guard is dropped.
+    pub fn in_flight(self: &Arc<Self>) -> InFlight {
+        self.load.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn beacon(&self) -> &Arc<Beacon> {
+        &self.beacon
+    }
+
+    /// What a session on this server balanced on `key` watches: when the
+    /// server drains the session closes at a message boundary after its
+    /// share of the window (client 1012, backend 1001); the gateway's drain
+    /// and a rebalance's shed reach it the same way. The gateway's spread is
+    /// the caller's to set.
+    pub fn drain_signal(&self, key: Option<u64>) -> DrainSignal {
         DrainSignal {
-            signal: d.token.clone().cancelled_owned(),
-            spread: d.window,
+            beacon: self.beacon.clone(),
+            spread: None,
+            window: *self.window(),
+            key,
         }
     }
 
     /// Sets the draining state from the config; returns whether it changed.
     fn set_draining(&self, on: bool, window: Option<Duration>) -> bool {
-        let mut d = self.drain_state();
-        d.window = window;
-        match (on, d.token.is_cancelled()) {
-            (true, false) => d.token.cancel(),
-            (false, true) => d.token = CancellationToken::new(),
-            _ => return false,
-        }
-        true
+        *self.window() = window;
+        self.beacon.set_draining(on)
     }
 
     /// Removed by a reload: its sessions move off over the last window.
     fn removed(&self) {
-        self.drain_state().token.cancel();
+        self.beacon.set_draining(true);
     }
 
     pub(super) fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         f(&mut self.state())
+    }
+}
+
+/// Counts one live session or in-flight request on a server (pingora's
+/// `Inflight`): a WebSocket session holds it for its whole life, a plain
+/// request while in flight, and every way out releases it. It counts on
+/// the server's shared state, so a reload that keeps the server keeps the
+/// count.
+#[derive(Debug)]
+pub struct InFlight(Arc<Server>);
+
+impl InFlight {
+    /// The server's label (its URL as written), for logs.
+    pub fn label(&self) -> &str {
+        self.0.label()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.load.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -287,7 +350,7 @@ impl Group {
     /// group built outside a gateway, as in tests).
     pub fn standalone<'a>(labels: impl Iterator<Item = &'a str>) -> Self {
         Group {
-            servers: labels.map(|l| Arc::new(Server::new(l))).collect(),
+            servers: labels.map(|l| Arc::new(Server::new(l, None))).collect(),
             passive: Passive::default(),
             probe: None,
         }
@@ -318,6 +381,9 @@ pub struct Listed<'a> {
 #[derive(Debug, Default)]
 pub struct Registry {
     inner: Mutex<Servers>,
+    /// The gateway's beacon, which every server's is under (none outside a
+    /// gateway).
+    gateway: Option<Arc<Beacon>>,
 }
 
 #[derive(Debug, Default)]
@@ -348,6 +414,14 @@ pub struct Building<'a> {
 }
 
 impl Registry {
+    /// A registry whose servers' sessions also hear `gateway`'s drain.
+    pub fn under(gateway: &Arc<Beacon>) -> Self {
+        Registry {
+            inner: Mutex::default(),
+            gateway: Some(gateway.clone()),
+        }
+    }
+
     pub fn begin(&self) -> Building<'_> {
         Building {
             registry: self,
@@ -386,7 +460,7 @@ impl Registry {
         for l in servers {
             let key = (group.to_owned(), l.label.to_owned());
             let found = kept.get(&key).map(|e| e.server.clone());
-            let server = configured(group, l, found, settings);
+            let server = configured(group, l, found, settings, self.gateway.as_ref());
             kept.insert(
                 key.clone(),
                 Entry {
@@ -414,8 +488,9 @@ fn configured(
     l: &Listed<'_>,
     found: Option<Arc<Server>>,
     settings: &Settings,
+    gateway: Option<&Arc<Beacon>>,
 ) -> Arc<Server> {
-    let server = found.unwrap_or_else(|| Arc::new(Server::new(l.label)));
+    let server = found.unwrap_or_else(|| Arc::new(Server::new(l.label, gateway)));
     if server.set_draining(l.drain, settings.window) {
         match l.drain {
             true => tracing::info!(
@@ -446,7 +521,13 @@ impl Building<'_> {
         for l in servers {
             let key = (group.to_owned(), l.label.to_owned());
             let found = self.seen.get(&key).or_else(|| kept.by_label.get(&key));
-            let server = configured(group, l, found.map(|e| e.server.clone()), &settings);
+            let server = configured(
+                group,
+                l,
+                found.map(|e| e.server.clone()),
+                &settings,
+                self.registry.gateway.as_ref(),
+            );
             self.urls.insert((group.to_owned(), l.url.to_owned()));
             self.seen.insert(
                 key,
@@ -490,6 +571,11 @@ impl Upstream {
     /// loops skip servers for which this is false.
     pub(super) fn available(&self, index: usize) -> bool {
         self.health.servers[index].available(Instant::now())
+    }
+
+    /// [`Server::standing`] of server `index`.
+    pub(super) fn standing(&self, index: usize, now: Instant) -> Option<bool> {
+        self.health.servers[index].standing(now)
     }
 
     /// Records how an attempt at server `index` went; logs transitions.
@@ -542,9 +628,19 @@ impl Upstream {
         }
     }
 
-    /// The signal a session on server `index` watches for its drain.
-    pub(super) fn drain_signal(&self, index: usize) -> DrainSignal {
-        self.health.servers[index].drain_signal()
+    /// The signal a session on server `index` balanced on `key` watches.
+    pub(super) fn drain_signal(&self, index: usize, key: Option<u64>) -> DrainSignal {
+        self.health.servers[index].drain_signal(key)
+    }
+
+    /// Counts a session or request on server `index` while the guard lives.
+    pub(super) fn in_flight(&self, index: usize) -> InFlight {
+        self.health.servers[index].in_flight()
+    }
+
+    /// Server `index`'s live sessions and in-flight requests.
+    pub(super) fn load(&self, index: usize) -> usize {
+        self.health.servers[index].load()
     }
 }
 
@@ -739,7 +835,7 @@ mod tests {
         );
         b.finish();
         let (a, bb) = (g1.servers[0].clone(), g1.servers[1].clone());
-        let removed = bb.drain_signal();
+        let removed = bb.drain_signal(None);
 
         let mut b = reg.begin();
         let g2 = b.group(
@@ -819,6 +915,71 @@ mod tests {
     }
 
     #[test]
+    fn a_server_that_stays_keeps_its_count_of_sessions_opened_before_a_reload() {
+        let reg = Registry::default();
+        let listed = ips(&[("ws://a", false), ("ws://b", false)]);
+        let mut b = reg.begin();
+        let g1 = b.group("pool", &listed, Settings::default());
+        b.finish();
+        let held: Vec<InFlight> = (0..3).map(|_| g1.servers[0].in_flight()).collect();
+        let mut b = reg.begin();
+        let g2 = b.group("pool", &listed, Settings::default());
+        b.finish();
+        drop(g1);
+        assert_eq!((g2.servers[0].load(), g2.servers[1].load()), (3, 0));
+        let more = g2.servers[0].in_flight();
+        assert_eq!(g2.servers[0].load(), 4);
+        drop((held, more));
+        assert_eq!(g2.servers[0].load(), 0, "every guard gave its count back");
+    }
+
+    #[test]
+    fn a_servers_beacon_is_under_the_gateways() {
+        let gateway = Beacon::new();
+        let reg = Registry::under(&gateway);
+        let mut b = reg.begin();
+        let g = b.group("pool", &ips(&[("ws://a", false)]), Settings::default());
+        b.finish();
+        let signal = g.servers[0].drain_signal(Some(7));
+        assert_eq!(signal.key, Some(7));
+        let woken = std::sync::Arc::new(Woken::default());
+        let waker = std::task::Waker::from(woken.clone());
+        let mut watch = crate::relay::beacon::Watch::new(signal.beacon, signal.key);
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(watch.poll(&mut cx).is_pending());
+        gateway.set_draining(true);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert!(watch.poll(&mut cx).is_ready());
+        assert!(!g.servers[0].is_draining(), "only the gateway drains");
+    }
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Woken(AtomicUsize);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crowded_mark_wears_off() {
+        let server = Server::new("ws://a", None);
+        let now = Instant::now();
+        assert_eq!(server.standing(now), Some(false));
+        server.with_state(|s| s.crowd(Some(now + Duration::from_secs(2))));
+        assert_eq!(server.standing(now), Some(true));
+        assert_eq!(server.standing(now + Duration::from_secs(2)), Some(false));
+        server.set_draining(true, None);
+        assert_eq!(
+            server.standing(now),
+            None,
+            "draining: not a candidate at all"
+        );
+    }
+
+    #[test]
     fn draining_by_config_and_undraining() {
         let reg = Registry::default();
         let settings = Settings {
@@ -829,8 +990,8 @@ mod tests {
         let g = b.group("pool", &ips(&[("ws://a", false)]), settings.clone());
         b.finish();
         let a = g.servers[0].clone();
-        let before = a.drain_signal();
-        assert_eq!(before.spread, Some(Duration::from_secs(30)));
+        let before = a.drain_signal(None);
+        assert_eq!(before.window, Some(Duration::from_secs(30)));
         let mut b = reg.begin();
         b.group("pool", &ips(&[("ws://a", true)]), settings.clone());
         b.finish();

@@ -25,8 +25,11 @@
 //!   another server may be tried ([`Retry`](error::Retry)).
 //! - [`pool`]: idle keep-alive connections per server, for plain HTTP.
 //! - [`health`]: whether a server may take new sessions (passive ejection,
-//!   probe verdicts, draining), kept across reloads; [`probe`]: the active
-//!   probes, one task per group, run by the gateway.
+//!   probe verdicts, draining) and its live count, kept across reloads;
+//!   [`probe`]: the active probes, one task per group, run by the gateway.
+//! - [`rebalance`]: after a scale-out, moves sessions off servers above
+//!   their share, a bounded number per second; one task per group that
+//!   asks for it, run by the gateway like the probes.
 //!
 //! This module is one snapshot of a group ([`Upstream`]: its servers fixed,
 //! indexed from 0): it takes the balancer's candidates in order,
@@ -46,21 +49,23 @@ mod group;
 pub mod health;
 mod pool;
 pub mod probe;
+pub mod rebalance;
 pub mod resolve;
 mod tcp;
 mod ws;
 
-use std::{io, net::IpAddr, sync::Arc, time::Duration};
+use std::{io, net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 pub use self::{
     affinity::{Facts, Key, KeySource},
-    balance::{InFlight, Pick, MAX_WEIGHT},
+    balance::{Pick, MAX_WEIGHT},
     endpoint::ServerSpec,
     error::UpstreamError,
     group::{Group, GroupSpec},
+    health::InFlight,
     pool::PoolLimits,
     ws::{UpstreamRequest, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
 };
@@ -89,13 +94,12 @@ pub struct Connected {
     pub protocol: Option<HeaderValue>,
     /// End-to-end headers of the upstream's 101 (e.g. `Set-Cookie`).
     pub headers: HeaderMap,
-    /// Which server, for logs.
-    pub server: String,
     /// Counts the session on its server (least connections): hold it for
-    /// the session's life.
+    /// the session's life. It also names the server, for logs.
     pub load: InFlight,
-    /// Tells the session when its server drains (health.rs).
-    pub drain: Option<crate::relay::DrainSignal>,
+    /// Tells the session when its server drains or sheds it (health.rs,
+    /// rebalance.rs), and when the gateway drains.
+    pub drain: crate::relay::DrainSignal,
 }
 
 /// How a group spreads its connections (`[upstream.NAME]`).
@@ -106,6 +110,9 @@ pub struct Balance {
     pub source: Option<KeySource>,
     /// Servers tried for one connection at most (the first included).
     pub max_attempts: usize,
+    /// Sessions moved per second at most, when the group rebalances
+    /// (rebalance.rs); `None`: it does not.
+    pub rebalance: Option<NonZeroU32>,
 }
 
 impl Default for Balance {
@@ -114,6 +121,7 @@ impl Default for Balance {
             pick: Pick::RoundRobin,
             source: None,
             max_attempts: 3,
+            rebalance: None,
         }
     }
 }
@@ -147,6 +155,8 @@ pub struct Upstream {
     balance: Balancer,
     source: Option<KeySource>,
     max_attempts: usize,
+    /// Sessions moved per second at most (rebalance.rs).
+    rebalance: Option<NonZeroU32>,
     pool: Arc<pool::Pool>,
     /// Health and draining, index for index with `endpoints` (health.rs).
     health: health::Group,
@@ -192,7 +202,7 @@ impl Conn {
             upstream: up.clone(),
             server: self.server,
             reused: false,
-            _load: up.balance.in_flight(self.server),
+            _load: up.in_flight(self.server), // health
         })
     }
 
@@ -235,6 +245,7 @@ impl Upstream {
             balance: balancer,
             source: balance.source,
             max_attempts: balance.max_attempts.max(1),
+            rebalance: balance.rebalance,
         }
     }
 
@@ -283,7 +294,7 @@ impl Upstream {
             let Some(left) = time_left(deadline) else {
                 break;
             };
-            let load = self.balance.in_flight(server);
+            let load = self.in_flight(server); // health
             let conn = |io, reused| Conn {
                 io,
                 upstream: self.clone(),
@@ -310,13 +321,35 @@ impl Upstream {
 
     /// The servers to try for one connection, best first: the balancer's
     /// candidates that are up and not draining (health), at most
-    /// `max_attempts` of them.
+    /// `max_attempts` of them. A request not balanced by its key tries the
+    /// servers a rebalance found above their share last (rebalance.rs), so
+    /// that the sessions it moves land elsewhere; one with a key always goes
+    /// where its key says.
     fn available_candidates(&self, key: Option<Key>) -> Vec<usize> {
-        self.balance
-            .candidates(key)
-            .filter(|&server| self.available(server))
-            .take(self.max_attempts)
-            .collect()
+        let loads = |i: usize| self.load(i); // health
+        let candidates = self.balance.candidates(key, &loads);
+        if key.is_some() {
+            return candidates
+                .filter(|&server| self.available(server))
+                .take(self.max_attempts)
+                .collect();
+        }
+        // The balancer's order within each part; no further than needed.
+        let now = Instant::now();
+        let (mut servers, mut crowded) = (Vec::new(), Vec::new());
+        for server in candidates {
+            match self.standing(server, now) {
+                Some(false) => servers.push(server),
+                Some(true) => crowded.push(server),
+                None => {}
+            }
+            if servers.len() == self.max_attempts {
+                break;
+            }
+        }
+        servers.extend(crowded);
+        servers.truncate(self.max_attempts);
+        servers
     }
 
     fn no_servers(&self) -> UpstreamError {
@@ -365,17 +398,14 @@ impl Upstream {
             };
             // Counted from the moment it is chosen, so that a burst of
             // connections does not all pick the same least-loaded server.
-            let load = self.balance.in_flight(server);
-            let outcome = attempt(endpoint, &req, &limits, load).await;
+            let load = self.in_flight(server); // health
+            let drain = self.drain_signal(server, key.map(|k| k.0)); // health
+            let outcome = attempt(endpoint, &req, &limits, load, drain).await;
             self.report(server, &outcome); // health
             match outcome {
                 Err(e) if fails_over(&e) => {
                     tracing::warn!(upstream = %self.name, error = %e, "server failed, trying the next one");
                     last = Some(e);
-                }
-                Ok(mut c) => {
-                    c.drain = Some(self.drain_signal(server)); // health
-                    return Ok(c);
                 }
                 other => return other,
             }
@@ -423,6 +453,7 @@ async fn attempt(
     req: &UpstreamRequest<'_>,
     policy: &Timeouts,
     load: InFlight,
+    drain: crate::relay::DrainSignal,
 ) -> Result<Connected, UpstreamError> {
     let io = dial::dial(endpoint, policy.connect).await?;
     let done = ws::handshake(io, endpoint, req, policy.handshake).await?;
@@ -430,10 +461,8 @@ async fn attempt(
         io: Stream::new(done.io, done.early),
         protocol: done.protocol,
         headers: done.headers,
-        server: endpoint.label().to_owned(),
         load,
-        // Set to the server's own signal by `Upstream::connect`.
-        drain: None,
+        drain,
     })
 }
 
@@ -578,7 +607,7 @@ mod tests {
         let up = Upstream::new("pool".into(), PoolLimits::default(), vec![a, b]);
         let mut order = Vec::new();
         for _ in 0..4 {
-            order.push(connect(&up, &POLICY).await.unwrap().server);
+            order.push(connect(&up, &POLICY).await.unwrap().load.label().to_owned());
         }
         assert_eq!(order, [&a_url, &b_url, &a_url, &b_url].map(String::as_str));
         assert_eq!(
@@ -595,7 +624,7 @@ mod tests {
         let up = Upstream::new("pool".into(), PoolLimits::default(), vec![dead, live]);
         // The first starts at the dead server, the second at the live one.
         for _ in 0..2 {
-            assert_eq!(connect(&up, &POLICY).await.unwrap().server, live_url);
+            assert_eq!(connect(&up, &POLICY).await.unwrap().load.label(), live_url);
         }
         assert_eq!(live_n.load(Ordering::SeqCst), 2);
     }
@@ -608,7 +637,7 @@ mod tests {
         let (live, _) = server(Behaviour::Accept).await;
         let live_url = live.url.clone();
         let up = Upstream::new("pool".into(), PoolLimits::default(), vec![flaky, live]);
-        assert_eq!(connect(&up, &POLICY).await.unwrap().server, live_url);
+        assert_eq!(connect(&up, &POLICY).await.unwrap().load.label(), live_url);
         assert_eq!(flaky_n.load(Ordering::SeqCst), 1);
     }
 
@@ -625,7 +654,7 @@ mod tests {
             ..POLICY
         };
         let started = Instant::now();
-        assert_eq!(connect(&up, &policy).await.unwrap().server, live_url);
+        assert_eq!(connect(&up, &policy).await.unwrap().load.label(), live_url);
         // Paused clock: exactly the attempt timeout was spent on the silent one.
         assert_eq!(started.elapsed().as_secs(), 1);
         assert_eq!(silent_n.load(Ordering::SeqCst), 1);
@@ -691,11 +720,11 @@ mod tests {
         // The next two go to the other server while the first is held.
         for _ in 0..2 {
             let other = connect(&up, &POLICY).await.unwrap();
-            assert_ne!(other.server, held.server);
+            assert_ne!(other.load.label(), held.load.label());
         }
-        assert_eq!((up.balance.load(0) + up.balance.load(1)), 1);
+        assert_eq!((up.load(0) + up.load(1)), 1);
         drop(held);
-        assert_eq!((up.balance.load(0), up.balance.load(1)), (0, 0));
+        assert_eq!((up.load(0), up.load(1)), (0, 0));
     }
 
     #[tokio::test]
@@ -703,14 +732,14 @@ mod tests {
         let (a, _) = server(Behaviour::Accept).await;
         let up = Arc::new(Upstream::new("pool".into(), PoolLimits::default(), vec![a]));
         let conn = up.checkout(&POLICY, None).await.unwrap();
-        assert_eq!(up.balance.load(0), 1);
+        assert_eq!(up.load(0), 1);
         conn.checkin();
-        assert_eq!(up.balance.load(0), 0);
+        assert_eq!(up.load(0), 0);
         let conn = up.checkout(&POLICY, None).await.unwrap();
         assert!(conn.reused);
-        assert_eq!(up.balance.load(0), 1);
+        assert_eq!(up.load(0), 1);
         drop(conn);
-        assert_eq!(up.balance.load(0), 0);
+        assert_eq!(up.load(0), 0);
     }
 
     #[tokio::test]

@@ -1,8 +1,8 @@
 //! Balancing over a fleet of real backends: each policy's spread, hashing's
 //! stickiness (the same key to the same server, from every gateway with the
 //! same server list, for plain HTTP and the upgrade alike), least
-//! connections following live sessions, and failing over before the
-//! client's 101.
+//! connections following live sessions (across a reload too), and failing
+//! over before the client's 101.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -133,6 +133,36 @@ async fn least_conn_follows_live_sessions() {
         tally(names),
         BTreeMap::from([("b".into(), 2), ("c".into(), 2)])
     );
+}
+
+#[tokio::test]
+async fn least_conn_after_a_reload_still_counts_the_sessions_opened_before_it() {
+    let fleet = fleet(&["a", "b"]).await;
+    let urls = fleet.urls();
+    let config = |servers: &[String]| {
+        Gateway::builder().route(route("/", "app")).upstream_with(
+            "app",
+            servers,
+            "balance = \"least_conn\"",
+        )
+    };
+    let gw = config(&urls[..1]).start().await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (name, ws) = reach(&gw, "127.0.0.1", "/", &[]).await;
+        assert_eq!(name, "a");
+        held.push(ws);
+    }
+    // b joins; a keeps its three sessions, and they still count.
+    write_file(gw.dir.path(), "framegate.toml", config(&urls).toml());
+    gw.reload().await;
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let (name, ws) = reach(&gw, "127.0.0.1", "/", &[]).await;
+        names.push(name);
+        held.push(ws);
+    }
+    assert_eq!(names, ["b", "b", "b"]);
 }
 
 /// Twenty clients, from 127.0.0.10 to 127.0.0.29.

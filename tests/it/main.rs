@@ -32,6 +32,7 @@ mod limits;
 mod memory;
 mod pending;
 mod protocol;
+mod rebalance;
 mod relay;
 mod request_path;
 mod routing;

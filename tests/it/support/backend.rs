@@ -1,12 +1,16 @@
 //! The WebSocket backend behind the gateway. Every backend records what it
 //! saw of each upgrade request (path and headers) and the close codes it
-//! received; it either serves each connection itself (echo, a greeting by
-//! name, or a handler of the test's) or hands it to the test (scripted).
+//! received, and counts its open connections; it either serves each
+//! connection itself (echo, a greeting by name, or a handler of the
+//! test's) or hands it to the test (scripted).
 
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use futures_util::{SinkExt, StreamExt};
@@ -56,11 +60,30 @@ type Closes = Arc<Mutex<Vec<u16>>>;
 /// The SNI of each TLS handshake a backend completed (`None`: none sent).
 type ServerNames = Arc<Mutex<Vec<Option<String>>>>;
 
+/// Counts a connection as open while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Open {
+        count.fetch_add(1, Ordering::SeqCst);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// One connection a backend accepted.
 pub struct BackendConn {
     pub request: Request,
     pub ws: WebSocketStream<BoxIo>,
     closes: Closes,
+    /// Counted in [`Backend::open`] until the connection is dropped (for a
+    /// backend that serves it: when its handler returns).
+    _open: Open,
 }
 
 impl BackendConn {
@@ -211,12 +234,14 @@ impl BackendBuilder {
         let addr = listener.local_addr().unwrap();
         let (requests, closes): (Arc<Mutex<Vec<Request>>>, Closes) = Default::default();
         let server_names = ServerNames::default();
+        let open = Arc::<AtomicUsize>::default();
         let b = Backend {
             addr,
             tls: self.tls.is_some(),
             requests: requests.clone(),
             closes: closes.clone(),
             server_names: server_names.clone(),
+            open: open.clone(),
             conns: None,
         };
         let opts = Arc::new(self);
@@ -224,7 +249,7 @@ impl BackendBuilder {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (opts, handler) = (opts.clone(), handler.clone());
                 let (requests, closes) = (requests.clone(), closes.clone());
-                let server_names = server_names.clone();
+                let (server_names, open) = (server_names.clone(), open.clone());
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
                     let io: BoxIo = match &opts.tls {
@@ -246,6 +271,7 @@ impl BackendBuilder {
                             request,
                             ws,
                             closes,
+                            _open: Open::new(&open),
                         });
                     }
                 });
@@ -305,6 +331,8 @@ pub struct Backend {
     requests: Arc<Mutex<Vec<Request>>>,
     closes: Closes,
     server_names: ServerNames,
+    /// WebSocket connections open now.
+    open: Arc<AtomicUsize>,
     /// Connections for the test, when scripted.
     conns: Option<mpsc::UnboundedReceiver<BackendConn>>,
 }
@@ -398,6 +426,11 @@ impl Backend {
     pub fn closes(&self) -> Vec<u16> {
         self.closes.lock().unwrap().clone()
     }
+
+    /// WebSocket connections open now (handshake done, not yet dropped).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
 }
 
 /// Several backends, each greeting with its own name ([`Backend::named`]):
@@ -419,5 +452,10 @@ impl Fleet {
     /// Every member's URL, in order: one upstream's `servers`.
     pub fn urls(&self) -> Vec<String> {
         self.members.iter().map(|(_, b)| b.url()).collect()
+    }
+
+    /// Every member's open connections, in order.
+    pub fn open(&self) -> Vec<usize> {
+        self.members.iter().map(|(_, b)| b.open()).collect()
     }
 }
