@@ -53,6 +53,9 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Check) = cli.command {
+        for w in &config.warnings {
+            eprintln!("warning: {w}");
+        }
         println!(
             "{}: ok ({} listener(s), {} route(s), {} upstream(s))",
             cli.config.display(),
@@ -61,6 +64,9 @@ fn main() -> ExitCode {
             config.upstreams.len()
         );
         return ExitCode::SUCCESS;
+    }
+    for w in &config.warnings {
+        tracing::warn!(at = %w, "surprising config value");
     }
     match run(config, cli.config, cli.workers) {
         Ok(()) => ExitCode::SUCCESS,

@@ -37,19 +37,50 @@ pub enum CertError {
     Key(String),
 }
 
+/// A PEM reading error in words. rustls-pki-types prints the markers it
+/// looked for as Rust debug values (`[45, 45, 45, 45, 45, 69, 78, 68, ...]`).
+fn pem_problem(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a PEM section has no end line (`-----END {}-----`)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        Error::IllegalSectionStart { line } => format!(
+            "a PEM section starts with the malformed line `{}`",
+            String::from_utf8_lossy(line).trim_end()
+        ),
+        Error::Base64Decode(e) => format!("a PEM section's base64 is damaged ({e})"),
+        Error::Io(e) => e.to_string(),
+        Error::NoItemsFound => "no PEM item in the file".into(),
+        other => other.to_string(),
+    }
+}
+
 /// Loads a PEM chain and key and checks that they belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect())
-        .map_err(|e| CertError::Cert(format!("cannot load certificate {}: {e}", cert.display())))?;
+        .map_err(|e| {
+            CertError::Cert(format!(
+                "cannot load certificate {}: {}",
+                cert.display(),
+                pem_problem(&e)
+            ))
+        })?;
     if chain.is_empty() {
         return Err(CertError::Cert(format!(
             "no certificate in {}",
             cert.display()
         )));
     }
-    let der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| CertError::Key(format!("cannot load private key {}: {e}", key.display())))?;
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        CertError::Key(format!(
+            "cannot load private key {}: {}",
+            key.display(),
+            pem_problem(&e)
+        ))
+    })?;
     let signing = provider()
         .key_provider
         .load_private_key(der)
@@ -145,7 +176,13 @@ impl ResolvesServerCert for SniResolver {
 pub fn load_ca(path: &Path) -> Result<RootCertStore, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect())
-        .map_err(|e| format!("cannot load CA file {}: {e}", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "cannot load CA file {}: {}",
+                path.display(),
+                pem_problem(&e)
+            )
+        })?;
     let mut roots = RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
@@ -159,7 +196,13 @@ pub fn load_ca(path: &Path) -> Result<RootCertStore, String> {
 pub fn load_pinned(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect())
-        .map_err(|e| format!("cannot load trusted certificates {}: {e}", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "cannot load trusted certificates {}: {}",
+                path.display(),
+                pem_problem(&e)
+            )
+        })?;
     if certs.is_empty() {
         return Err(format!("no certificate in {}", path.display()));
     }

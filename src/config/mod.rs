@@ -9,7 +9,9 @@ mod admission;
 pub mod file;
 pub mod health;
 mod net;
+mod parse;
 pub mod units;
+mod warn;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -53,6 +55,9 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// The DNS servers of `[resolver]`; `None`: the system's resolver.
     pub resolver: Option<Nameservers>,
+    /// Values that are legal but probably not meant (config/warn.rs),
+    /// as `file:line: what is surprising`.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// One socket to accept on.
@@ -170,10 +175,22 @@ impl Source {
         }
     }
 
-    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        toml::from_str(&self.text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            self.error(span, e.message().trim().to_owned())
+    /// Every key that cannot be taken as written, not only the first.
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, Vec<ConfigError>> {
+        parse::parse_all(&self.text).map_err(|mut problems| {
+            problems.sort_by_key(|(span, _)| span.start);
+            problems
+                .into_iter()
+                .map(|(span, message)| self.error(span, message))
+                .collect()
+        })
+    }
+
+    /// The warnings found at `path`s in this file, at their keys' lines.
+    fn warnings(&self, found: Vec<warn::Warning>) -> impl Iterator<Item = ConfigError> + '_ {
+        found.into_iter().map(|(path, message)| {
+            let span = warn::span_of(&self.text, path).unwrap_or(0..0);
+            self.error(span, message)
         })
     }
 }
@@ -182,7 +199,7 @@ impl Config {
     /// Reads and checks `path` and the policy files its routes name.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let source = Source::read(path).map_err(|e| ConfigErrors(vec![e]))?;
-        let file: ConfigFile = source.parse().map_err(|e| ConfigErrors(vec![e]))?;
+        let file: ConfigFile = source.parse().map_err(ConfigErrors)?;
         Checker::new(&source).check(file)
     }
 }
@@ -192,6 +209,7 @@ struct Checker<'a> {
     source: &'a Source,
     base: PathBuf,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
     policies: HashMap<String, Option<Arc<Policy>>>,
 }
 
@@ -202,6 +220,7 @@ impl<'a> Checker<'a> {
             source,
             base,
             errors: Vec::new(),
+            warnings: Vec::new(),
             policies: HashMap::new(),
         }
     }
@@ -217,6 +236,8 @@ impl<'a> Checker<'a> {
 
     fn check(mut self, file: ConfigFile) -> Result<Config, ConfigErrors> {
         let server = self.server(&file.server);
+        let surprising = self.source.warnings(warn::server(&file.server));
+        self.warnings.extend(surprising);
         if file.listeners.is_empty() {
             self.errors.push(
                 self.source
@@ -242,8 +263,9 @@ impl<'a> Checker<'a> {
             );
         }
         let policy_dir = self.path(file.policy_dir.get_ref());
-        // The listener sets of the routes checked so far, by host and path.
-        let mut seen: HashMap<_, Vec<Option<Vec<String>>>> = HashMap::new();
+        // The listener sets of the routes checked so far, by host and path,
+        // with the line of each route's `path` (or its table) for the clash.
+        let mut seen: HashMap<_, Vec<(Bound, usize)>> = HashMap::new();
         let mut routes = Vec::new();
         for r in &file.routes {
             let bound = self.bound_listeners(r, &named);
@@ -251,11 +273,18 @@ impl<'a> Checker<'a> {
                 r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
                 r.path.get_ref().clone(),
             );
+            let line = self.source.error(route_span(r), "").line;
             let same_place = seen.entry(key).or_default();
-            if let Some(why) = same_place.iter().find_map(|other| clash(other, &bound)) {
-                self.err(&r.path, why);
+            if let Some(why) = same_place.iter().find_map(|(other, at)| {
+                let why = clash(other, &bound)?;
+                Some(format!(
+                    "{why}: the route at {}:{at}",
+                    self.source.path.display()
+                ))
+            }) {
+                self.errors.push(self.source.error(route_span(r), why));
             }
-            same_place.push(bound.clone());
+            same_place.push((bound.clone(), line));
             if !file.upstreams.contains_key(r.upstream.get_ref()) {
                 let known: Vec<_> = file.upstreams.keys().map(String::as_str).collect();
                 self.err(
@@ -289,12 +318,15 @@ impl<'a> Checker<'a> {
             }
         }
         if self.errors.is_empty() {
+            self.warnings
+                .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
             Ok(Config {
                 server,
                 listeners,
                 routes,
                 upstreams,
                 resolver,
+                warnings: self.warnings,
             })
         } else {
             self.errors
@@ -740,21 +772,37 @@ impl<'a> Checker<'a> {
             return None;
         }
         let path = dir.join(format!("{name}.toml"));
-        if !path.is_file() {
+        let src = if path.is_file() {
+            match Source::read(&path) {
+                Ok(src) => src,
+                Err(e) => {
+                    self.errors.push(e);
+                    return None;
+                }
+            }
+        } else if name == "default" {
+            // The built-in defaults: a config copied out of the README works
+            // without a policies directory. A file, when there is one, wins.
+            Source {
+                path,
+                text: String::new(),
+            }
+        } else {
             self.errors.push(
                 self.source
                     .error(at, format!("policy `{name}`: no file {}", path.display())),
             );
             return None;
-        }
-        let parsed = Source::read(&path).and_then(|src| Ok((src.parse::<PolicyFile>()?, src)));
-        let (p, src) = match parsed {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                self.errors.push(e);
+        };
+        let p = match src.parse::<PolicyFile>() {
+            Ok(p) => p,
+            Err(mut errors) => {
+                self.errors.append(&mut errors);
                 return None;
             }
         };
+        let surprising: Vec<_> = src.warnings(warn::policy(&p)).collect();
+        self.warnings.extend(surprising);
         match admission::rules(&src, &p, &self.base) {
             Ok(rules) => Some(Arc::new(policy_from(name, &p, rules))),
             Err(mut errors) => {
@@ -762,6 +810,18 @@ impl<'a> Checker<'a> {
                 None
             }
         }
+    }
+}
+
+/// The listeners a route is bound to (`None`: every listener).
+type Bound = Option<Vec<String>>;
+
+/// Where a route is written: its `path`, or its `upstream` when the path
+/// is the default (and so has no span).
+fn route_span(r: &RouteSection) -> Range<usize> {
+    match r.path.span().is_empty() {
+        true => r.upstream.span(),
+        false => r.path.span(),
     }
 }
 

@@ -558,3 +558,214 @@ balance = "claim:sub"
         "upstream `app` balances on the claim `sub`, but policy `default` has no [auth]",
     );
 }
+
+#[test]
+fn every_problem_in_every_policy_file_is_reported() {
+    let config = r#"[[listener]]
+addr = "127.0.0.1:0"
+
+[[route]]
+path = "/a/"
+upstream = "echo"
+policy = "one"
+
+[[route]]
+path = "/b/"
+upstream = "echo"
+policy = "two"
+
+[upstream.echo]
+builtin = "echo"
+"#;
+    let one = "[client]\nmax_frame_size = \"lots\"\npong_timout = \"5s\"\n\n[session]\nclose_timeout = 5\n";
+    let two = "[limits]\nmax_connections = -1\n\n[orgin]\nallow = []\n";
+    let (ok, _, stderr) = check(
+        "bad.toml",
+        &[
+            ("bad.toml", config),
+            ("policies/one.toml", one),
+            ("policies/two.toml", two),
+        ],
+    );
+    assert!(!ok);
+    assert_reported(&stderr, "policies/one.toml:2:", "lots");
+    assert_reported(&stderr, "policies/one.toml:3:", "pong_timout");
+    assert_reported(&stderr, "policies/one.toml:6:", "expected a string");
+    assert_reported(&stderr, "policies/two.toml:2:", "-1");
+    assert_reported(&stderr, "policies/two.toml:4:", "orgin");
+    assert!(stderr.contains("5 problem(s)"), "{stderr}");
+}
+
+#[test]
+fn several_mistakes_in_the_config_file_are_all_reported() {
+    let bad = r#"[server]
+request_timeout = 5
+
+[[listener]]
+adr = "127.0.0.1:0"
+
+[[route]]
+path = "/"
+upstream = "echo"
+http = "yes"
+"#;
+    let stderr = refused(bad);
+    assert_reported(&stderr, "bad.toml:2:", "expected a string");
+    assert_reported(&stderr, "bad.toml:5:", "adr");
+    assert_reported(&stderr, "bad.toml:10:", "expected a boolean");
+    // Misspelt, `addr` is missing too; said once, at its table.
+    assert_reported(&stderr, "bad.toml:4:", "missing field `addr`");
+    assert!(stderr.contains("4 problem(s)"), "{stderr}");
+    let lines: Vec<_> = stderr
+        .lines()
+        .map(|l| l.split(':').nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        ["2", "4", "5", "10", " 4 problem(s); not started"],
+        "in line order"
+    );
+}
+
+#[test]
+fn a_broken_pem_file_is_described_in_words() {
+    let bad = r#"[[listener]]
+addr = "127.0.0.1:0"
+tls = { cert = "cert.pem", key = "key.pem" }
+
+[[route]]
+upstream = "echo"
+
+[upstream.echo]
+builtin = "echo"
+"#;
+    let (ok, _, stderr) = check(
+        "bad.toml",
+        &[
+            ("bad.toml", bad),
+            ("cert.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n"),
+            ("key.pem", ""),
+        ],
+    );
+    assert!(!ok);
+    assert_reported(
+        &stderr,
+        "bad.toml:3:",
+        "no end line (`-----END CERTIFICATE-----`)",
+    );
+    assert!(!stderr.contains("[45, 45"), "a debug value:\n{stderr}");
+}
+
+#[test]
+fn a_duplicate_route_names_the_route_it_clashes_with() {
+    let bad = GOOD.to_owned() + "\n[[route]]\npath = \"/\"\nupstream = \"echo\"\n";
+    let stderr = refused(&bad);
+    assert_reported(
+        &stderr,
+        "bad.toml:13:",
+        "another route already has this host and path: the route at bad.toml:6",
+    );
+}
+
+#[test]
+fn surprising_values_are_warnings_at_their_lines() {
+    let config = GOOD.replace(
+        "[[listener]]",
+        "[server]\ndrain_timeout = \"30d\"\n\n[[listener]]",
+    );
+    let policy = "[client]\nmax_frame_size = \"2MiB\"\nmax_message_size = \"1MiB\"\npong_timeout = \"300ms\"\n";
+    let (ok, stdout, stderr) = check(
+        "framegate.toml",
+        &[
+            ("framegate.toml", &config),
+            ("policies/default.toml", policy),
+        ],
+    );
+    assert!(ok, "warnings do not refuse: {stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert_reported(
+        &stderr,
+        "warning: framegate.toml:3:",
+        "drain_timeout = 30days is more than a day",
+    );
+    assert_reported(
+        &stderr,
+        "warning: policies/default.toml:2:",
+        "above max_message_size",
+    );
+    assert_reported(
+        &stderr,
+        "warning: policies/default.toml:4:",
+        "pong_timeout = 300ms is under a second",
+    );
+    assert_eq!(stderr.lines().count(), 3, "{stderr}");
+}
+
+#[test]
+fn the_default_policy_needs_no_file() {
+    let (ok, stdout, stderr) = check("framegate.toml", &[("framegate.toml", GOOD)]);
+    assert!(ok, "stderr: {stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+    // Another policy still needs its file, named at the key that names it.
+    let other = GOOD.replace(
+        "upstream = \"echo\"\n",
+        "upstream = \"echo\"\npolicy = \"strict\"\n",
+    );
+    let (ok, _, stderr) = check("framegate.toml", &[("framegate.toml", &other)]);
+    assert!(!ok);
+    assert_reported(&stderr, "framegate.toml:8:", "policy `strict`: no file");
+}
+
+/// The shipped echo example, copied with its policies and run from another
+/// directory: its `policy_dir` is found beside the config, not in the
+/// working directory, and its page and echo answer.
+#[tokio::test]
+async fn the_echo_example_runs_from_any_directory() {
+    let tree = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(repo("examples/echo.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0");
+    // A default policy of its own, to tell it was read: only this Origin.
+    let policy = "[origin]\nallow = [\"https://app.test\"]\nallow_missing = false\n";
+    write_files(
+        tree.path(),
+        &[
+            ("examples/echo.toml", &example),
+            ("policies/default.toml", policy),
+        ],
+    );
+    let bin = Binary::start_from(
+        elsewhere.path(),
+        &tree.path().join("examples/echo.toml"),
+        &[],
+    )
+    .await;
+    let page = http(
+        bin.addr,
+        "GET / HTTP/1.1\r\nHost: x\r\nOrigin: https://app.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body_text().contains("new WebSocket("),
+        "{}",
+        page.body_text()
+    );
+    let refused = http(
+        bin.addr,
+        &upgrade_request("/echo", &["Origin: https://evil.test"]),
+    )
+    .await;
+    assert_eq!(
+        refused.status, 403,
+        "the policy file beside the config applies"
+    );
+    let mut ws = raw_upgrade(bin.addr, "/echo", &["Origin: https://app.test"]).await;
+    ws.send(&client_frame(true, OP_TEXT, b"from elsewhere"))
+        .await;
+    assert_eq!(
+        ws.read_message().await,
+        (OP_TEXT, b"from elsewhere".to_vec())
+    );
+}

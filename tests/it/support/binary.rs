@@ -30,12 +30,26 @@ impl Binary {
     /// [`start`](Self::start) through `wrapper` (a command that execs the
     /// rest, such as `prlimit --nofile=1024:4096`), so the PID is the gateway's.
     pub async fn start_under(wrapper: &[&str], config: &Path, args: &[&str]) -> Binary {
+        Binary::launch(wrapper, config, args, None).await
+    }
+
+    /// [`start`](Self::start) with `cwd` as the working directory: paths in
+    /// the config must not depend on where the binary was started.
+    pub async fn start_from(cwd: &Path, config: &Path, args: &[&str]) -> Binary {
+        Binary::launch(&[], config, args, Some(cwd)).await
+    }
+
+    async fn launch(wrapper: &[&str], config: &Path, args: &[&str], cwd: Option<&Path>) -> Binary {
         let program = env!("CARGO_BIN_EXE_framegate");
         let (first, rest) = match wrapper.split_first() {
             Some((first, rest)) => (*first, [rest, &[program]].concat()),
             None => (program, Vec::new()),
         };
-        let mut child = Command::new(first)
+        let mut command = Command::new(first);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .args(rest)
             .arg("--config")
             .arg(config)
