@@ -10,9 +10,32 @@ use framegate::{
 };
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+/// `--version`: the crate's version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FRAMEGATE_COMMIT"),
+    ")"
+);
+
+/// The end of `--help` and the man page: what an operator reaches for
+/// without a config at hand.
+const SIGNALS_AND_LOGS: &str = "\
+Signals:
+  SIGHUP           Re-read the config, policies and certificates; new connections use them,
+                   running sessions keep theirs. An invalid config is logged and not used.
+  SIGTERM, SIGINT  Drain: stop accepting, close every session with 1001 (spread over
+                   [server] drain_spread), exit when all are closed or at [server] drain_timeout.
+  A second one     Exit at once, without waiting for the drain.
+
+Logs:
+  The [log] section of the config sets the level and the format (text or json).
+  FRAMEGATE_LOG overrides the level (e.g. \"debug\" or \"info,framegate=debug\"),
+  FRAMEGATE_LOG_FORMAT the format (text or json).";
+
 /// A WebSocket gateway that relays frames, not bytes.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version = VERSION, about, long_about = None, after_help = SIGNALS_AND_LOGS)]
 struct Cli {
     /// The config file (TOML). Policies are looked up relative to it.
     #[arg(long, short, global = true, default_value = "framegate.toml")]
@@ -29,10 +52,44 @@ struct Cli {
 enum Command {
     /// Check the config and its policies, print every problem as `file:line: message`, and exit.
     Check,
+    /// Print the man page (roff) to stdout: `framegate man > framegate.1`.
+    #[command(hide = true)]
+    Man,
+    /// Print shell completions to stdout, e.g. `framegate completions bash`.
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The man page and completions come from the CLI definition itself, at
+/// run time rather than from an xtask at build time: a packager runs the
+/// installed binary, and they can never disagree with the binary's `--help`.
+fn print_generated(command: &Command) -> std::io::Result<()> {
+    let mut cli = <Cli as clap::CommandFactory>::command();
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Man => clap_mangen::Man::new(cli).render(&mut out),
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cli, "framegate", &mut out);
+            Ok(())
+        }
+        Command::Check => Ok(()),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command @ (Command::Man | Command::Completions { .. })) = &cli.command {
+        return match print_generated(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("framegate: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_writer(framegate::log::Stdout)
         .with_ansi(std::io::stdout().is_terminal())

@@ -4,7 +4,8 @@
 # both legs, then every fuzz target for a bounded time (tests/fuzz.sh;
 # nightly toolchain).
 # Installs the test peers it needs on first use: Autobahn (in a Python 2.7
-# virtualenv), Debian's Chromium for the browser tests, and the Socket.IO
+# virtualenv), Debian's Chromium for the browser tests, systemd (for
+# `systemd-analyze verify` of dist/framegate.service), and the Socket.IO
 # peers (npm ci and a Python virtualenv in tests/peers/socketio/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,10 @@ cargo test --all-targets
 if ! command -v chromium >/dev/null; then
   echo "run-all: installing chromium for tests/it/browser.rs"
   apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
+if ! command -v systemd-analyze >/dev/null; then
+  echo "run-all: installing systemd for tests/it/cli.rs (systemd-analyze verify)"
+  apt-get update -qq && apt-get install -y -qq systemd >/dev/null
 fi
 if ! command -v npm >/dev/null; then
   echo "run-all: installing Node.js for tests/it/socketio.rs"

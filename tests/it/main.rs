@@ -19,6 +19,7 @@ mod admission_policies;
 mod admission_session;
 mod balancing;
 mod browser;
+mod cli;
 mod close;
 mod config_check;
 mod dns;
