@@ -23,6 +23,7 @@ mod cli;
 mod close;
 mod config_check;
 mod dns;
+mod examples;
 mod flow;
 mod forwarding;
 mod handshake;
