@@ -21,7 +21,14 @@ fn every_shipped_policy_loads() {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&shipped).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
+        // A policy whose secret comes from the environment is checked with
+        // it set, through the binary, by examples::every_example_and_policy_passes_check.
+        let from_env = || {
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("secret_env")
+        };
+        if path.extension().is_some_and(|e| e == "toml") && !from_env() {
             let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
             config.push_str(&format!(
                 "[[route]]\npath = \"/{name}\"\nupstream = \"u\"\npolicy = \"{name}\"\n"
