@@ -122,9 +122,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    for w in &config.warnings {
-        tracing::warn!(at = %w, "surprising config value");
-    }
+    log_warnings(&config);
     match run(config, cli.config, cli.workers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -227,6 +225,13 @@ fn raise_fd_limit(config: &Config, workers: NonZeroUsize) {
     }
 }
 
+/// Values `check` would warn about, logged at start and on each reload.
+fn log_warnings(config: &Config) {
+    for w in &config.warnings {
+        tracing::warn!(at = %w, "surprising config value");
+    }
+}
+
 /// SIGHUP: re-read the config, policies and certificates. An invalid config
 /// is logged, problem by problem, and the running one stays.
 async fn reload_on_sighup(hup: std::io::Result<Signal>, handle: Handle, path: PathBuf) {
@@ -241,12 +246,15 @@ async fn reload_on_sighup(hup: std::io::Result<Signal>, handle: Handle, path: Pa
                     tracing::error!(problem = %e, "reload refused");
                 }
             }
-            Ok(config) => match handle.reload(config).await {
-                Ok(()) => {
-                    tracing::info!(config = %path.display(), "reloaded; new connections use the new config")
+            Ok(config) => {
+                log_warnings(&config);
+                match handle.reload(config).await {
+                    Ok(()) => {
+                        tracing::info!(config = %path.display(), "reloaded; new connections use the new config")
+                    }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused"),
                 }
-                Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused"),
-            },
+            }
         }
     }
 }

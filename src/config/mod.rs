@@ -3,7 +3,8 @@
 //! [`file`](mod@file) holds the serde structs the operator writes; [`Config::load`]
 //! turns them into the typed values the data path uses, collecting every
 //! problem it can find as `file:line: what is wrong` instead of stopping at
-//! the first.
+//! the first ([`parse`] does so for keys serde cannot read, too), and
+//! [`warn`] the values that are legal but probably not meant.
 
 mod admission;
 pub mod file;
