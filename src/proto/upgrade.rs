@@ -3,6 +3,7 @@
 //! Pure functions over request parts: every refusal is a status and one
 //! line of text that says what to fix.
 
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 
 use super::reject::Reject;
@@ -147,10 +148,12 @@ fn is_valid_key(key: &[u8]) -> bool {
 pub fn accept(up: &Upgrade, protocol: Option<HeaderValue>, mut extra: HeaderMap) -> HeaderMap {
     extra.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     extra.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    // The key's base64 text becomes the value as it is, without a copy.
     let accept = tungstenite::handshake::derive_accept_key(up.key.as_bytes());
     extra.insert(
         header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+        HeaderValue::from_maybe_shared(Bytes::from(accept))
+            .expect("base64 is a valid header value"),
     );
     if let Some(p) = protocol {
         extra.insert(header::SEC_WEBSOCKET_PROTOCOL, p);

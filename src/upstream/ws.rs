@@ -168,29 +168,21 @@ async fn refusal_body<S: AsyncRead + Unpin>(
 /// The upgrade request's head: `req`'s own headers, then the handshake's.
 /// `Host` is the client's when the route preserves it, else `authority`.
 fn request_head(req: &UpstreamRequest<'_>, authority: &HeaderValue, key: &str) -> Vec<u8> {
-    // The handshake's own headers; `req.headers` has none of them (they
-    // are per hop), so both are written as they are, without a merged copy.
-    let mut h = HeaderMap::with_capacity(6);
-    h.insert(
-        header::HOST,
-        req.host.clone().unwrap_or_else(|| authority.clone()),
-    );
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(
-        header::SEC_WEBSOCKET_VERSION,
-        HeaderValue::from_static("13"),
-    );
-    h.insert(
-        header::SEC_WEBSOCKET_KEY,
-        HeaderValue::from_str(key).expect("base64 key is header-safe"),
-    );
-    if !req.protocols.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&req.protocols.join(", ")) {
-            h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
-        }
+    let mut out = head::request_line(&Method::GET, &req.path);
+    for (name, value) in &req.headers {
+        head::header_line(&mut out, name, value.as_bytes());
     }
-    head::encode_request(&http::Method::GET, &req.path, req.headers.iter().chain(&h))
+    // The handshake's own headers; `req.headers` has none of them (they
+    // are per hop), so they are written straight after, with no map built.
+    let host = req.host.as_ref().unwrap_or(authority);
+    head::header_line(&mut out, &header::HOST, host.as_bytes());
+    head::header_line(&mut out, &header::UPGRADE, b"websocket");
+    head::header_line(&mut out, &header::CONNECTION, b"Upgrade");
+    head::header_line(&mut out, &header::SEC_WEBSOCKET_VERSION, b"13");
+    head::header_line(&mut out, &header::SEC_WEBSOCKET_KEY, key.as_bytes());
+    head::list_line(&mut out, &header::SEC_WEBSOCKET_PROTOCOL, req.protocols);
+    head::end_head(&mut out);
+    out
 }
 
 /// Why an answer is not an accepted upgrade.
