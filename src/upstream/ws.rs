@@ -81,8 +81,9 @@ where
     // The connection broke (or closed) after it was reached: reported as
     // unreachable, like a failed connect, or as TLS failing when TLS broke it.
     let broken = |source| UpstreamError::broken(server, Phase::Upgrade, source);
-    let key = tungstenite::handshake::client::generate_key();
-    io.write_all(&request_head(req, endpoint.authority(), &key))
+    let key = upgrade::new_key();
+    let key = std::str::from_utf8(&key).expect("base64 is ASCII");
+    io.write_all(&request_head(req, endpoint.authority(), key))
         .await
         .map_err(broken)?;
     let answer = head::read_response(&mut io, Vec::new(), MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
@@ -97,7 +98,7 @@ where
         headers: rh,
         ..
     } = answer.head;
-    let protocol = match check_answer(status, &rh, &key, req.protocols) {
+    let protocol = match check_answer(status, &rh, key, req.protocols) {
         Ok(p) => p,
         Err(Bad::Invalid(why)) => return Err(UpstreamError::invalid(server, why)),
         Err(Bad::Status(status)) => {
@@ -212,11 +213,11 @@ fn check_answer(
             "101 without Upgrade: websocket and Connection: upgrade",
         ));
     }
-    let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let expected = upgrade::accept_key(key.as_bytes());
     if rh
         .get(header::SEC_WEBSOCKET_ACCEPT)
         .map(HeaderValue::as_bytes)
-        != Some(expected.as_bytes())
+        != Some(&expected[..])
     {
         return Err(Bad::Invalid("wrong or missing Sec-WebSocket-Accept"));
     }
