@@ -17,6 +17,7 @@ use std::{
 use governor::{
     clock::Clock, middleware::NoOpMiddleware, state::keyed::DashMapStateStore, Quota, RateLimiter,
 };
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use crate::relay::gate::TokioClock;
@@ -92,7 +93,7 @@ impl Counters {
                 }
             }
         }
-        let mut held = Vec::with_capacity(keys.len());
+        let mut held = SmallVec::new();
         for (key, limit) in keys {
             if limit.is_some() || *key == Key::Global {
                 *counts.entry(key.clone()).or_insert(0) += 1;
@@ -119,7 +120,9 @@ impl Counters {
 #[derive(Debug)]
 pub struct Slots {
     counters: Arc<Counters>,
-    held: Vec<Key>,
+    /// Without per-route, per-IP or per-subject limits only the global
+    /// count is held: inline, so admitting allocates nothing.
+    held: SmallVec<[Key; 1]>,
 }
 
 impl Slots {

@@ -397,11 +397,14 @@ fn locate(req: &Request<()>, conn: Peer, ctx: &Context) -> Result<Located, Rejec
 /// ahead of the 101) is kept in `early`, up to [`EARLY_LIMIT`]; past that
 /// the client is no longer read until the session starts.
 async fn hung_up(io: &mut Transport, early: &mut Vec<u8>) {
+    // Read through the stack: a client that sends nothing before its 101
+    // (nearly every one) costs no buffer.
+    let mut chunk = [0; 256];
     while early.len() < EARLY_LIMIT {
-        let room = (EARLY_LIMIT - early.len()) as u64;
-        match (&mut *io).take(room).read_buf(early).await {
+        let room = (EARLY_LIMIT - early.len()).min(chunk.len());
+        match io.read(&mut chunk[..room]).await {
             Ok(0) | Err(_) => return,
-            Ok(_) => {}
+            Ok(n) => early.extend_from_slice(&chunk[..n]),
         }
     }
     std::future::pending().await

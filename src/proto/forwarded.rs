@@ -12,9 +12,12 @@
 //!   client or the original request ([`CLIENT_CLAIMS`]): only the
 //!   gateway's own `X-Forwarded-*` and `X-Real-IP` describe the client then.
 
-use std::net::IpAddr;
+use std::{io::Write, net::IpAddr};
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
+use smallvec::SmallVec;
+
+use super::upgrade;
 
 /// The client of one request, as far as the gateway can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,11 +77,13 @@ pub const CLIENT_CLAIMS: &[&str] = &[
     "x-url-scheme",
 ];
 
+// Names as constants: inserting by `&str` would build (and allocate) a
+// `HeaderName` on every request.
 const KEEP_ALIVE: &str = "keep-alive";
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_REAL_IP: &str = "x-real-ip";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The headers to send upstream for a request from `client` (over TLS if
 /// `tls`) for `host`: the end-to-end ones the client sent, less those a
@@ -109,18 +114,13 @@ pub fn end_to_end(from: HeaderMap) -> HeaderMap {
 
 /// [`end_to_end`], removing also every header `dropped` names.
 fn keep_end_to_end(mut headers: HeaderMap, dropped: impl Fn(&HeaderName) -> bool) -> HeaderMap {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    let doomed: Vec<HeaderName> = headers
+    // Listed before any is removed, while `Connection` still names its
+    // headers; a handshake's few per-hop names fit on the stack.
+    let doomed: SmallVec<[HeaderName; 8]> = headers
         .keys()
         .filter(|name| {
             PER_HOP.contains(name)
-                || named.contains(name)
+                || upgrade::has_token(&headers, header::CONNECTION, name.as_str())
                 || name.as_str() == KEEP_ALIVE
                 || dropped(name)
         })
@@ -142,25 +142,28 @@ fn add_forwarding(
     tls: bool,
     host: Option<&HeaderValue>,
 ) {
-    let peer = client.peer.to_string();
+    let peer = IpText::new(client.peer);
     // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): keep them all.
-    let prev: Vec<&str> = match client.peer_trusted {
-        true => headers
-            .get_all(X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect(),
-        false => Vec::new(),
+    let mut chain = Vec::new();
+    if client.peer_trusted {
+        let prev = headers.get_all(&X_FORWARDED_FOR).iter();
+        for hop in prev.filter_map(|v| v.to_str().ok()).map(str::trim) {
+            if !hop.is_empty() {
+                chain.extend_from_slice(hop.as_bytes());
+                chain.extend_from_slice(b", ");
+            }
+        }
+    }
+    let chain = match chain.is_empty() {
+        true => peer.as_bytes(),
+        false => {
+            chain.extend_from_slice(peer.as_bytes());
+            &chain
+        }
     };
-    let chain = match prev.is_empty() {
-        true => peer,
-        false => format!("{}, {peer}", prev.join(", ")),
-    };
-    let value = |s: &str| HeaderValue::from_str(s).expect("IP text is a valid header value");
-    headers.insert(X_FORWARDED_FOR, value(&chain));
-    headers.insert(X_REAL_IP, value(&client.ip.to_string()));
+    let value = |s: &[u8]| HeaderValue::from_bytes(s).expect("IP text is a valid header value");
+    headers.insert(X_FORWARDED_FOR, value(chain));
+    headers.insert(X_REAL_IP, value(IpText::new(client.ip).as_bytes()));
     headers.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
@@ -169,6 +172,31 @@ fn add_forwarding(
         Some(h) => headers.insert(X_FORWARDED_HOST, h.clone()),
         None => headers.remove(X_FORWARDED_HOST),
     };
+}
+
+/// An IP address as text, written on the stack: a header value is then
+/// the only copy made.
+struct IpText {
+    buf: [u8; IpText::MAX],
+    len: usize,
+}
+
+impl IpText {
+    /// The longest an address prints: `ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`
+    /// is 45 bytes.
+    const MAX: usize = 48;
+
+    fn new(ip: IpAddr) -> Self {
+        let mut buf = [0; Self::MAX];
+        let mut w = &mut buf[..];
+        write!(w, "{ip}").expect("an IP address fits in 48 bytes");
+        let len = Self::MAX - w.len();
+        IpText { buf, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 #[cfg(test)]

@@ -301,13 +301,52 @@ pub fn encode_request<'a>(
     target: &str,
     headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
 ) -> Vec<u8> {
+    let mut out = request_line(method, target);
+    encode_headers(&mut out, headers);
+    out
+}
+
+/// The start of a request head for `method` and `target`, with room for
+/// its headers; [`header_line`] adds them, [`end_head`] ends it.
+pub fn request_line(method: &Method, target: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(512 + target.len());
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    encode_headers(&mut out, headers);
     out
+}
+
+/// One header line; `value` must be a valid header value.
+pub fn header_line(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A list header's line: `items` joined by `, `. Nothing is written if
+/// there are none, or if one has a byte no header value may carry (a
+/// control character).
+pub fn list_line(out: &mut Vec<u8>, name: &HeaderName, items: &[String]) {
+    let valid = |b: &u8| *b >= 0x20 && *b != 0x7f || *b == b'\t';
+    if items.is_empty() || !items.iter().all(|i| i.as_bytes().iter().all(valid)) {
+        return;
+    }
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(item.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The blank line that ends a head.
+pub fn end_head(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\r\n");
 }
 
 fn encode_headers<'a>(
@@ -315,12 +354,9 @@ fn encode_headers<'a>(
     headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
 ) {
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        header_line(out, name, value.as_bytes());
     }
-    out.extend_from_slice(b"\r\n");
+    end_head(out);
 }
 
 #[cfg(test)]

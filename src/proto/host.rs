@@ -10,8 +10,9 @@
 //! scheme's default is dropped, so `Secure.Example.com.:443` on a TLS
 //! listener is `secure.example.com`, the same host routing knows.
 
-use std::{fmt, net::Ipv6Addr};
+use std::{fmt, io::Write, net::Ipv6Addr};
 
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Version};
 
 /// A validated `host[:port]`.
@@ -104,7 +105,23 @@ impl Authority {
 
     /// As a header value, for the forwarded `Host` and `X-Forwarded-Host`.
     pub fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.to_string()).expect("a validated host is a valid header value")
+        let mut port = [0; 6];
+        let port = match self.port {
+            Some(p) => {
+                let mut w = &mut port[..];
+                write!(w, ":{p}").expect("`:` and a u16 fit in 6 bytes");
+                let len = 6 - w.len();
+                &port[..len]
+            }
+            None => &[],
+        };
+        // Written once at its exact length, so the bytes become the value
+        // as they are: no second copy, no second allocation.
+        let mut text = Vec::with_capacity(self.host.len() + port.len());
+        text.extend_from_slice(self.host.as_bytes());
+        text.extend_from_slice(port);
+        HeaderValue::from_maybe_shared(Bytes::from(text))
+            .expect("a validated host is a valid header value")
     }
 }
 

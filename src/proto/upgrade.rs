@@ -3,7 +3,9 @@
 //! Pure functions over request parts: every refusal is a status and one
 //! line of text that says what to fix.
 
+use data_encoding::BASE64;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
+use sha1::{Digest, Sha1};
 
 use super::reject::Reject;
 
@@ -147,10 +149,10 @@ fn is_valid_key(key: &[u8]) -> bool {
 pub fn accept(up: &Upgrade, protocol: Option<HeaderValue>, mut extra: HeaderMap) -> HeaderMap {
     extra.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     extra.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    let accept = tungstenite::handshake::derive_accept_key(up.key.as_bytes());
     extra.insert(
         header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+        HeaderValue::from_bytes(&accept_key(up.key.as_bytes()))
+            .expect("base64 is a valid header value"),
     );
     if let Some(p) = protocol {
         extra.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
@@ -158,9 +160,41 @@ pub fn accept(up: &Upgrade, protocol: Option<HeaderValue>, mut extra: HeaderMap)
     extra
 }
 
+/// The GUID a handshake's accept value is derived with (RFC 6455 §1.3).
+const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The `Sec-WebSocket-Accept` for `key` (RFC 6455 §4.2.2): the base64 of
+/// the SHA-1 of the key and the GUID. On the stack: checking an answer
+/// allocates nothing.
+pub fn accept_key(key: &[u8]) -> [u8; 28] {
+    let digest = Sha1::new().chain_update(key).chain_update(GUID).finalize();
+    let mut out = [0; 28];
+    BASE64.encode_mut(&digest, &mut out);
+    out
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64, on the stack.
+pub fn new_key() -> [u8; 24] {
+    let mut out = [0; 24];
+    BASE64.encode_mut(&rand::random::<[u8; 16]>(), &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_rfc_6455_keys() {
+        // The RFC's own example (§1.3).
+        assert_eq!(
+            &accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        let (a, b) = (new_key(), new_key());
+        assert!(is_valid_key(&a), "{a:?}");
+        assert_ne!(a, b);
+    }
 
     fn good() -> HeaderMap {
         let mut h = HeaderMap::new();

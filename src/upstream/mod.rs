@@ -57,6 +57,7 @@ mod ws;
 use std::{io, net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue};
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 pub use self::{
@@ -325,7 +326,7 @@ impl Upstream {
     /// servers a rebalance found above their share last (rebalance.rs), so
     /// that the sessions it moves land elsewhere; one with a key always goes
     /// where its key says.
-    fn available_candidates(&self, key: Option<Key>) -> Vec<usize> {
+    fn available_candidates(&self, key: Option<Key>) -> Tries {
         let loads = |i: usize| self.load(i); // health
         let candidates = self.balance.candidates(key, &loads);
         if key.is_some() {
@@ -336,7 +337,7 @@ impl Upstream {
         }
         // The balancer's order within each part; no further than needed.
         let now = Instant::now();
-        let (mut servers, mut crowded) = (Vec::new(), Vec::new());
+        let (mut servers, mut crowded) = (Tries::new(), Vec::new());
         for server in candidates {
             match self.standing(server, now) {
                 Some(false) => servers.push(server),
@@ -413,6 +414,10 @@ impl Upstream {
         Err(last.unwrap_or_else(|| self.no_servers()))
     }
 }
+
+/// The servers one connection tries, best first. Up to four (the default
+/// `max_attempts` is 3) are held inline: choosing them allocates nothing.
+type Tries = SmallVec<[usize; 4]>;
 
 /// What is left before `deadline`; `None` once it has passed.
 fn time_left(deadline: Instant) -> Option<Duration> {

@@ -81,8 +81,9 @@ where
     // The connection broke (or closed) after it was reached: reported as
     // unreachable, like a failed connect, or as TLS failing when TLS broke it.
     let broken = |source| UpstreamError::broken(server, Phase::Upgrade, source);
-    let key = tungstenite::handshake::client::generate_key();
-    io.write_all(&request_head(req, endpoint.authority(), &key))
+    let key = upgrade::new_key();
+    let key = std::str::from_utf8(&key).expect("base64 is ASCII");
+    io.write_all(&request_head(req, endpoint.authority(), key))
         .await
         .map_err(broken)?;
     let answer = head::read_response(&mut io, Vec::new(), MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
@@ -97,7 +98,7 @@ where
         headers: rh,
         ..
     } = answer.head;
-    let protocol = match check_answer(status, &rh, &key, req.protocols) {
+    let protocol = match check_answer(status, &rh, key, req.protocols) {
         Ok(p) => p,
         Err(Bad::Invalid(why)) => return Err(UpstreamError::invalid(server, why)),
         Err(Bad::Status(status)) => {
@@ -168,29 +169,21 @@ async fn refusal_body<S: AsyncRead + Unpin>(
 /// The upgrade request's head: `req`'s own headers, then the handshake's.
 /// `Host` is the client's when the route preserves it, else `authority`.
 fn request_head(req: &UpstreamRequest<'_>, authority: &HeaderValue, key: &str) -> Vec<u8> {
-    // The handshake's own headers; `req.headers` has none of them (they
-    // are per hop), so both are written as they are, without a merged copy.
-    let mut h = HeaderMap::with_capacity(6);
-    h.insert(
-        header::HOST,
-        req.host.clone().unwrap_or_else(|| authority.clone()),
-    );
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(
-        header::SEC_WEBSOCKET_VERSION,
-        HeaderValue::from_static("13"),
-    );
-    h.insert(
-        header::SEC_WEBSOCKET_KEY,
-        HeaderValue::from_str(key).expect("base64 key is header-safe"),
-    );
-    if !req.protocols.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&req.protocols.join(", ")) {
-            h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
-        }
+    let mut out = head::request_line(&Method::GET, &req.path);
+    for (name, value) in &req.headers {
+        head::header_line(&mut out, name, value.as_bytes());
     }
-    head::encode_request(&http::Method::GET, &req.path, req.headers.iter().chain(&h))
+    // The handshake's own headers; `req.headers` has none of them (they
+    // are per hop), so they are written straight after, with no map built.
+    let host = req.host.as_ref().unwrap_or(authority);
+    head::header_line(&mut out, &header::HOST, host.as_bytes());
+    head::header_line(&mut out, &header::UPGRADE, b"websocket");
+    head::header_line(&mut out, &header::CONNECTION, b"Upgrade");
+    head::header_line(&mut out, &header::SEC_WEBSOCKET_VERSION, b"13");
+    head::header_line(&mut out, &header::SEC_WEBSOCKET_KEY, key.as_bytes());
+    head::list_line(&mut out, &header::SEC_WEBSOCKET_PROTOCOL, req.protocols);
+    head::end_head(&mut out);
+    out
 }
 
 /// Why an answer is not an accepted upgrade.
@@ -220,11 +213,11 @@ fn check_answer(
             "101 without Upgrade: websocket and Connection: upgrade",
         ));
     }
-    let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let expected = upgrade::accept_key(key.as_bytes());
     if rh
         .get(header::SEC_WEBSOCKET_ACCEPT)
         .map(HeaderValue::as_bytes)
-        != Some(expected.as_bytes())
+        != Some(&expected[..])
     {
         return Err(Bad::Invalid("wrong or missing Sec-WebSocket-Accept"));
     }
