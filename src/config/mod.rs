@@ -53,6 +53,8 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// The DNS servers of `[resolver]`; `None`: the system's resolver.
     pub resolver: Option<Nameservers>,
+    /// `[log]`, before the environment's overrides ([`crate::log::from_env`]).
+    pub log: crate::log::Settings,
 }
 
 /// One socket to accept on.
@@ -211,6 +213,29 @@ impl<'a> Checker<'a> {
     }
 
     /// A path written in the config, relative to the config file.
+    /// `[log]`: the level must parse as a filter; a file is relative to
+    /// the config.
+    fn log(&mut self, l: &file::LogSection) -> crate::log::Settings {
+        let mut settings = crate::log::Settings {
+            format: l.format,
+            ..Default::default()
+        };
+        if let Some(level) = &l.level {
+            match tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+                Ok(_) => settings.level = level.get_ref().clone(),
+                Err(e) => self.err(level, format!("not a log level or filter: {e}")),
+            }
+        }
+        settings.access = match l.access.as_deref().map(crate::log::Destination::parse) {
+            Some(crate::log::Destination::File(p)) => {
+                crate::log::Destination::File(self.path(&p.to_string_lossy()))
+            }
+            Some(d) => d,
+            None => crate::log::Destination::Stdout,
+        };
+        settings
+    }
+
     fn path(&self, p: &str) -> PathBuf {
         self.base.join(p)
     }
@@ -235,6 +260,7 @@ impl<'a> Checker<'a> {
             .filter_map(|(name, u)| Some((name.clone(), self.upstream(name, u)?)))
             .collect();
         let resolver = file.resolver.as_ref().and_then(|r| self.resolver(r));
+        let log = self.log(&file.log);
         if file.routes.is_empty() {
             self.errors.push(
                 self.source
@@ -295,6 +321,7 @@ impl<'a> Checker<'a> {
                 routes,
                 upstreams,
                 resolver,
+                log,
             })
         } else {
             self.errors

@@ -1,5 +1,5 @@
 //! The framegate binary as a child process: started on a config file, its
-//! log lines read as they come, its address taken from its `listening` line.
+//! log lines (stdout and stderr) read as they come, its address taken from its `listening` line.
 
 use std::{net::SocketAddr, path::Path, process::Stdio};
 
@@ -42,11 +42,12 @@ impl Binary {
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("the framegate binary starts");
-        let lines = Lines::read("the gateway", child.stdout.take().unwrap());
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let lines = Lines::read_both("the gateway", out, err);
         let mut bin = Binary {
             child,
             lines,
@@ -57,11 +58,11 @@ impl Binary {
         };
         bin.startup = bin.lines.until("listening").await;
         bin.listening = bin.startup.pop().unwrap();
+        // `addr="IP:PORT"` (text) or `"addr":"IP:PORT"` (json).
         bin.addr = bin
             .listening
-            .split("addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
+            .split_once("addr")
+            .and_then(|(_, rest)| rest.split('"').nth(1))
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in {}", bin.listening));
         bin
