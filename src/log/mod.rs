@@ -314,6 +314,46 @@ pub fn refusal(r: &Refusal<'_>) {
     );
 }
 
+/// At most [`Throttle::PER_SECOND`] lines a second of one kind (per worker:
+/// each keeps its own): a flood of bad handshakes cannot flood the log. The
+/// first line after a suppressed stretch says how many were left out.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    window: Option<tokio::time::Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub const PER_SECOND: u32 = 10;
+
+    pub const fn new() -> Self {
+        Throttle {
+            window: None,
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a line may be written at `now`: `Some(k)` with the number of
+    /// lines suppressed since the last one written, `None` to suppress it.
+    pub fn admit(&mut self, now: tokio::time::Instant) -> Option<u64> {
+        if self
+            .window
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
+        {
+            self.window = Some(now);
+            self.logged = 0;
+        }
+        if self.logged >= Self::PER_SECOND {
+            self.suppressed += 1;
+            return None;
+        }
+        self.logged += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
 thread_local! {
     /// Lines logged on this thread and not yet written; `None` where lines
     /// are written at once (any thread but a gateway worker's).
@@ -406,4 +446,23 @@ pub fn flush_this_thread() {
             write_out(lines);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[test]
+    fn the_throttle_passes_ten_a_second_then_counts_what_it_left_out() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new();
+        for _ in 0..Throttle::PER_SECOND {
+            assert_eq!(t.admit(t0), Some(0));
+        }
+        assert_eq!(t.admit(t0 + Duration::from_millis(999)), None);
+        assert_eq!(t.admit(t0 + Duration::from_millis(999)), None);
+        assert_eq!(t.admit(t0 + Duration::from_secs(1)), Some(2));
+        assert_eq!(t.admit(t0 + Duration::from_secs(1)), Some(0));
+    }
 }

@@ -58,13 +58,7 @@ impl Binary {
         };
         bin.startup = bin.lines.until("listening").await;
         bin.listening = bin.startup.pop().unwrap();
-        // `addr="IP:PORT"` (text) or `"addr":"IP:PORT"` (json).
-        bin.addr = bin
-            .listening
-            .split_once("addr")
-            .and_then(|(_, rest)| rest.split('"').nth(1))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {}", bin.listening));
+        bin.addr = addr_in(&bin.listening);
         bin
     }
 
@@ -77,6 +71,16 @@ impl Binary {
 
     pub fn pid(&self) -> u32 {
         self.child.id().expect("still running")
+    }
+
+    /// The address the next `listening` line names (the next listener's).
+    pub async fn next_listener(&mut self) -> SocketAddr {
+        addr_in(&self.lines.wait_for("listening").await)
+    }
+
+    /// Every log line up to and including the next one containing `needle`.
+    pub async fn until(&mut self, needle: &str) -> Vec<String> {
+        self.lines.until(needle).await
     }
 
     /// The next log line containing `needle`.
@@ -92,4 +96,12 @@ impl Binary {
             .unwrap();
         assert!(ok.success());
     }
+}
+
+/// The `addr` of a log line: `addr="IP:PORT"` (text) or `"addr":"IP:PORT"` (json).
+fn addr_in(line: &str) -> SocketAddr {
+    line.split_once("addr")
+        .and_then(|(_, rest)| rest.trim_start_matches(['"', ':', '=']).split('"').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"))
 }
