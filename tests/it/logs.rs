@@ -169,3 +169,112 @@ async fn text_lines_quote_and_escape_every_value() {
     }
     assert!(!line.contains("rtt_"), "never pinged, so no RTT: {line}");
 }
+
+/// A log line's message and its keys in order: `key="…"` (text) or
+/// `"key":…` at the top level of an object (json).
+fn shape(line: &str) -> (String, Vec<String>) {
+    if line.starts_with('{') {
+        let o = parse(line);
+        let mut keys = Vec::new();
+        let (mut in_str, mut escaped, mut depth, mut current) = (false, false, 0, String::new());
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (in_str, c) {
+                (true, '\\') if !escaped => escaped = true,
+                (true, '"') if !escaped => {
+                    in_str = false;
+                    if depth == 1 && chars.peek() == Some(&':') {
+                        keys.push(std::mem::take(&mut current));
+                    }
+                    current.clear();
+                }
+                (true, c) => {
+                    escaped = false;
+                    current.push(c);
+                }
+                (false, '"') => in_str = true,
+                (false, '{' | '[') => depth += 1,
+                (false, '}' | ']') => depth -= 1,
+                _ => {}
+            }
+        }
+        return (o["message"].as_str().unwrap().to_owned(), keys);
+    }
+    let rest = line
+        .split_once("framegate::access: ")
+        .expect("an access line")
+        .1;
+    let words: Vec<&str> = rest.split(' ').collect();
+    let first = words.iter().position(|w| w.contains("=\"")).unwrap();
+    let keys = words[first..]
+        .iter()
+        .filter_map(|w| w.split_once("=\"").map(|(k, _)| k.to_owned()))
+        .filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect();
+    (words[..first].join(" "), keys)
+}
+
+/// The access lines of the README's samples, text and json.
+fn readme_samples() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    readme
+        .lines()
+        .filter(|l| {
+            l.contains(" INFO framegate::access: ")
+                || l.starts_with(r#"{"timestamp":"#)
+                    && l.contains(r#""target":"framegate::access""#)
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_readme_sample_lines_have_the_binarys_shape() {
+    let samples = readme_samples();
+    assert!(samples.len() >= 6, "{samples:#?}");
+    for format in ["text", "json"] {
+        let mut gw = Gateway::builder()
+            .route(route("/chat", "echo"))
+            .builtin_echo("echo")
+            .log(&format!("format = {format:?}"))
+            .binary(&["--workers", "1"])
+            .await;
+        close_with(connect(gw.addr, "/chat").await, 4000, "bye").await;
+        let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        tcp.write_all(
+            b"GET /chat/status HTTP/1.1\r\nHost: gw.example\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(read_response(&mut tcp).await.0.status, 200);
+        // Its line is written once the gateway has closed the connection.
+        drop(tcp);
+        refused(gw.addr, "127.0.0.1", "/nowhere", &[("Host", "gw.example")]).await;
+        // Lines come in the order things end, which is not the order above.
+        let mut lines = Vec::new();
+        for message in ["session ended", "http request", "upgrade refused"] {
+            if !lines.iter().any(|l: &String| l.contains(message)) {
+                lines.extend(gw.until(message).await);
+            }
+        }
+        let printed: Vec<_> = lines
+            .iter()
+            .filter(|l| l.contains("framegate::access"))
+            .map(|l| shape(l))
+            .collect();
+        let json = format == "json";
+        let mine: Vec<_> = samples
+            .iter()
+            .filter(|l| l.starts_with('{') == json)
+            .collect();
+        assert!(mine.len() >= 3, "{format}: {mine:#?}");
+        for sample in mine {
+            let (message, keys) = shape(sample);
+            let Some((_, got)) = printed.iter().find(|(m, _)| *m == message) else {
+                panic!("the README shows a {message:?} line the test does not print: {sample}");
+            };
+            assert_eq!(&keys, got, "{format} {message:?}: README {sample}");
+        }
+    }
+}
