@@ -31,8 +31,9 @@
 //! - [`admission`]: decided before the upstream is contacted: client IP,
 //!   Origin, JWT, connection limits, handshake rate, and the caps on
 //!   connections not yet upgraded ([`admission::pending`]).
-//! - [`log`]: one access-log line per session; [`shutdown`]: the session
-//!   tracker and the drain.
+//! - [`log`]: the access lines (a session, a plain request, a refusal),
+//!   their `text` and `json` formats, and where lines go (`[log]`);
+//!   [`shutdown`]: the session tracker and the drain.
 //! - [`route`]: each listener's routes, host and longest-prefix path
 //!   matching, path rewrite, and the policy a route's sessions are held to.
 //! - [`http`]: one connection: read the request, check it, pick the route,

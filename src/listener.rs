@@ -18,6 +18,7 @@ use crate::{
         pending::{Inflight, Pending},
     },
     http::{self, Context, Peer},
+    log,
     stream::Transport,
 };
 
@@ -240,9 +241,27 @@ async fn serve_tls(
             let tls = Transport::Right(Box::new(TlsStream::Server(tls)));
             http::serve(tls, peer, ctx, inflight).await
         }
-        Ok(Err(e)) => tracing::debug!(client = %peer.addr, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(client = %peer.addr, "TLS handshake timed out"),
+        Ok(Err(e)) => tls_failed(peer.addr, &e.to_string()),
+        Err(_) => tls_failed(peer.addr, "timed out"),
     }
+}
+
+thread_local! {
+    /// This worker's budget of TLS failure lines.
+    static TLS_FAILURES: std::cell::RefCell<log::Throttle> =
+        const { std::cell::RefCell::new(log::Throttle::new()) };
+}
+
+/// Logs a failed TLS handshake at info (a scanner, an expired client
+/// certificate, a client that does not trust ours), at most
+/// [`log::Throttle::PER_SECOND`] a second per worker.
+fn tls_failed(client: SocketAddr, error: &str) {
+    let now = tokio::time::Instant::now();
+    let Some(suppressed) = TLS_FAILURES.with_borrow_mut(|t| t.admit(now)) else {
+        return;
+    };
+    let suppressed = (suppressed > 0).then_some(suppressed);
+    tracing::info!(client = %client, error, suppressed, "TLS handshake failed");
 }
 
 /// The client a PROXY protocol header names (`Some(None)` for a header

@@ -1,6 +1,6 @@
 //! `framegate`: run the gateway, or check a config.
 
-use std::{io::IsTerminal, num::NonZeroUsize, path::PathBuf, process::ExitCode};
+use std::{num::NonZeroUsize, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -90,13 +90,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    tracing_subscriber::fmt()
-        .with_writer(framegate::log::Stdout)
-        .with_ansi(std::io::stdout().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(errors) => {
@@ -122,8 +115,16 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    let logging = match framegate::log::from_env(config.log.clone()).and_then(framegate::log::init)
+    {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("framegate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     log_warnings(&config);
-    match run(config, cli.config, cli.workers) {
+    match run(config, cli.config, cli.workers, logging) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("framegate: {e:#}");
@@ -132,7 +133,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config, path: PathBuf, workers: usize) -> anyhow::Result<()> {
+fn run(
+    config: Config,
+    path: PathBuf,
+    workers: usize,
+    logging: framegate::log::Logging,
+) -> anyhow::Result<()> {
     let workers = NonZeroUsize::new(workers)
         .or_else(|| std::thread::available_parallelism().ok())
         .unwrap_or(NonZeroUsize::MIN);
@@ -150,7 +156,7 @@ fn run(config: Config, path: PathBuf, workers: usize) -> anyhow::Result<()> {
         let hup = signal(SignalKind::hangup());
         let stop = shutdown_signal();
         let gateway = Gateway::bind(config, workers).await?;
-        tokio::spawn(reload_on_sighup(hup, gateway.handle(), path));
+        tokio::spawn(reload_on_sighup(hup, gateway.handle(), path, logging));
         let report = gateway.run(stop).await;
         tracing::info!(cut = report.cut, "stopped");
         Ok(())
@@ -234,7 +240,13 @@ fn log_warnings(config: &Config) {
 
 /// SIGHUP: re-read the config, policies and certificates. An invalid config
 /// is logged, problem by problem, and the running one stays.
-async fn reload_on_sighup(hup: std::io::Result<Signal>, handle: Handle, path: PathBuf) {
+/// `[log]`'s level changes and an access log file is reopened (logrotate).
+async fn reload_on_sighup(
+    hup: std::io::Result<Signal>,
+    handle: Handle,
+    path: PathBuf,
+    mut logging: framegate::log::Logging,
+) {
     let Ok(mut hup) = hup else {
         tracing::warn!("cannot install the SIGHUP handler; reload disabled");
         return;
@@ -247,6 +259,10 @@ async fn reload_on_sighup(hup: std::io::Result<Signal>, handle: Handle, path: Pa
                 }
             }
             Ok(config) => {
+                match framegate::log::from_env(config.log.clone()) {
+                    Ok(log) => logging.reload(log),
+                    Err(e) => tracing::error!(error = %e, "log settings refused"),
+                }
                 log_warnings(&config);
                 match handle.reload(config).await {
                     Ok(()) => {

@@ -338,6 +338,11 @@ impl Admitted {
         self.identity.as_ref().map(|id| &id.claims)
     }
 
+    /// The token's `sub` claim, for the access log (never the token).
+    pub fn subject(&self) -> Option<&str> {
+        self.identity.as_ref()?.subject.as_deref()
+    }
+
     /// The relay's checks for the client leg and the upstream leg.
     pub fn gates(&self) -> (Option<Gate>, Option<Gate>) {
         let expiry = self

@@ -35,6 +35,27 @@ pub struct ConfigFile {
     /// DNS servers that server names are resolved with (nginx's
     /// `resolver`); without it, the system's resolver.
     pub resolver: Option<Spanned<ResolverSection>>,
+    /// What is logged, how, and where access lines go.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// Which lines are logged: a level (`error`, `warn`, `info`, `debug`,
+    /// `trace`) or a tracing filter (`info,framegate::access=off`); default
+    /// `info`. `FRAMEGATE_LOG` (or `RUST_LOG`) overrides it. Changes on reload.
+    pub level: Option<Spanned<String>>,
+    /// `text` (`key="value"`, the default) or `json` (one object per line).
+    /// `FRAMEGATE_LOG_FORMAT` overrides it.
+    #[serde(default)]
+    pub format: crate::log::Format,
+    /// Where access lines (sessions, requests, refusals) go: `stdout` (the
+    /// default), `stderr`, `off`, or a file path (relative to this file),
+    /// appended to and reopened on reload. Other lines go to standard error.
+    pub access: Option<String>,
 }
 
 /// `[resolver]`

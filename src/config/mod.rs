@@ -59,6 +59,8 @@ pub struct Config {
     /// Values that are legal but probably not meant (config/warn.rs),
     /// as `file:line: what is surprising`.
     pub warnings: Vec<ConfigError>,
+    /// `[log]`, before the environment's overrides ([`crate::log::from_env`]).
+    pub log: crate::log::Settings,
 }
 
 /// One socket to accept on.
@@ -231,6 +233,29 @@ impl<'a> Checker<'a> {
     }
 
     /// A path written in the config, relative to the config file.
+    /// `[log]`: the level must parse as a filter; a file is relative to
+    /// the config.
+    fn log(&mut self, l: &file::LogSection) -> crate::log::Settings {
+        let mut settings = crate::log::Settings {
+            format: l.format,
+            ..Default::default()
+        };
+        if let Some(level) = &l.level {
+            match tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+                Ok(_) => settings.level = level.get_ref().clone(),
+                Err(e) => self.err(level, format!("not a log level or filter: {e}")),
+            }
+        }
+        settings.access = match l.access.as_deref().map(crate::log::Destination::parse) {
+            Some(crate::log::Destination::File(p)) => {
+                crate::log::Destination::File(self.path(&p.to_string_lossy()))
+            }
+            Some(d) => d,
+            None => crate::log::Destination::Stdout,
+        };
+        settings
+    }
+
     fn path(&self, p: &str) -> PathBuf {
         self.base.join(p)
     }
@@ -257,6 +282,7 @@ impl<'a> Checker<'a> {
             .filter_map(|(name, u)| Some((name.clone(), self.upstream(name, u)?)))
             .collect();
         let resolver = file.resolver.as_ref().and_then(|r| self.resolver(r));
+        let log = self.log(&file.log);
         if file.routes.is_empty() {
             self.errors.push(
                 self.source
@@ -328,6 +354,7 @@ impl<'a> Checker<'a> {
                 upstreams,
                 resolver,
                 warnings: self.warnings,
+                log,
             })
         } else {
             self.errors

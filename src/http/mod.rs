@@ -111,6 +111,9 @@ struct Accepted {
     /// Its server's beacon (health): the gateway's drain, its server's, and
     /// a rebalance's shed.
     drain: crate::relay::DrainSignal,
+    /// The validated host and the chosen subprotocol, for the access log.
+    host: Option<Box<str>>,
+    subprotocol: Option<Box<str>>,
 }
 
 /// Serves one client connection (already past TLS, if any). `inflight`
@@ -169,7 +172,10 @@ fn session(
         admitted,
         load,
         mut drain,
+        host,
+        subprotocol,
     } = up.accepted;
+    let subject: Option<Box<str>> = admitted.subject().map(Box::from);
     drain.spread = ctx.server.drain_spread;
     let (client_gate, upstream_gate) = admitted.gates();
     let slots = admitted.slots;
@@ -196,14 +202,17 @@ fn session(
                 summary
             })
             .await;
-        crate::log::session(
-            peer,
-            &route.label,
-            &path,
-            load.label(),
-            started.elapsed(),
-            &summary,
-        );
+        let line = crate::log::Session {
+            client: peer,
+            host: host.as_deref(),
+            route: &route.label,
+            path: &path,
+            subprotocol: subprotocol.as_deref(),
+            subject: subject.as_deref(),
+            upstream: load.label(),
+            took: started.elapsed(),
+        };
+        crate::log::session(&line, &summary);
     })
 }
 
@@ -239,16 +248,8 @@ async fn handshake(
                 return Handshake::Done
             }
             Ok(Err(e)) => {
-                refuse(
-                    io,
-                    peer,
-                    "-",
-                    head_reject(e),
-                    false,
-                    Some("request refused"),
-                    ctx,
-                )
-                .await;
+                let seen = Seen::unread(peer);
+                refuse(io, head_reject(e), false, Some(seen), ctx).await;
                 return Handshake::Done;
             }
             Err(_) => {
@@ -256,12 +257,13 @@ async fn handshake(
                     StatusCode::REQUEST_TIMEOUT,
                     "no complete request within request_timeout",
                 );
-                refuse(io, peer, "-", reject, false, Some("request refused"), ctx).await;
+                refuse(io, reject, false, Some(Seen::unread(peer)), ctx).await;
                 return Handshake::Done;
             }
         };
         let path = request.head.uri().path().to_owned();
         let keep_alive = upgrade::keeps_alive(request.head.version(), request.head.headers());
+        let wants_ws = upgrade::has_token(request.head.headers(), header::UPGRADE, "websocket");
         let at = match locate(&request.head, client, ctx) {
             Ok(at) if plain_http(&at, &request.head) => {
                 // Tracked, so a drain waits for the request to finish.
@@ -275,8 +277,29 @@ async fn handshake(
                     proxy::Next::Close => Handshake::Done,
                 };
             }
-            other => other,
+            Ok(at) => at,
+            Err((reject, authority)) => {
+                let seen = Seen {
+                    what: if wants_ws {
+                        "upgrade refused"
+                    } else {
+                        "request refused"
+                    },
+                    client: peer,
+                    host: authority.as_ref(),
+                    route: None,
+                    path: Some(&path),
+                };
+                let keep_alive = keep_alive && !ctx.sessions.is_draining();
+                if refuse(io, reject, keep_alive, Some(seen), ctx).await {
+                    pending = request.early;
+                    continue;
+                }
+                return Handshake::Done;
+            }
         };
+        // For the refusal line, should the upgrade be refused.
+        let (route, authority) = (at.route.clone(), at.authority.clone());
         let mut early = request.early;
         // A client that hangs up meanwhile abandons the upstream handshake at
         // once, instead of holding a backend connection until its timeout.
@@ -295,17 +318,14 @@ async fn handshake(
             Ok(ok) => ok,
             Err(reject) => {
                 let keep_alive = keep_alive && !ctx.sessions.is_draining();
-                if refuse(
-                    io,
-                    peer,
-                    &path,
-                    reject,
-                    keep_alive,
-                    Some("upgrade refused"),
-                    ctx,
-                )
-                .await
-                {
+                let seen = Seen {
+                    what: "upgrade refused",
+                    client: peer,
+                    host: authority.as_ref(),
+                    route: Some(&route.label),
+                    path: Some(&path),
+                };
+                if refuse(io, reject, keep_alive, Some(seen), ctx).await {
                     pending = early;
                     continue;
                 }
@@ -372,25 +392,35 @@ struct Located {
     authority: Option<host::Authority>,
 }
 
-/// Validates the host and picks the route (400, 404).
-fn locate(req: &Request<()>, conn: Peer, ctx: &Context) -> Result<Located, Reject> {
+/// Validates the host and picks the route (400, 404). A 404 comes with the
+/// host, for its log line.
+fn locate(
+    req: &Request<()>,
+    conn: Peer,
+    ctx: &Context,
+) -> Result<Located, (Reject, Option<host::Authority>)> {
     let authority = host::of_request(
         req.version(),
         req.headers(),
         authority(req.uri()).as_ref(),
         conn.tls,
     )
-    .map_err(|e| Reject::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let route = ctx
-        .routes
-        .find(
-            conn.listener,
-            authority.as_ref().map(host::Authority::host),
-            req.uri().path(),
-        )
-        .ok_or_else(|| Reject::new(StatusCode::NOT_FOUND, "no route for this host and path"))?
-        .clone();
-    Ok(Located { route, authority })
+    .map_err(|e| (Reject::new(StatusCode::BAD_REQUEST, e.to_string()), None))?;
+    let found = ctx.routes.find(
+        conn.listener,
+        authority.as_ref().map(host::Authority::host),
+        req.uri().path(),
+    );
+    match found {
+        Some(route) => Ok(Located {
+            route: route.clone(),
+            authority,
+        }),
+        None => Err((
+            Reject::new(StatusCode::NOT_FOUND, "no route for this host and path"),
+            authority,
+        )),
+    }
 }
 
 /// Resolves when the client hangs up. What it sends meanwhile (frames sent
@@ -423,26 +453,26 @@ fn head_reject(e: HeadError) -> Reject {
 /// Answers `reject`; returns whether the connection stays open for another
 /// request. When it does not, our side is shut and whatever the client
 /// still sends is read and dropped for a while, so that the close does not
-/// reset the connection before the client has read the answer.
+/// reset the connection before the client has read the answer. `seen`, when
+/// given, is logged as a refusal line (the proxy logs its own request line).
 async fn refuse(
     io: &mut Transport,
-    peer: SocketAddr,
-    path: &str,
     reject: Reject,
     keep_alive: bool,
-    what: Option<&'static str>,
+    seen: Option<Seen<'_>>,
     ctx: &Context,
 ) -> bool {
-    // Strings are logged quoted and escaped (Debug): nothing a client sent
-    // reaches the line raw, not even a control or bidi character.
-    if let Some(what) = what {
-        tracing::info!(
-            client = %peer,
-            path,
-            status = reject.status.as_u16(),
-            reason = reject.message.as_str(),
-            "{what}"
-        );
+    if let Some(seen) = seen {
+        let host = seen.host.map(ToString::to_string);
+        crate::log::refusal(&crate::log::Refusal {
+            what: seen.what,
+            client: seen.client,
+            host: host.as_deref(),
+            route: seen.route,
+            path: seen.path,
+            status: reject.status.as_u16(),
+            reason: &reject.message,
+        });
     }
     let answer = reject.encode(keep_alive);
     let limit = ctx.server.request_timeout;
@@ -451,6 +481,30 @@ async fn refuse(
         linger_close(io, limit).await;
     }
     keep_alive && matches!(written, Ok(Ok(())))
+}
+
+impl Seen<'_> {
+    /// A refusal of a request that could not be read.
+    fn unread(client: SocketAddr) -> Self {
+        Seen {
+            what: "request refused",
+            client,
+            host: None,
+            route: None,
+            path: None,
+        }
+    }
+}
+
+/// What a refusal line says about the refused request.
+struct Seen<'a> {
+    /// "upgrade refused" or "request refused".
+    what: &'static str,
+    client: SocketAddr,
+    host: Option<&'a host::Authority>,
+    route: Option<&'a str>,
+    /// `None` when no request could be read.
+    path: Option<&'a str>,
 }
 
 /// Closes a connection after its last answer: our side is shut, and what
@@ -477,12 +531,12 @@ fn authority(uri: &http::Uri) -> Option<host::Authority> {
 /// `Ok` holds the 101 to send and the session's parts.
 async fn upgrade_request(
     mut req: Request<()>,
-    at: Result<Located, Reject>,
+    at: Located,
     conn: Peer,
     ctx: &Context,
 ) -> Result<(Vec<u8>, Accepted), Reject> {
     let (peer, tls) = (conn.addr, conn.tls);
-    let Located { route, authority } = at?;
+    let Located { route, authority } = at;
     let up = upgrade::validate(req.method(), req.version(), req.headers())?;
     if ctx.sessions.is_draining() {
         return Err(Reject::new(
@@ -540,6 +594,8 @@ async fn upgrade_request(
                 e => upstream_reject(&e),
             }
         })?;
+    let subprotocol = connected.protocol.as_ref().and_then(|p| p.to_str().ok());
+    let subprotocol = subprotocol.map(Box::from);
     let headers = upgrade::accept(&up, connected.protocol, connected.headers);
     Ok((
         head::encode_response(StatusCode::SWITCHING_PROTOCOLS, &headers, b""),
@@ -549,6 +605,8 @@ async fn upgrade_request(
             admitted,
             load: connected.load,
             drain: connected.drain,
+            host: authority.as_ref().map(|a| a.to_string().into()),
+            subprotocol,
         },
     ))
 }

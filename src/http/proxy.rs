@@ -28,7 +28,7 @@
 //! Trailers are read and dropped, both ways; `Via` is not added (a backend
 //! nginx with its default `gzip_proxied off` would stop compressing).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode, Version};
 use tokio::{io::AsyncWriteExt, time::Instant};
@@ -65,7 +65,8 @@ pub enum Next {
 
 /// The parts of one exchange the access log reports.
 struct Outcome {
-    status: u16,
+    /// `None` when no status reached the client.
+    status: Option<u16>,
     bytes_in: u64,
     bytes_out: u64,
     /// The server's label; `None` when none was reached.
@@ -91,8 +92,10 @@ pub async fn serve(
     let Some(outcome) = outcome else {
         return next;
     };
+    let host = at.authority.as_ref().map(ToString::to_string);
     crate::log::request(&crate::log::Request {
         client: peer.addr,
+        host: host.as_deref(),
         route: &route.label,
         method: &method,
         path: &path,
@@ -100,7 +103,7 @@ pub async fn serve(
         bytes_in: outcome.bytes_in,
         bytes_out: outcome.bytes_out,
         took: started.elapsed(),
-        upstream: outcome.upstream.as_deref().unwrap_or("-"),
+        upstream: outcome.upstream.as_deref(),
         reused: outcome.reused,
         error: outcome.error.as_deref(),
     });
@@ -112,7 +115,6 @@ pub async fn serve(
 /// body is left unread). Its access line says why.
 async fn refused(
     io: &mut Transport,
-    (peer, path): (SocketAddr, &str),
     reject: Reject,
     keep: bool,
     rest: Vec<u8>,
@@ -120,14 +122,14 @@ async fn refused(
     ctx: &Context,
 ) -> (Next, Option<Outcome>) {
     let outcome = Outcome {
-        status: reject.status.as_u16(),
+        status: Some(reject.status.as_u16()),
         bytes_in: 0,
         bytes_out: 0,
         upstream,
         reused: false,
         error: Some(reject.message.clone()),
     };
-    let next = match refuse(io, peer, path, reject, keep, None, ctx).await {
+    let next = match refuse(io, reject, keep, None, ctx).await {
         true => Next::KeepAlive(rest),
         false => Next::Close,
     };
@@ -147,7 +149,6 @@ async fn exchange(
     let peer = conn.addr;
     // Held apart, to be filtered in place for the upstream request.
     let req_headers = std::mem::take(req.headers_mut());
-    let path = req.uri().path();
     let framing =
         head::body_framing(req.version(), &req_headers).expect("checked when the head was parsed");
     let client_keeps = req.version() == Version::HTTP_11
@@ -161,7 +162,7 @@ async fn exchange(
             StatusCode::NOT_IMPLEMENTED,
             "only the chunked transfer coding is supported",
         );
-        return refused(io, (peer, path), reject, false, early, None, ctx).await;
+        return refused(io, reject, false, early, None, ctx).await;
     }
 
     let expects = match req_headers.get(header::EXPECT) {
@@ -172,7 +173,7 @@ async fn exchange(
                 StatusCode::EXPECTATION_FAILED,
                 "only 100-continue is supported",
             );
-            return refused(io, (peer, path), reject, keep_if_refused, early, None, ctx).await;
+            return refused(io, reject, keep_if_refused, early, None, ctx).await;
         }
     };
     if let Framing::Length(n) = framing {
@@ -181,7 +182,7 @@ async fn exchange(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the request body is over {} bytes", rules.max_request_body),
             );
-            return refused(io, (peer, path), reject, false, early, None, ctx).await;
+            return refused(io, reject, false, early, None, ctx).await;
         }
     }
     let client = ctx.admission.client(peer.ip(), &req_headers, conn.vouches);
@@ -203,9 +204,7 @@ async fn exchange(
         .await
     {
         Ok(a) => a,
-        Err(reject) => {
-            return refused(io, (peer, path), reject, keep_if_refused, early, None, ctx).await
-        }
+        Err(reject) => return refused(io, reject, keep_if_refused, early, None, ctx).await,
     };
 
     let key = super::balance_key(route, &client, &req_headers, req.uri(), &admitted, ctx);
@@ -239,7 +238,7 @@ async fn exchange(
         Err(e) => {
             tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream connection failed");
             let reject = super::upstream_reject(&e);
-            return refused(io, (peer, path), reject, keep_if_refused, early, None, ctx).await;
+            return refused(io, reject, keep_if_refused, early, None, ctx).await;
         }
     };
     let host = host
@@ -299,7 +298,7 @@ async fn exchange(
                 // The upstream connection goes now, not after the linger.
                 let server = Some(up.server());
                 drop(up);
-                return refused(io, (peer, path), reject, false, Vec::new(), server, ctx).await;
+                return refused(io, reject, false, Vec::new(), server, ctx).await;
             }
             Err(Failure::Upstream(e)) => Err(Broken::Write(e)),
             Ok(()) => {
@@ -319,7 +318,7 @@ async fn exchange(
                     },
                     () = hung_up(io, &mut rest) => {
                         return (Next::Close, Some(Outcome {
-                            status: 499,
+                            status: Some(499),
                             bytes_in,
                             bytes_out: 0,
                             upstream: Some(up.server()),
@@ -341,16 +340,7 @@ async fn exchange(
                     Err(e) => {
                         let reject = super::upstream_reject(&e);
                         let server = Some(up.server());
-                        return refused(
-                            io,
-                            (peer, path),
-                            reject,
-                            keep_if_refused,
-                            rest,
-                            server,
-                            ctx,
-                        )
-                        .await;
+                        return refused(io, reject, keep_if_refused, rest, server, ctx).await;
                     }
                 }
             }
@@ -362,14 +352,13 @@ async fn exchange(
                 // A body, if any, is gone: the connection cannot carry on.
                 let server = Some(up.server());
                 drop(up);
-                return refused(io, (peer, path), reject, keep_if_refused, rest, server, ctx).await;
+                return refused(io, reject, keep_if_refused, rest, server, ctx).await;
             }
         }
     };
     let exchange = Exchanged {
         req: &req,
         route,
-        peer,
         client_keeps,
         rest,
         bytes_in,
@@ -443,7 +432,6 @@ async fn write_head(up: &mut Conn, head: &[u8], limit: std::time::Duration) -> R
 struct Exchanged<'q, 'r> {
     req: &'q Request<()>,
     route: &'r Route,
-    peer: SocketAddr,
     client_keeps: bool,
     /// What the client sent past the request.
     rest: Vec<u8>,
@@ -461,7 +449,7 @@ async fn respond<'r>(
 ) -> (Next, Option<Outcome>) {
     let (req, rules) = (x.req, &x.route.policy.http);
     let idle = rules.body_timeout;
-    let outcome = |status: u16, bytes_out, up: &Conn, error: Option<String>| Outcome {
+    let outcome = |status: Option<u16>, bytes_out, up: &Conn, error: Option<String>| Outcome {
         status,
         bytes_in: x.bytes_in,
         bytes_out,
@@ -469,7 +457,6 @@ async fn respond<'r>(
         reused: up.reused,
         error,
     };
-    let path = req.uri().path();
     // Interim answers: 100 was the gateway's to send (the backend never
     // saw `Expect`); others (103 Early Hints) go on to an HTTP/1.1 client.
     while answer.head.status.is_informational() {
@@ -481,7 +468,10 @@ async fn respond<'r>(
             let interim = head::encode_response(status, &headers, b"");
             if status != StatusCode::CONTINUE && req.version() == Version::HTTP_11 {
                 if let Err(e) = io.write_all(&interim).await {
-                    return (Next::Close, Some(outcome(0, 0, &up, Some(e.to_string()))));
+                    return (
+                        Next::Close,
+                        Some(outcome(None, 0, &up, Some(e.to_string()))),
+                    );
                 }
             }
             let read = head::read_response(
@@ -499,9 +489,9 @@ async fn respond<'r>(
                 Err(_) => Some("no final response within response_timeout".into()),
             }
         };
-        let failed = outcome(502, 0, &up, error);
+        let failed = outcome(Some(502), 0, &up, error);
         drop(up);
-        return bad_gateway(io, x.peer, path, ctx, failed).await;
+        return bad_gateway(io, ctx, failed).await;
     }
     let Head {
         head: mut resp,
@@ -511,9 +501,9 @@ async fn respond<'r>(
         Ok(f) => f,
         Err(e) => {
             let error = Some(e.to_string());
-            let failed = outcome(502, 0, &up, error);
+            let failed = outcome(Some(502), 0, &up, error);
             drop(up);
-            return bad_gateway(io, x.peer, path, ctx, failed).await;
+            return bad_gateway(io, ctx, failed).await;
         }
     };
     // A chunked or close-delimited body reaches an HTTP/1.1 client chunked
@@ -548,10 +538,10 @@ async fn respond<'r>(
                 "client"
             };
             let error = Some(format!("{side}: {e}"));
-            return (Next::Close, Some(outcome(status, 0, &up, error)));
+            return (Next::Close, Some(outcome(Some(status), 0, &up, error)));
         }
     };
-    let out = outcome(status, copied.bytes, &up, None);
+    let out = outcome(Some(status), copied.bytes, &up, None);
     let reusable = upstream_keeps && framing.is_delimited() && copied.rest.is_empty();
     if reusable {
         x.route.upstream.checkin(up);
@@ -566,8 +556,6 @@ async fn respond<'r>(
 /// Answers 502 for an upstream answer that cannot be passed on.
 async fn bad_gateway(
     io: &mut Transport,
-    peer: SocketAddr,
-    path: &str,
     ctx: &Context,
     outcome: Outcome,
 ) -> (Next, Option<Outcome>) {
@@ -575,7 +563,7 @@ async fn bad_gateway(
         StatusCode::BAD_GATEWAY,
         "bad gateway: invalid upstream answer",
     );
-    let _ = refuse(io, peer, path, reject, false, None, ctx).await;
+    let _ = refuse(io, reject, false, None, ctx).await;
     (Next::Close, Some(outcome))
 }
 

@@ -133,7 +133,16 @@ pub struct Decoder {
     tail: Range<usize>,
     /// Length of the carry copied into the current buffer.
     carried: usize,
+    /// The reason of the close frame this leg sent, kept for the access log
+    /// until [`Decoder::take_close_reason`]: copied once per session, when
+    /// the close arrives, never per frame.
+    /// Boxed twice: a thin pointer, so every leg pays 8 bytes, not 16.
+    close_reason: Option<Box<CloseReason>>,
 }
+
+/// A close frame's reason text.
+#[derive(Debug)]
+struct CloseReason(Box<str>);
 
 impl Decoder {
     pub fn new(from: Side, limits: FrameLimits) -> Self {
@@ -145,7 +154,14 @@ impl Decoder {
             carry: Vec::new(),
             tail: 0..0,
             carried: 0,
+            close_reason: None,
         }
+    }
+
+    /// The reason text of the close frame read from this leg, if one came
+    /// with a non-empty reason.
+    pub fn take_close_reason(&mut self) -> Option<Box<str>> {
+        self.close_reason.take().map(|r| r.0)
     }
 
     /// Puts the carried bytes in front of the next read; returns where the read goes.
@@ -274,6 +290,11 @@ impl Decoder {
                         }
                         Control::Close => {
                             let code = check_close(&buf[payload.clone()])?;
+                            // Valid UTF-8 (checked), and unmasked until `out.frame`.
+                            let reason = buf.get(payload.start + 2..payload.end);
+                            self.close_reason = reason
+                                .filter(|r| !r.is_empty())
+                                .map(|r| Box::new(CloseReason(String::from_utf8_lossy(r).into())));
                             out.frame(buf, OpCode::Control(Control::Close), true, payload, None);
                             return Err(Stop::Close(code));
                         }

@@ -17,7 +17,7 @@ use std::{
 
 use tungstenite::protocol::frame::coding::{Control, OpCode};
 
-use super::{gate::Gate, Counts, SessionRules};
+use super::{gate::Gate, CloseFrame, Counts, LegClose, SessionRules};
 use crate::{
     proto::frame::{self, Decoder, Side},
     stream::Socket,
@@ -81,6 +81,8 @@ pub(super) struct Leg<S> {
     pub(super) counts: Counts,
     /// Admission's checks on what this leg sends (rate, token expiry), if any.
     pub(super) gate: Option<Box<Gate>>,
+    /// The closes it sent and received, for the log; allocated at the first.
+    closes: Option<Box<LegClose>>,
 }
 
 impl<S: Socket> Leg<S> {
@@ -98,7 +100,17 @@ impl<S: Socket> Leg<S> {
             state: LegState::Open,
             counts: Counts::default(),
             gate: None,
+            closes: None,
         }
+    }
+
+    /// The closes it sent and received, taken for the session's summary.
+    pub(super) fn take_close(&mut self) -> LegClose {
+        self.closes.take().map(|c| *c).unwrap_or_default()
+    }
+
+    fn closes(&mut self) -> &mut LegClose {
+        self.closes.get_or_insert_default()
     }
 
     /// Done when its close handshake is over (or impossible) and all is written.
@@ -162,33 +174,43 @@ impl<S: Socket> Leg<S> {
 
     /// Queues a close frame the gateway itself sends, unless a close already
     /// went to this leg (or it is gone): a leg gets one close at most.
-    pub(super) fn close(&mut self, code: Option<u16>, reason: &str) {
+    pub(super) fn close(&mut self, code: Option<u16>, reason: &'static str) {
         if self.state.takes_frames() {
             frame::close_frame(&mut self.outbox, self.side, code, reason);
+            self.closes().received = Some(CloseFrame::new(code, reason));
             self.state = self.state.close_sent();
         }
     }
 
-    /// Its peer's close frame went to it in the relayed stream (or would
-    /// have, had it been open): as [`Leg::close`], without queuing a frame.
-    pub(super) fn close_relayed(&mut self) {
+    /// Its peer's close frame `peer` went to it in the relayed stream (or
+    /// would have, had it been open): as [`Leg::close`], without queuing a frame.
+    pub(super) fn close_relayed(&mut self, peer: Option<&CloseFrame>) {
+        if self.state.takes_frames() {
+            self.closes().received = peer.cloned();
+        }
         self.state = self.state.close_sent();
     }
 
     /// The leg sent a valid close frame with `code`: it is not read any more.
-    pub(super) fn close_received(&mut self, code: Option<u16>) {
+    /// Returns that close as recorded for the log.
+    pub(super) fn close_received(&mut self, code: Option<u16>) -> Option<&CloseFrame> {
+        if self.state.reads() {
+            let reason = self.decoder.take_close_reason().map(String::from);
+            self.closes().sent = Some(CloseFrame::new(code, reason.unwrap_or_default()));
+        }
         self.state = match self.state {
             LegState::Open => LegState::CloseReceived(code),
             LegState::CloseSent => LegState::Closed,
             // Only a leg that is read can send a close.
             s @ (LegState::CloseReceived(_) | LegState::Closed | LegState::Gone) => s,
         };
+        self.closes.as_ref()?.sent.as_ref()
     }
 
     /// Closes the leg with `code` (unless a close already went to it) and
     /// stops reading it without waiting for its answer: it broke the rules
     /// or answered no ping.
-    pub(super) fn abandon(&mut self, code: Option<u16>, reason: &str) {
+    pub(super) fn abandon(&mut self, code: Option<u16>, reason: &'static str) {
         self.close(code, reason);
         if self.state == LegState::CloseSent {
             self.state = LegState::Closed;

@@ -87,13 +87,54 @@ pub struct Counts {
     pub bytes: u64,
 }
 
+/// One close frame: its code and its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseFrame {
+    /// 1005 ("no status received", RFC 6455 §7.1.5) when the frame carried
+    /// no code: the value the RFC defines for exactly that, not one of ours.
+    pub code: u16,
+    /// Empty when the frame carried none.
+    pub reason: std::borrow::Cow<'static, str>,
+}
+
+impl CloseFrame {
+    fn new(code: Option<u16>, reason: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        CloseFrame {
+            code: code.unwrap_or(1005),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The close frames one leg exchanged with the gateway. Recorded when a
+/// close is read or queued (once per leg), never per frame.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LegClose {
+    /// The close this leg sent to the gateway.
+    pub sent: Option<CloseFrame>,
+    /// The close the gateway sent to this leg: the other leg's, relayed in
+    /// the stream, or the gateway's own.
+    pub received: Option<CloseFrame>,
+}
+
+impl LegClose {
+    /// Both closes went: this leg's close handshake completed.
+    pub fn complete(&self) -> bool {
+        self.sent.is_some() && self.received.is_some()
+    }
+}
+
 /// What the access log line reports.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Summary {
     pub ending: Option<Ending>,
     pub client_to_upstream: Counts,
     pub upstream_to_client: Counts,
-    /// Whether the close handshake finished on both legs before the deadline.
+    /// The close frames each leg sent and received.
+    pub client_close: LegClose,
+    pub upstream_close: LegClose,
+    /// The close handshake completed on both legs (each sent a close and
+    /// was sent one) before the close deadline.
     pub clean: bool,
     /// Last keepalive round trip to each leg.
     pub client_rtt: Option<Duration>,
@@ -258,7 +299,7 @@ where
     /// Relays until both legs are closed, then shuts both sockets down.
     pub async fn run(&mut self) -> Summary {
         poll_fn(|cx| self.poll_relay(cx)).await;
-        let clean = !matches!(self.state.phase, Phase::Lingering(_));
+        let in_time = !matches!(self.state.phase, Phase::Lingering(_));
         // Shutting down is bounded by the close timeout too, on the
         // session's own timer (a session carries one timer, not two).
         self.state
@@ -274,11 +315,15 @@ where
             self.state.timer.poll(cx)
         })
         .await;
+        let client_close = self.client.take_close();
+        let upstream_close = self.upstream.take_close();
         Summary {
             ending: self.state.phase.ending(),
             client_to_upstream: self.client.counts,
             upstream_to_client: self.upstream.counts,
-            clean,
+            clean: in_time && client_close.complete() && upstream_close.complete(),
+            client_close,
+            upstream_close,
             client_rtt: self.state.life.rtt(Side::Client),
             upstream_rtt: self.state.life.rtt(Side::Upstream),
         }

@@ -181,8 +181,7 @@ where
 {
     let ending = match event {
         Event::CloseReceived(code) => {
-            x.close_received(code);
-            y.close_relayed();
+            y.close_relayed(x.close_received(code));
             Ending::Closed { by: x.side, code }
         }
         Event::Violation(v) => {

@@ -31,7 +31,7 @@ use super::{
     leg::{Leg, LegState},
     lifecycle::{Due, Keepalive, Rules},
     phase::{Event, Phase, State},
-    DrainBy, DrainSignal, Ending, Jitter, Session, SessionRules, Summary,
+    CloseFrame, DrainBy, DrainSignal, Ending, Jitter, LegClose, Session, SessionRules, Summary,
 };
 use crate::proto::{
     close,
@@ -286,6 +286,12 @@ async fn keepalive_pings_a_silent_client_every_interval_and_measures_the_round_t
         })
     );
     assert!(summary.clean);
+    // Each leg sent its close and was sent the other's, reason and all.
+    assert_eq!(
+        summary.client_close,
+        legs(Some((1000, "done")), Some((1000, "done")))
+    );
+    assert_eq!(summary.upstream_close, summary.client_close);
     // Pings and pongs are not counted as traffic.
     assert_eq!(
         (
@@ -345,7 +351,16 @@ async fn a_client_that_answers_no_ping_is_closed_and_its_upstream_told() {
         summary.ending,
         Some(Ending::Unresponsive { by: Side::Client })
     );
-    assert!(summary.clean);
+    // The client never sent its close: not clean.
+    assert!(!summary.clean);
+    assert_eq!(
+        summary.client_close,
+        legs(None, Some((1001, "ping timeout")))
+    );
+    assert_eq!(
+        summary.upstream_close,
+        legs(Some((1001, "")), Some((1001, "client went away")))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -374,7 +389,15 @@ async fn a_dead_upstream_is_found_and_the_client_told() {
         summary.ending,
         Some(Ending::Unresponsive { by: Side::Upstream })
     );
-    assert!(summary.clean);
+    assert!(!summary.clean);
+    assert_eq!(
+        summary.upstream_close,
+        legs(None, Some((1001, "ping timeout")))
+    );
+    assert_eq!(
+        summary.client_close,
+        legs(Some((1011, "")), Some((1011, "upstream went away")))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -929,7 +952,13 @@ async fn a_vanished_upstream_gets_the_client_1011_and_a_vanished_client_the_upst
         summary.ending,
         Some(Ending::Vanished { by: Side::Upstream })
     );
-    assert!(summary.clean);
+    // "Connection lost without a close frame" is never clean.
+    assert!(!summary.clean);
+    assert_eq!(summary.upstream_close, LegClose::default());
+    assert_eq!(
+        summary.client_close,
+        legs(Some((1011, "")), Some((1011, "upstream went away")))
+    );
 
     let mut s = start(rules(Duration::from_secs(1), Rules::default()));
     drop(s.client.io);
@@ -986,7 +1015,18 @@ async fn a_protocol_violation_closes_the_offender_with_1002_and_its_peer_with_10
             ..
         })
     ));
-    assert!(summary.clean);
+    assert!(!summary.clean, "the offender is not waited for");
+    assert_eq!(
+        summary.client_close,
+        legs(None, Some((1002, "client frame not masked")))
+    );
+    assert_eq!(
+        summary.upstream_close,
+        legs(
+            Some((1001, "")),
+            Some((1001, "client closed: protocol violation"))
+        )
+    );
 }
 
 // --- Admission's gate (src/relay/gate.rs) --------------------------------
@@ -1117,8 +1157,22 @@ fn the_state_enums_do_not_grow_a_session() {
         std::mem::size_of::<Phase>(),
         std::mem::size_of::<LegState>(),
     );
-    assert!(session <= 888, "{session}");
-    assert!(leg <= 240, "{leg}");
+    // Since then each leg records its closes for the access log: a thin
+    // box in the leg and one in its decoder, 8 bytes each.
+    assert!(session <= 888 + 32, "{session}");
+    assert!(leg <= 240 + 16, "{leg}");
+}
+
+/// A leg's closes as the summary reports them: (code, reason) it sent and received.
+fn legs(sent: Option<(u16, &str)>, received: Option<(u16, &str)>) -> LegClose {
+    let frame = |(code, reason): (u16, &str)| CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    };
+    LegClose {
+        sent: sent.map(frame),
+        received: received.map(frame),
+    }
 }
 
 /// `LIFECYCLE.md` names every state and event, so it cannot silently fall

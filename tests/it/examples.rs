@@ -104,11 +104,13 @@ impl Example {
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         command.as_std_mut().process_group(0);
         let mut child = command.spawn().expect("bash runs the example");
-        let lines = Lines::read(script, child.stdout.take().unwrap());
+        // The gateway's own lines (`listening`) go to standard error.
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let lines = Lines::read_both(script, out, err);
         Example { child, lines }
     }
 
@@ -120,7 +122,8 @@ impl Example {
 
     async fn gateway_addr(&mut self) -> SocketAddr {
         let rest = self.after("listening addr=").await;
-        rest.split_whitespace().next().unwrap().parse().unwrap()
+        let addr = rest.split_whitespace().next().unwrap();
+        addr.trim_matches('"').parse().unwrap()
     }
 
     fn signal_group(&self, name: &str) {

@@ -31,6 +31,7 @@ mod health;
 mod http;
 mod lifecycle;
 mod limits;
+mod logs;
 mod memory;
 mod pending;
 mod protocol;

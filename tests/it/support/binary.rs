@@ -1,5 +1,5 @@
 //! The framegate binary as a child process: started on a config file, its
-//! log lines read as they come, its address taken from its `listening` line.
+//! log lines (stdout and stderr) read as they come, its address taken from its `listening` line.
 
 use std::{net::SocketAddr, path::Path, process::Stdio};
 
@@ -56,11 +56,12 @@ impl Binary {
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("the framegate binary starts");
-        let lines = Lines::read("the gateway", child.stdout.take().unwrap());
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let lines = Lines::read_both("the gateway", out, err);
         let mut bin = Binary {
             child,
             lines,
@@ -71,13 +72,7 @@ impl Binary {
         };
         bin.startup = bin.lines.until("listening").await;
         bin.listening = bin.startup.pop().unwrap();
-        bin.addr = bin
-            .listening
-            .split("addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {}", bin.listening));
+        bin.addr = addr_in(&bin.listening);
         bin
     }
 
@@ -90,6 +85,16 @@ impl Binary {
 
     pub fn pid(&self) -> u32 {
         self.child.id().expect("still running")
+    }
+
+    /// The address the next `listening` line names (the next listener's).
+    pub async fn next_listener(&mut self) -> SocketAddr {
+        addr_in(&self.lines.wait_for("listening").await)
+    }
+
+    /// Every log line up to and including the next one containing `needle`.
+    pub async fn until(&mut self, needle: &str) -> Vec<String> {
+        self.lines.until(needle).await
     }
 
     /// The next log line containing `needle`.
@@ -105,4 +110,12 @@ impl Binary {
             .unwrap();
         assert!(ok.success());
     }
+}
+
+/// The `addr` of a log line: `addr="IP:PORT"` (text) or `"addr":"IP:PORT"` (json).
+fn addr_in(line: &str) -> SocketAddr {
+    line.split_once("addr")
+        .and_then(|(_, rest)| rest.trim_start_matches(['"', ':', '=']).split('"').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"))
 }

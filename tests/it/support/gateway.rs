@@ -96,6 +96,8 @@ pub struct GatewayBuilder {
     upstreams: Vec<String>,
     /// Lines for `[resolver]`, if any.
     resolver: Option<String>,
+    /// Lines for `[log]`, if any.
+    log: Option<String>,
     files: Vec<(String, Vec<u8>)>,
     workers: usize,
 }
@@ -106,6 +108,12 @@ impl GatewayBuilder {
         if !lines.is_empty() {
             self.server.push(lines.to_owned());
         }
+        self
+    }
+
+    /// Lines for `[log]` (`format = "json"`...).
+    pub fn log(mut self, lines: &str) -> Self {
+        self.log = Some(lines.to_owned());
         self
     }
 
@@ -227,6 +235,9 @@ impl GatewayBuilder {
         if let Some(lines) = &self.resolver {
             writeln!(out, "[resolver]\n{lines}\n").unwrap();
         }
+        if let Some(lines) = &self.log {
+            writeln!(out, "[log]\n{lines}\n").unwrap();
+        }
         out
     }
 
@@ -297,6 +308,7 @@ impl Gateway {
             routes: Vec::new(),
             upstreams: Vec::new(),
             resolver: None,
+            log: None,
             files: Vec::new(),
             workers: 2,
         }

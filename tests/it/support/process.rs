@@ -24,12 +24,23 @@ impl Lines {
     /// Reads `out` (a child's stdout) to its end.
     pub fn read(who: &str, out: impl AsyncRead + Unpin + Send + 'static) -> Lines {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut out = BufReader::new(out).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = out.next_line().await {
-                let _ = tx.send(line);
-            }
-        });
+        forward(out, tx);
+        Lines {
+            who: who.to_owned(),
+            rx,
+        }
+    }
+
+    /// Reads both `out` and `err` (a child's stdout and stderr) to their
+    /// ends, their lines interleaved as they come.
+    pub fn read_both(
+        who: &str,
+        out: impl AsyncRead + Unpin + Send + 'static,
+        err: impl AsyncRead + Unpin + Send + 'static,
+    ) -> Lines {
+        let (tx, rx) = mpsc::unbounded_channel();
+        forward(out, tx.clone());
+        forward(err, tx);
         Lines {
             who: who.to_owned(),
             rx,
@@ -71,6 +82,16 @@ impl Lines {
     pub async fn wait_for(&mut self, needle: &str) -> String {
         self.until(needle).await.pop().unwrap()
     }
+}
+
+/// Sends each line of `out` to `tx`, from a task of its own.
+fn forward(out: impl AsyncRead + Unpin + Send + 'static, tx: mpsc::UnboundedSender<String>) {
+    let mut out = BufReader::new(out).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = out.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
 }
 
 /// Set in the child process that runs the test alone.
