@@ -31,8 +31,9 @@
 //! - [`admission`]: decided before the upstream is contacted: client IP,
 //!   Origin, JWT, connection limits, handshake rate, and the caps on
 //!   connections not yet upgraded ([`admission::pending`]).
-//! - [`log`]: one access-log line per session; [`shutdown`]: the session
-//!   tracker and the drain.
+//! - [`log`]: one access-log line per session; [`observe`]: the metrics
+//!   (a session's end feeds them the record the log gets); [`shutdown`]:
+//!   the session tracker and the drain.
 //! - [`route`]: each listener's routes, host and longest-prefix path
 //!   matching, path rewrite, and the policy a route's sessions are held to.
 //! - [`http`]: one connection: read the request, check it, pick the route,
@@ -45,6 +46,9 @@
 //! - [`gateway`]: workers, the config turned into what new connections use
 //!   (swapped whole on reload, never touching a running session), and the
 //!   state that outlives reloads.
+//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`,
+//!   `/status.json`, the status page, runtime drain of a server), which the
+//!   gateway starts and reads the state of the modules above for.
 //!
 //! `echo` is the built-in backend used by the default config.
 //!
@@ -59,6 +63,7 @@
 // modules: `cargo doc --document-private-items` renders all of it.
 #![allow(rustdoc::private_intra_doc_links)]
 
+mod admin;
 pub mod admission;
 pub mod config;
 mod echo;
@@ -66,6 +71,7 @@ mod gateway;
 mod http;
 mod listener;
 pub mod log;
+mod observe;
 pub mod proto;
 mod relay;
 mod route;

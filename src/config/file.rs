@@ -35,6 +35,22 @@ pub struct ConfigFile {
     /// DNS servers that server names are resolved with (nginx's
     /// `resolver`); without it, the system's resolver.
     pub resolver: Option<Spanned<ResolverSection>>,
+    /// The admin listener: metrics, health, readiness, the status page and
+    /// runtime drain. Off without this section.
+    pub admin: Option<Spanned<AdminSection>>,
+}
+
+/// `[admin]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// `"IP:PORT"` of the admin listener; never one of the `[[listener]]`s.
+    #[serde(default = "defaults::admin_addr")]
+    pub addr: Spanned<String>,
+    /// Name of an environment variable holding a bearer token; when set,
+    /// every admin endpoint but `/healthz`, `/readyz` and the page itself
+    /// wants `Authorization: Bearer <token>`.
+    pub token_env: Option<Spanned<String>>,
 }
 
 /// `[resolver]`
@@ -701,6 +717,11 @@ pub mod defaults {
 
     pub fn policy_dir() -> Spanned<String> {
         Spanned::new(0..0, "policies".into())
+    }
+    /// Loopback: the admin interface is for the host's operator and its
+    /// scraper, not for the network, unless the config says so.
+    pub fn admin_addr() -> Spanned<String> {
+        Spanned::new(0..0, "127.0.0.1:9090".into())
     }
     pub fn request_timeout() -> Timeout {
         Timeout(Duration::from_secs(10))

@@ -5,6 +5,7 @@
 //! problem it can find as `file:line: what is wrong` instead of stopping at
 //! the first.
 
+pub mod admin;
 mod admission;
 pub mod file;
 pub mod health;
@@ -53,6 +54,8 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     /// The DNS servers of `[resolver]`; `None`: the system's resolver.
     pub resolver: Option<Nameservers>,
+    /// `[admin]`, if present.
+    pub admin: Option<admin::AdminConfig>,
 }
 
 /// One socket to accept on.
@@ -224,7 +227,7 @@ impl<'a> Checker<'a> {
             );
         }
         let named = self.listener_names(&file.listeners);
-        let listeners = file
+        let listeners: Vec<_> = file
             .listeners
             .iter()
             .filter_map(|l| self.listener(l))
@@ -235,6 +238,7 @@ impl<'a> Checker<'a> {
             .filter_map(|(name, u)| Some((name.clone(), self.upstream(name, u)?)))
             .collect();
         let resolver = file.resolver.as_ref().and_then(|r| self.resolver(r));
+        let admin = file.admin.as_ref().and_then(|a| self.admin(a, &listeners));
         if file.routes.is_empty() {
             self.errors.push(
                 self.source
@@ -295,6 +299,7 @@ impl<'a> Checker<'a> {
                 routes,
                 upstreams,
                 resolver,
+                admin,
             })
         } else {
             self.errors

@@ -91,6 +91,7 @@ pub async fn serve(
     let Some(outcome) = outcome else {
         return next;
     };
+    ctx.metrics.http_request(outcome.status, started.elapsed());
     crate::log::request(&crate::log::Request {
         client: peer.addr,
         route: &route.label,
