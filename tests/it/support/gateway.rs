@@ -96,11 +96,19 @@ pub struct GatewayBuilder {
     upstreams: Vec<String>,
     /// Lines for `[resolver]`, if any.
     resolver: Option<String>,
+    /// Lines for `[admin]` (its `addr` is `127.0.0.1:0`), if any.
+    admin: Option<String>,
     files: Vec<(String, Vec<u8>)>,
     workers: usize,
 }
 
 impl GatewayBuilder {
+    /// An `[admin]` section on `127.0.0.1:0` with extra `lines`.
+    pub fn admin(mut self, lines: &str) -> Self {
+        self.admin = Some(lines.to_owned());
+        self
+    }
+
     /// Lines for `[server]`.
     pub fn server(mut self, lines: &str) -> Self {
         if !lines.is_empty() {
@@ -227,6 +235,9 @@ impl GatewayBuilder {
         if let Some(lines) = &self.resolver {
             writeln!(out, "[resolver]\n{lines}\n").unwrap();
         }
+        if let Some(lines) = &self.admin {
+            writeln!(out, "[admin]\naddr = \"127.0.0.1:0\"\n{lines}\n").unwrap();
+        }
         out
     }
 
@@ -251,6 +262,7 @@ impl GatewayBuilder {
             .await
             .expect("bind");
         let addrs = gw.local_addrs();
+        let admin = gw.admin_addr();
         let handle = gw.handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(gw.run(async move {
@@ -259,6 +271,7 @@ impl GatewayBuilder {
         Gateway {
             addr: addrs[0],
             addrs,
+            admin,
             dir,
             handle,
             stop: Some(stop),
@@ -280,6 +293,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Every listener's address, in config order.
     pub addrs: Vec<SocketAddr>,
+    /// The admin listener's address, with `[admin]`.
+    pub admin: Option<SocketAddr>,
     /// The directory holding `framegate.toml`, its policies and other files.
     pub dir: TempDir,
     handle: Handle,
@@ -297,6 +312,7 @@ impl Gateway {
             routes: Vec::new(),
             upstreams: Vec::new(),
             resolver: None,
+            admin: None,
             files: Vec::new(),
             workers: 2,
         }
