@@ -28,6 +28,8 @@ use serde_json::{json, Value};
 use tokio::{net::TcpListener, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+pub mod client;
+
 use crate::{
     observe::{Metrics, ServerLabels, Totals},
     shutdown::Sessions,

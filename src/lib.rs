@@ -54,8 +54,8 @@
 //!
 //! Public are only what `main`, the tests, the benches and the fuzz targets
 //! use: [`Gateway`] and [`Handle`], [`config`], [`admission`] (its stats and
-//! the PROXY header reader), [`shutdown::DrainReport`], [`tls`], and the
-//! pure [`proto`] codecs.
+//! the PROXY header reader), [`shutdown::DrainReport`], [`tls`], the
+//! pure [`proto`] codecs, and [`admin_client`] (`framegate drain`).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
@@ -80,4 +80,5 @@ mod stream;
 pub mod tls;
 mod upstream;
 
+pub use admin::client as admin_client;
 pub use gateway::{Gateway, Handle};

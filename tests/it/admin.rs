@@ -288,3 +288,90 @@ async fn an_admin_addr_equal_to_a_listener_is_refused_at_load() {
         "{e}"
     );
 }
+
+/// `framegate drain|undrain --admin ADDR [--token-env VAR] GROUP SERVER`:
+/// `(exit 0, stdout, stderr)`.
+async fn drain_cli(action: &str, at: SocketAddr, extra: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_framegate"))
+        .arg(action)
+        .arg("--admin")
+        .arg(at.to_string())
+        .args(extra)
+        .env("FRAMEGATE_TEST_CLI_TOKEN", "cli-s3cret")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_drain_and_undrain_commands_move_sessions_through_the_admin_listener() {
+    std::env::set_var("FRAMEGATE_TEST_CLI_TOKEN", "cli-s3cret");
+    let backend = Backend::named("a").await;
+    let gw = Gateway::builder()
+        .route(route("/", "backend").policy("default"))
+        .upstream_with("backend", &[backend.url()], "drain_window = \"off\"")
+        .admin("token_env = \"FRAMEGATE_TEST_CLI_TOKEN\"")
+        .start()
+        .await;
+    let at = gw.admin.unwrap();
+    let label = backend.url();
+    let mut client = connect(gw.addr, "/").await;
+    assert_eq!(
+        next_msg(&mut client).await.into_text().unwrap().as_str(),
+        "a /"
+    );
+
+    // Without the token: refused, and nothing drains.
+    let (ok, _, err) = drain_cli("drain", at, &["backend", &label]).await;
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, _, err) = drain_cli(
+        "drain",
+        at,
+        &["--token-env", "FRAMEGATE_TEST_CLI_TOKEN", "nope", &label],
+    )
+    .await;
+    assert!(!ok && err.contains("404"), "{err}");
+
+    let token = ["--token-env", "FRAMEGATE_TEST_CLI_TOKEN"];
+    let (ok, out, err) = drain_cli("drain", at, &[&token[..], &["backend", &label]].concat()).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("draining backend {label}\n"));
+    assert_eq!(close_code(&mut client).await.0, 1012);
+    assert_eq!(refused(gw.addr, "127.0.0.1", "/", &[]).await.status, 503);
+
+    let (ok, out, err) =
+        drain_cli("undrain", at, &[&token[..], &["backend", &label]].concat()).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("undrained backend {label}\n"));
+    let _again = connect(gw.addr, "/").await;
+}
+
+#[tokio::test]
+async fn the_drain_command_says_when_the_address_is_no_admin_listener() {
+    // Something else listens there: it answers, but not in HTTP.
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = other.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = other.accept().await.unwrap();
+        // The whole request first, so that the client's write never meets a
+        // closed socket.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(s.read_u8().await.unwrap());
+        }
+        s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await.unwrap();
+    });
+    let (ok, _, err) = drain_cli("drain", at, &["g", "s"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "the admin listener at {at} did not answer in HTTP"
+        )),
+        "{err}"
+    );
+}
