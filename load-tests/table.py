@@ -171,6 +171,8 @@ POOL_KEYS = (
     ("tp64", "cpu_s_per_1m", "proxy CPU s per 1M msgs, 64 B", lambda v: f"{v:.2f}"))
 METRICS_KEYS = (
     ("handshakes", "per_s", "handshakes/s", lambda v: f"{v:,.0f}"),
+    ("handshakes", "cpu_us_each", "proxy CPU µs per handshake", lambda v: f"{v:.1f}"),
+    ("tp64", "cpu_s_per_1m", "proxy CPU s per 1M msgs, 64 B", lambda v: f"{v:.3f}"),
     ("tp64", "msgs_per_s", "msgs/s 64 B", rate),
     ("tp1024", "msgs_per_s", "msgs/s 1 KiB", rate),
     ("tp16384", "msgs_per_s", "msgs/s 16 KiB", rate))
@@ -179,7 +181,7 @@ METRICS_KEYS = (
 def same_run_check(r, every, target, keys, budget=None):
     """`target` over framegate for `keys`, with framegate's own spread
     between rounds as the measure of noise; with a `budget`, whether a rate
-    (a HIGHER key) lost no more than it."""
+    (a HIGHER key) lost no more than it, or a cost (CPU) grew no more."""
     out = []
     for scenario, key, label, fmt in keys:
         other, one = get(r, target, scenario, key), get(r, "framegate", scenario, key)
@@ -191,6 +193,9 @@ def same_run_check(r, every, target, keys, budget=None):
         if budget is not None and key in HIGHER:
             ok = other >= one * (1 - budget)
             line += f" — {'met' if ok else 'MISSED'} (≥ {1 - budget:.2f}×)"
+        elif budget is not None:
+            ok = other <= one * (1 + budget)
+            line += f" — {'met' if ok else 'MISSED'} (≤ {1 + budget:.2f}×)"
         own = every.get(("framegate", scenario), {}).get(key, [])
         if len(own) > 1:
             line += (f"; framegate's own {len(own)} rounds differ by "
