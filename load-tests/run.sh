@@ -15,6 +15,9 @@
 # echo_backend listens on 8 ports in its one thread: the first is the one
 # server of every target, all 8 are the pool of `pool8` (framegate with an
 # 8-server group and health probes; only at 64 B and in the handshakes).
+# `metrics` is framegate with its admin listener on (framegate-metrics.toml),
+# scraped once a second (/metrics and /status.json) from core 1 while it is
+# measured; it runs in the throughput and handshake scenarios.
 # Every proxy gets one worker (framegate --workers 1,
 # worker_processes 1, nbthread 1) and is started afresh for each measurement.
 # A target that fails a measurement (it does not start, or errs) gets n/a in
@@ -53,8 +56,10 @@ http_warmup=1
 http_idle_conns=2000
 targets=(direct framegate guarded nginx haproxy)
 # The scenarios pool8 runs in (64 B throughput, handshakes) take it right
-# after framegate, so that the two it is compared with run back to back.
-pool_targets=(direct framegate pool8 guarded nginx haproxy)
+# after framegate, so that the two it is compared with run back to back;
+# metrics likewise, in every throughput size and the handshakes.
+tp_targets=(direct framegate metrics guarded nginx haproxy)
+pool_targets=(direct framegate metrics pool8 guarded nginx haproxy)
 pool_size=8
 http_targets=(direct framegate nginx haproxy)
 
@@ -114,7 +119,7 @@ wait_port() {
 render() {
   sed -e "s|@WORK@|$work|g" -e "s|@REPO@|$repo|g" -e "s|@PORT@|$port|g" \
     -e "s|@BACKEND_PORT@|$backend_port|g" -e "s|@HTTP_BACKEND_PORT@|$http_backend_port|g" \
-    -e "s|@POOL_SERVERS@|$pool_servers|g" "$here/$1" > "$work/$1"
+    -e "s|@POOL_SERVERS@|$pool_servers|g" -e "s|@ADMIN_PORT@|$admin_port|g" "$here/$1" > "$work/$1"
 }
 
 # Starts example $1 (with the further arguments) on core 1 for the whole
@@ -135,6 +140,8 @@ start_backend() {
 }
 backend_port=
 http_backend_port=
+admin_port=
+scraper=
 pool_servers=
 if [ "$ws" = 1 ]; then
   start_backend echo_backend --ports "$pool_size"
@@ -157,6 +164,7 @@ workload=ws
 # whose CPU and memory count, comma-separated). Fails if it does not listen.
 start() {
   proxy=
+  scraper=
   watch=
   local suffix=
   [ "$workload" = ws ] || suffix=-http
@@ -169,12 +177,13 @@ start() {
   addr=127.0.0.1:$port
   url="ws://$addr/"
   case "$1" in
-    framegate | guarded | pool8)
+    framegate | guarded | pool8 | metrics)
       local config
       case "$1" in
         framegate) config=framegate$suffix.toml ;;
         guarded) config=framegate-guarded.toml ;;
         pool8) config=framegate-pool.toml ;;
+        metrics) config=framegate-metrics.toml; admin_port=$(free_port) ;;
       esac
       render "$config"
       # Only guarded's policy reads the JWT secret.
@@ -204,15 +213,37 @@ start() {
     sleep 0.05
   done
   watch="$proxy${watch:+,$watch}"
+  if [ "$1" = metrics ]; then
+    wait_port "$admin_port" || return 1
+    scrape "$admin_port" &
+    scraper=$!
+    pids+=("$scraper")
+  fi
+}
+# What a Prometheus server and an open status page do: GET /metrics and
+# /status.json once a second, each over a new connection, on core 1 (with
+# the load generator) so that only the serving is on the proxy's core.
+scrape() {
+  exec taskset -c 1 bash -c '
+    while sleep 1; do
+      for path in /metrics /status.json; do
+        exec 3<> "/dev/tcp/127.0.0.1/$1" || exit 0
+        printf "GET %s HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n" "$path" >&3
+        cat <&3 > /dev/null
+        exec 3<&-
+      done
+    done' scrape "$1"
 }
 stop() {
   [ -n "$proxy" ] || return 0
-  kill "$proxy" 2> /dev/null || true
-  wait "$proxy" 2> /dev/null || true
-  # Reaped: its PID may be reused, so the exit trap must not kill it again.
   local p left=()
+  for p in $scraper $proxy; do
+    kill "$p" 2> /dev/null || true
+    wait "$p" 2> /dev/null || true
+  done
+  # Reaped: their PIDs may be reused, so the exit trap must not kill them again.
   for p in "${pids[@]}"; do
-    [ "$p" = "$proxy" ] || left+=("$p")
+    [ "$p" = "$proxy" ] || [ "$p" = "$scraper" ] || left+=("$p")
   done
   pids=("${left[@]}")
   # The backend sees the proxy's connections go; let it settle.
@@ -304,7 +335,7 @@ ws_part() {
   started=$(date +%s)
   for round in $(seq "$rounds"); do
     for size in 64 1024 16384; do
-      if [ "$size" = 64 ]; then round_order "${pool_targets[@]}"; else round_order "${targets[@]}"; fi
+      if [ "$size" = 64 ]; then round_order "${pool_targets[@]}"; else round_order "${tp_targets[@]}"; fi
       echo "round $round: throughput, 64 connections x 16 in flight, $size B"
       for t in "${order[@]}"; do
         measure "$t" "tp$size" "${loadgen[@]}" throughput --url @URL@ "${auth[@]}" --cpu-pid @WATCH@ \

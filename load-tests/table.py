@@ -16,12 +16,14 @@ import datetime
 import os
 import sys
 
-TARGETS = ["direct", "framegate", "pool8", "guarded", "nginx", "haproxy"]
+TARGETS = ["direct", "framegate", "metrics", "pool8", "guarded", "nginx", "haproxy"]
 HTTP_TARGETS = ["direct", "framegate", "nginx", "haproxy"]
 NAMES = {"direct": "direct", "framegate": "framegate", "pool8": "framegate, 8-server pool",
-         "guarded": "framegate, guarded", "nginx": "nginx", "haproxy": "HAProxy"}
+         "guarded": "framegate, guarded", "metrics": "framegate, metrics on",
+         "nginx": "nginx", "haproxy": "HAProxy"}
 # The scenarios of a target that run.sh does not run in all of them.
-ONLY = {"pool8": {"tp64", "handshakes"}}
+ONLY = {"pool8": {"tp64", "handshakes"},
+        "metrics": {"tp64", "tp1024", "tp16384", "handshakes"}}
 SIZES = [("tp64", "64 B"), ("tp1024", "1 KiB"), ("tp16384", "16 KiB")]
 HTTP_SIZES = [("http100", "100 B"), ("http16k", "16 KiB")]
 
@@ -128,6 +130,10 @@ def ws_table(r, every, took, rounds, command):
           " (`load-tests/framegate-pool.toml`: round robin, passive ejection, a WebSocket probe"
           " of every server each second, counted in its CPU), the 8 being the one echo backend"
           " listening on 8 ports, run at 64 B and in the handshakes only;"
+          " framegate, metrics on: the same as framegate with `[admin]` on"
+          " (`load-tests/framegate-metrics.toml`), `/metrics` and `/status.json` scraped once a"
+          " second each during the run (metrics are collected in every column; this one adds"
+          " serving them), run in the throughput and handshake scenarios only;"
           " nginx: the classic"
           " WebSocket proxy (`load-tests/nginx.conf`: proxy_http_version 1.1, Upgrade/Connection"
           " headers, proxy_read_timeout 3600s, `worker_processes 1`, default buffers, access log"
@@ -142,28 +148,54 @@ def ws_table(r, every, took, rounds, command):
         print(f"{NAMES[target]} against the targets of issue 5:")
         for line in check(r, target):
             print(f"- {line}")
-    lines = pool_check(r, every)
+    lines = same_run_check(r, every, "pool8", POOL_KEYS)
     if lines:
         print()
         print("framegate, 8-server pool against framegate (one server), same run: handshakes/s"
               " should stay within noise of it")
         for line in lines:
             print(f"- {line}")
+    lines = same_run_check(r, every, "metrics", METRICS_KEYS, budget=0.02)
+    if lines:
+        print()
+        print("framegate, metrics on against framegate, same run: the cost of serving and"
+              " scraping the metrics should be ≤ 2% of msgs/s and handshakes/s")
+        for line in lines:
+            print(f"- {line}")
 
 
-def pool_check(r, every):
-    """pool8 over framegate for what pool8 runs, with framegate's own spread
-    between rounds as the measure of noise."""
+POOL_KEYS = (
+    ("handshakes", "per_s", "handshakes/s", lambda v: f"{v:,.0f}"),
+    ("handshakes", "cpu_us_each", "proxy CPU µs per handshake", lambda v: f"{v:.1f}"),
+    ("tp64", "msgs_per_s", "msgs/s 64 B", rate),
+    ("tp64", "cpu_s_per_1m", "proxy CPU s per 1M msgs, 64 B", lambda v: f"{v:.2f}"))
+METRICS_KEYS = (
+    ("handshakes", "per_s", "handshakes/s", lambda v: f"{v:,.0f}"),
+    ("handshakes", "cpu_us_each", "proxy CPU µs per handshake", lambda v: f"{v:.1f}"),
+    ("tp64", "cpu_s_per_1m", "proxy CPU s per 1M msgs, 64 B", lambda v: f"{v:.3f}"),
+    ("tp64", "msgs_per_s", "msgs/s 64 B", rate),
+    ("tp1024", "msgs_per_s", "msgs/s 1 KiB", rate),
+    ("tp16384", "msgs_per_s", "msgs/s 16 KiB", rate))
+
+
+def same_run_check(r, every, target, keys, budget=None):
+    """`target` over framegate for `keys`, with framegate's own spread
+    between rounds as the measure of noise; with a `budget`, whether a rate
+    (a HIGHER key) lost no more than it, or a cost (CPU) grew no more."""
     out = []
-    for scenario, key, label, fmt in (
-            ("handshakes", "per_s", "handshakes/s", lambda v: f"{v:,.0f}"),
-            ("handshakes", "cpu_us_each", "proxy CPU µs per handshake", lambda v: f"{v:.1f}"),
-            ("tp64", "msgs_per_s", "msgs/s 64 B", rate),
-            ("tp64", "cpu_s_per_1m", "proxy CPU s per 1M msgs, 64 B", lambda v: f"{v:.2f}")):
-        pool, one = get(r, "pool8", scenario, key), get(r, "framegate", scenario, key)
-        if pool is None or not one:
+    for scenario, key, label, fmt in keys:
+        other, one = get(r, target, scenario, key), get(r, "framegate", scenario, key)
+        if other is None or not one:
             continue
-        line = f"{label}: {pool / one:.2f}× ({fmt(pool)} vs {fmt(one)})"
+        # A 2% budget needs a third digit to be read.
+        digits = 3 if budget is not None else 2
+        line = f"{label}: {other / one:.{digits}f}× ({fmt(other)} vs {fmt(one)})"
+        if budget is not None and key in HIGHER:
+            ok = other >= one * (1 - budget)
+            line += f" — {'met' if ok else 'MISSED'} (≥ {1 - budget:.2f}×)"
+        elif budget is not None:
+            ok = other <= one * (1 + budget)
+            line += f" — {'met' if ok else 'MISSED'} (≤ {1 + budget:.2f}×)"
         own = every.get(("framegate", scenario), {}).get(key, [])
         if len(own) > 1:
             line += (f"; framegate's own {len(own)} rounds differ by "

@@ -33,7 +33,8 @@
 //!   connections not yet upgraded ([`admission::pending`]).
 //! - [`log`]: the access lines (a session, a plain request, a refusal),
 //!   their `text` and `json` formats, and where lines go (`[log]`);
-//!   [`shutdown`]: the session tracker and the drain.
+//!   [`observe`]: the metrics (a session's end feeds them the summary the
+//!   log gets); [`shutdown`]: the session tracker and the drain.
 //! - [`route`]: each listener's routes, host and longest-prefix path
 //!   matching, path rewrite, and the policy a route's sessions are held to.
 //! - [`http`]: one connection: read the request, check it, pick the route,
@@ -46,13 +47,16 @@
 //! - [`gateway`]: workers, the config turned into what new connections use
 //!   (swapped whole on reload, never touching a running session), and the
 //!   state that outlives reloads.
+//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/readyz`,
+//!   `/status.json`, the status page, runtime drain of a server), which the
+//!   gateway starts and reads the state of the modules above for.
 //!
 //! `echo` is the built-in backend used by the default config.
 //!
 //! Public are only what `main`, the tests, the benches and the fuzz targets
 //! use: [`Gateway`] and [`Handle`], [`config`], [`admission`] (its stats and
-//! the PROXY header reader), [`shutdown::DrainReport`], [`tls`], and the
-//! pure [`proto`] codecs.
+//! the PROXY header reader), [`shutdown::DrainReport`], [`tls`], the
+//! pure [`proto`] codecs, and [`admin_client`] (`framegate drain`).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
@@ -60,6 +64,7 @@
 // modules: `cargo doc --document-private-items` renders all of it.
 #![allow(rustdoc::private_intra_doc_links)]
 
+mod admin;
 pub mod admission;
 pub mod config;
 mod echo;
@@ -67,6 +72,7 @@ mod gateway;
 mod http;
 mod listener;
 pub mod log;
+mod observe;
 pub mod proto;
 mod relay;
 mod route;
@@ -75,4 +81,5 @@ mod stream;
 pub mod tls;
 mod upstream;
 
+pub use admin::client as admin_client;
 pub use gateway::{Gateway, Handle};

@@ -61,6 +61,11 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Drain a server of a running gateway through its admin listener: no
+    /// new sessions, its sessions move off (1012) over `drain_window`.
+    Drain(DrainArgs),
+    /// Undrain a server drained with `drain` (not one the config drains).
+    Undrain(DrainArgs),
 }
 
 /// The man page and completions come from the CLI definition itself, at
@@ -75,12 +80,66 @@ fn print_generated(command: &Command) -> std::io::Result<()> {
             clap_complete::generate(*shell, &mut cli, "framegate", &mut out);
             Ok(())
         }
-        Command::Check => Ok(()),
+        Command::Check | Command::Drain(_) | Command::Undrain(_) => Ok(()),
+    }
+}
+
+#[derive(clap::Args)]
+struct DrainArgs {
+    /// The gateway's `[admin] addr`.
+    #[arg(long, value_name = "IP:PORT")]
+    admin: std::net::SocketAddr,
+    /// An environment variable holding the admin token (`[admin] token_env`).
+    #[arg(long, value_name = "VAR")]
+    token_env: Option<String>,
+    /// The upstream group (`[upstream.GROUP]`).
+    group: String,
+    /// The server's label, as `/status.json` shows it (e.g. `ws://10.0.0.5:8080`).
+    server: String,
+}
+
+/// `framegate drain|undrain`: prints the admin listener's answer; exit 0 on
+/// 200, 1 otherwise. Needs no config, only the admin address.
+fn drain_command(args: &DrainArgs, on: bool) -> ExitCode {
+    let token = match &args.token_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                eprintln!("framegate: environment variable {var} is unset");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match framegate::admin_client::drain(
+        args.admin,
+        token.as_deref(),
+        &args.group,
+        &args.server,
+        on,
+    ) {
+        Ok((200, body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprint!("framegate: {status}: {body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("framegate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Drain(args)) => return drain_command(args, true),
+        Some(Command::Undrain(args)) => return drain_command(args, false),
+        _ => {}
+    }
     if let Some(command @ (Command::Man | Command::Completions { .. })) = &cli.command {
         return match print_generated(command) {
             Ok(()) => ExitCode::SUCCESS,

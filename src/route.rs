@@ -140,6 +140,8 @@ pub struct Route {
     pub preserve_host: bool,
     /// Plain HTTP requests are proxied (else they get 426).
     pub http: bool,
+    /// Its metric handles, resolved when its generation is built.
+    pub metrics: crate::observe::RouteMetrics,
 }
 
 impl Route {
@@ -168,7 +170,14 @@ impl Route {
             policy,
             preserve_host,
             http: true,
+            metrics: Default::default(),
         }
+    }
+
+    /// Sets the handles its sessions count on.
+    pub fn with_metrics(mut self, metrics: crate::observe::RouteMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Sets whether plain HTTP requests are proxied.

@@ -38,6 +38,9 @@ pub struct ConfigFile {
     /// What is logged, how, and where access lines go.
     #[serde(default)]
     pub log: LogSection,
+    /// The admin listener: metrics, health, readiness, the status page and
+    /// runtime drain. Off without this section.
+    pub admin: Option<Spanned<AdminSection>>,
 }
 
 /// `[log]`
@@ -56,6 +59,19 @@ pub struct LogSection {
     /// default), `stderr`, `off`, or a file path (relative to this file),
     /// appended to and reopened on reload. Other lines go to standard error.
     pub access: Option<String>,
+}
+
+/// `[admin]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// `"IP:PORT"` of the admin listener; never one of the `[[listener]]`s.
+    #[serde(default = "defaults::admin_addr")]
+    pub addr: Spanned<String>,
+    /// Name of an environment variable holding a bearer token; when set,
+    /// every admin endpoint but `/healthz`, `/readyz` and the page itself
+    /// wants `Authorization: Bearer <token>`.
+    pub token_env: Option<Spanned<String>>,
 }
 
 /// `[resolver]`
@@ -722,6 +738,11 @@ pub mod defaults {
 
     pub fn policy_dir() -> Spanned<String> {
         Spanned::new(0..0, "policies".into())
+    }
+    /// Loopback: the admin interface is for the host's operator and its
+    /// scraper, not for the network, unless the config says so.
+    pub fn admin_addr() -> Spanned<String> {
+        Spanned::new(0..0, "127.0.0.1:9090".into())
     }
     pub fn request_timeout() -> Timeout {
         Timeout(Duration::from_secs(10))

@@ -6,6 +6,7 @@
 //! the first ([`parse`] does so for keys serde cannot read, too), and
 //! [`warn`] the values that are legal but probably not meant.
 
+pub mod admin;
 mod admission;
 pub mod file;
 pub mod health;
@@ -61,6 +62,8 @@ pub struct Config {
     pub warnings: Vec<ConfigError>,
     /// `[log]`, before the environment's overrides ([`crate::log::from_env`]).
     pub log: crate::log::Settings,
+    /// `[admin]`, if present.
+    pub admin: Option<admin::AdminConfig>,
 }
 
 /// One socket to accept on.
@@ -271,7 +274,7 @@ impl<'a> Checker<'a> {
             );
         }
         let named = self.listener_names(&file.listeners);
-        let listeners = file
+        let listeners: Vec<_> = file
             .listeners
             .iter()
             .filter_map(|l| self.listener(l))
@@ -283,6 +286,7 @@ impl<'a> Checker<'a> {
             .collect();
         let resolver = file.resolver.as_ref().and_then(|r| self.resolver(r));
         let log = self.log(&file.log);
+        let admin = file.admin.as_ref().and_then(|a| self.admin(a, &listeners));
         if file.routes.is_empty() {
             self.errors.push(
                 self.source
@@ -355,6 +359,7 @@ impl<'a> Checker<'a> {
                 resolver,
                 warnings: self.warnings,
                 log,
+                admin,
             })
         } else {
             self.errors

@@ -3,7 +3,16 @@
 //! swapped whole on reload), and the state that outlives reloads
 //! (connection counts, rate limiters, the sessions being tracked).
 
-use std::{collections::HashMap, future::Future, net::SocketAddr, num::NonZeroUsize, sync::Arc};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    num::NonZeroUsize,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -19,8 +28,10 @@ use crate::admission::{
     Admission, Stats,
 };
 use crate::{
+    admin,
     config::{Config, UpstreamServers},
     echo, http, listener,
+    observe::Metrics,
     route::{Route, Routes},
     shutdown::{DrainReport, Sessions},
     tls,
@@ -37,6 +48,8 @@ pub struct Gateway {
     /// Per worker, one socket per configured listener, in config order.
     /// Worker 0 runs on the caller's runtime, the others on threads of their own.
     workers: Vec<Vec<std::net::TcpListener>>,
+    /// The admin listener (`[admin]`) and what it serves.
+    admin: Option<(std::net::TcpListener, Arc<admin::State>)>,
     handle: Handle,
 }
 
@@ -75,6 +88,12 @@ struct Kept {
     probes: std::sync::Mutex<CancellationToken>,
     /// Names' last good answers, which a new generation starts from.
     known: Arc<resolve::Known>,
+    /// Counts go on across reloads; a route kept keeps its handles.
+    metrics: Arc<Metrics>,
+    /// Whether the gateway takes new connections: false until its
+    /// listeners accept and again from the moment the drain begins
+    /// (`/readyz`).
+    ready: Arc<AtomicBool>,
 }
 
 impl Gateway {
@@ -93,6 +112,8 @@ impl Gateway {
             echo: OnceCell::new(),
             probes: std::sync::Mutex::default(),
             known: Arc::default(),
+            metrics: Arc::default(),
+            ready: Arc::default(),
         };
         let mut sockets: Vec<Vec<_>> = (0..workers.get()).map(|_| Vec::new()).collect();
         for l in &config.listeners {
@@ -102,6 +123,22 @@ impl Gateway {
                 worker.push(socket);
             }
         }
+        // Its address is read once: a reload cannot move it.
+        let admin = match &config.admin {
+            None => None,
+            Some(a) => {
+                let socket = admin::bind(a.addr)
+                    .with_context(|| format!("cannot listen on {} (admin)", a.addr))?;
+                let state = admin::State::new(
+                    kept.metrics.clone(),
+                    kept.health.clone(),
+                    kept.sessions.clone(),
+                    kept.ready.clone(),
+                    a.token.clone(),
+                );
+                Some((socket, Arc::new(state)))
+            }
+        };
         let current = kept.generation(config).await?;
         let inner = Inner {
             current: Arc::new(ArcSwap::from_pointee(current)),
@@ -109,6 +146,7 @@ impl Gateway {
         };
         Ok(Gateway {
             workers: sockets,
+            admin,
             handle: Handle {
                 inner: Arc::new(inner),
             },
@@ -121,6 +159,11 @@ impl Gateway {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
+    }
+
+    /// The admin listener's bound address, if `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref()?.0.local_addr().ok()
     }
 
     pub fn handle(&self) -> Handle {
@@ -146,6 +189,13 @@ impl Gateway {
                     "listening"
                 );
             }
+        }
+        let admin_stop = CancellationToken::new();
+        if let Some((socket, state)) = self.admin {
+            if let Ok(addr) = socket.local_addr() {
+                tracing::info!(addr = %addr, "admin listening");
+            }
+            tokio::spawn(admin::serve(socket, state, admin_stop.clone()));
         }
         let (stop_accepting, accepting) = watch::channel(());
         // Each worker thread ends its runtime (dropping whatever sessions the
@@ -174,8 +224,14 @@ impl Gateway {
             inner.kept.pending.clone(),
             accepting,
         );
+        // The sockets are listening since `bind`; from here they accept.
+        inner.kept.ready.store(true, Ordering::Relaxed);
         tokio::join!(own, async {
             stop.await;
+            // Not ready before the listeners close, so that a load balancer
+            // polling `/readyz` stops sending here first.
+            inner.kept.ready.store(false, Ordering::Relaxed);
+            tracing::info!("not ready: the drain begins");
             drop(stop_accepting);
         });
         let timeout = inner.current.load().http.server.drain_timeout;
@@ -194,6 +250,7 @@ impl Gateway {
             .cancel();
         finished.cancel();
         let _ = all_exited.recv().await;
+        admin_stop.cancel();
         tracing::info!(
             sessions = report.sessions,
             closed_cleanly = report.clean,
@@ -373,18 +430,18 @@ impl Kept {
             .routes
             .into_iter()
             .map(|r| {
-                Arc::new(
-                    Route::new(
-                        r.listeners,
-                        r.host.as_deref(),
-                        &r.path,
-                        r.rewrite.as_deref(),
-                        upstreams[&r.upstream].clone(),
-                        r.policy,
-                        r.preserve_host,
-                    )
-                    .with_http(r.http),
+                let route = Route::new(
+                    r.listeners,
+                    r.host.as_deref(),
+                    &r.path,
+                    r.rewrite.as_deref(),
+                    upstreams[&r.upstream].clone(),
+                    r.policy,
+                    r.preserve_host,
                 )
+                .with_http(r.http);
+                let metrics = self.metrics.route(&route.label);
+                Arc::new(route.with_metrics(metrics))
             })
             .collect();
         let admission = Admission::new(
@@ -399,6 +456,7 @@ impl Kept {
             routes: Routes::new(&routes, names),
             server: config.server,
             sessions: self.sessions.clone(),
+            metrics: self.metrics.clone(),
             admission: Arc::new(admission),
         };
         Ok(listener::Current {

@@ -53,6 +53,8 @@ pub struct Context {
     pub admission: Arc<Admission>,
     /// Shared by every generation of the config.
     pub sessions: Arc<Sessions>,
+    /// Shared by every generation of the config.
+    pub metrics: Arc<crate::observe::Metrics>,
 }
 
 /// Settings that apply before a route is known (see
@@ -166,6 +168,7 @@ fn session(
 ) -> Pin<Box<impl Future<Output = ()>>> {
     let up = *up;
     let sessions = ctx.sessions.clone();
+    let metrics = ctx.metrics.clone();
     let Accepted {
         upstream,
         route,
@@ -192,6 +195,7 @@ fn session(
     Box::pin(async move {
         // Held for the session's whole life, released on every way out.
         let _slots = slots;
+        let open = route.metrics.opened();
         let started = Instant::now();
         // Counted as ended before it stops being tracked: the drain report,
         // read once nothing is tracked, must include it.
@@ -202,6 +206,8 @@ fn session(
                 summary
             })
             .await;
+        drop(open);
+        metrics.session_ended(&route.metrics, &summary);
         let line = crate::log::Session {
             client: peer,
             host: host.as_deref(),
@@ -306,6 +312,7 @@ async fn handshake(
         // Biased: an upstream handshake that has finished is always taken,
         // so a backend that already sent its 101 gets a close frame (below,
         // when the 101 to the client cannot be written), never a bare close.
+        let asked = Instant::now();
         let answer = tokio::select! {
             biased;
             answer = Box::pin(upgrade_request(request.head, at, client, ctx)) => answer,
@@ -315,7 +322,10 @@ async fn handshake(
             }
         };
         let (response, accepted) = match answer {
-            Ok(ok) => ok,
+            Ok(ok) => {
+                ctx.metrics.upgraded(asked.elapsed());
+                ok
+            }
             Err(reject) => {
                 let keep_alive = keep_alive && !ctx.sessions.is_draining();
                 let seen = Seen {
@@ -474,6 +484,7 @@ async fn refuse(
             reason: &reject.message,
         });
     }
+    ctx.metrics.refused(reject.status.as_u16());
     let answer = reject.encode(keep_alive);
     let limit = ctx.server.request_timeout;
     let written = timeout(limit, io.write_all(&answer)).await;

@@ -92,6 +92,9 @@ pub async fn serve(
     let Some(outcome) = outcome else {
         return next;
     };
+    // No status reached the client (it left, or the exchange broke): a 5xx.
+    ctx.metrics
+        .http_request(outcome.status.unwrap_or(0), started.elapsed());
     let host = at.authority.as_ref().map(ToString::to_string);
     crate::log::request(&crate::log::Request {
         client: peer.addr,

@@ -21,7 +21,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard,
     },
     time::Duration,
@@ -225,6 +225,11 @@ pub struct Server {
     beacon: Arc<Beacon>,
     /// The group's `drain_window` when last configured.
     window: Mutex<Option<Duration>>,
+    /// Drained by the config (`drain = true`) and by the admin interface:
+    /// it drains while either holds. The admin's survives reloads that keep
+    /// the server, as the rest of its state does.
+    by_config: AtomicBool,
+    by_admin: AtomicBool,
 }
 
 impl Server {
@@ -236,6 +241,8 @@ impl Server {
             load: AtomicUsize::new(0),
             beacon: gateway.map_or_else(Beacon::new, Beacon::under),
             window: Mutex::default(),
+            by_config: AtomicBool::new(false),
+            by_admin: AtomicBool::new(false),
         }
     }
 
@@ -302,7 +309,25 @@ impl Server {
     /// Sets the draining state from the config; returns whether it changed.
     fn set_draining(&self, on: bool, window: Option<Duration>) -> bool {
         *self.window() = window;
-        self.beacon.set_draining(on)
+        self.by_config.store(on, Ordering::Relaxed);
+        self.beacon
+            .set_draining(on || self.by_admin.load(Ordering::Relaxed))
+    }
+
+    /// Whether health (probes, passive checks) lets it take sessions now,
+    /// draining aside.
+    pub fn healthy(&self, now: Instant) -> bool {
+        self.state().available(now)
+    }
+
+    /// Drains or undrains it at runtime (the admin interface). The config's
+    /// `drain = true` wins: such a server cannot be undrained here.
+    pub fn set_admin_drain(&self, on: bool) -> Result<bool, AdminDrainError> {
+        if !on && self.by_config.load(Ordering::Relaxed) {
+            return Err(AdminDrainError::ByConfig);
+        }
+        self.by_admin.store(on, Ordering::Relaxed);
+        Ok(self.beacon.set_draining(on))
     }
 
     /// Removed by a reload: its sessions move off over the last window.
@@ -313,6 +338,15 @@ impl Server {
     pub(super) fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         f(&mut self.state())
     }
+}
+
+/// Why a runtime drain or undrain was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AdminDrainError {
+    #[error("no such server in that upstream")]
+    NotFound,
+    #[error("the config drains this server (drain = true); undrain it there")]
+    ByConfig,
 }
 
 /// Counts one live session or in-flight request on a server (pingora's
@@ -433,6 +467,43 @@ impl Registry {
 
     fn lock(&self) -> MutexGuard<'_, Servers> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every server of the current config and answers, by group and label.
+    pub fn list(&self) -> Vec<(String, String, Arc<Server>)> {
+        let mut all: Vec<_> = self
+            .lock()
+            .by_label
+            .iter()
+            .map(|((g, l), e)| (g.clone(), l.clone(), e.server.clone()))
+            .collect();
+        all.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        all
+    }
+
+    /// Drains (`on`) or undrains server `label` of `group` at runtime;
+    /// returns whether its state changed. Logged like a config drain.
+    pub fn admin_drain(&self, group: &str, label: &str, on: bool) -> Result<bool, AdminDrainError> {
+        let server = self
+            .lock()
+            .by_label
+            .get(&(group.to_owned(), label.to_owned()))
+            .map(|e| e.server.clone())
+            .ok_or(AdminDrainError::NotFound)?;
+        let changed = server.set_admin_drain(on)?;
+        if changed {
+            match on {
+                true => tracing::info!(
+                    upstream = group,
+                    server = label,
+                    "server draining (admin): no new sessions, live ones move off"
+                ),
+                false => {
+                    tracing::info!(upstream = group, server = label, "server undrained (admin)")
+                }
+            }
+        }
+        Ok(changed)
     }
 
     /// The states of `group`'s servers after an answer of one of its names

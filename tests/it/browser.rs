@@ -5,7 +5,9 @@
 //!   its own code;
 //! - a page loaded *through* the gateway opens a WebSocket to its own origin
 //!   (the gateway again) that echoes, and POSTs what it saw back, also
-//!   through the gateway.
+//!   through the gateway;
+//! - the admin listener's status page, loaded while sessions are open,
+//!   renders the gateway's own counts (and leaves a screenshot).
 //!
 //! Needs Chromium, so these are `#[ignore]`d here and run by
 //! `tests/run-all.sh` (which installs it): `cargo test --test it browser -- --ignored`.
@@ -79,20 +81,23 @@ struct Chromium {
     _profile: TempDir,
 }
 
+/// Headless, and quiet: no network of its own, no first-run work.
+const FLAGS: [&str; 8] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
 impl Chromium {
     fn open(url: &str) -> Chromium {
         let profile = tempfile::tempdir().unwrap();
         let child = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ])
+            .args(FLAGS)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(url)
             .stdout(Stdio::null())
@@ -319,4 +324,154 @@ async fn chromium_loads_a_page_through_the_gateway_and_its_websocket_echoes() {
         header(&upgrade, "origin"),
         Some(format!("http://{gateway}").as_str())
     );
+}
+
+/// Runs Chromium on `url` until it has done `action` (`--dump-dom`,
+/// `--screenshot=...`) after the page's scripts ran for `budget_ms` of
+/// virtual time (paused while a fetch is pending, so the page's first
+/// `/status.json` is in); returns its stdout.
+async fn chromium_once(url: &str, action: &str, budget_ms: u32) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let run = Command::new("chromium")
+        .args(FLAGS)
+        .args(["--hide-scrollbars", "--window-size=1280,1000"])
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(action)
+        .arg(url)
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(BROWSER, run)
+        .await
+        .unwrap_or_else(|_| panic!("chromium {action} did not finish within {BROWSER:?}"))
+        .expect("chromium is installed (apt-get install chromium)");
+    assert!(out.status.success(), "chromium {action}: {}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Where tests leave files for people to look at: `target/test-output/`.
+fn test_output() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("test-output");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The text of the element `id="ID"` in a dumped DOM (a leaf).
+fn text_of<'d>(dom: &'d str, id: &str) -> &'d str {
+    let attr = format!("id=\"{id}\"");
+    let at = dom
+        .find(&attr)
+        .unwrap_or_else(|| panic!("no #{id} in {dom}"));
+    let at = at + dom[at..].find('>').unwrap() + 1;
+    &dom[at..at + dom[at..].find('<').unwrap()]
+}
+
+#[tokio::test]
+#[ignore = "needs Chromium; tests/run-all.sh installs it and runs this"]
+async fn chromium_shows_the_status_page_with_the_gateways_counts() {
+    let a = Backend::named("a").await;
+    let b = Backend::named("b").await;
+    let gw = Gateway::builder()
+        .route(route("/a", "ua").policy("default"))
+        .route(route("/b", "ub").policy("default"))
+        .upstream("ua", &[a.url()])
+        .upstream_with("ub", &[b.url()], "drain_window = \"off\"")
+        .admin("")
+        .start()
+        .await;
+    let mut clients = Vec::new();
+    for (path, name) in [("/a", "a"), ("/a", "a"), ("/b", "b")] {
+        let mut c = connect(gw.addr, path).await;
+        // Relayed: the session runs, so it is counted.
+        assert_eq!(
+            next_msg(&mut c).await.into_text().unwrap().as_str(),
+            format!("{name} {path}")
+        );
+        clients.push(c);
+    }
+    // One refused upgrade: no Sec-WebSocket-Key.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    s.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 400");
+    // The server on /b drained at runtime: its session moves, and the page
+    // shows it draining.
+    let drained = crate::admin::admin(
+        gw.admin.unwrap(),
+        "POST",
+        &format!(
+            "/upstreams/ub/servers/{}/drain",
+            url::form_urlencoded::byte_serialize(b.url().as_bytes()).collect::<String>()
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(drained.0, 200);
+    let mut moved = clients.pop().unwrap();
+    assert_eq!(close_code(&mut moved).await.0, 1012);
+    // Polled on, the client sends its close reply and sees the end.
+    while moved.next().await.is_some() {}
+    // Its server's count is released last, after its route's counts.
+    guard("the drained session ends", async {
+        loop {
+            let (_, body) =
+                crate::admin::admin(gw.admin.unwrap(), "GET", "/status.json", None).await;
+            let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if status["servers"][1]["sessions"] == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    let page = format!("http://{}/", gw.admin.unwrap());
+    let dom = chromium_once(&page, "--dump-dom", 3000).await;
+    assert!(
+        dom.contains("data-loaded=\"1\""),
+        "the page never rendered: {dom}"
+    );
+    let open = gw.handle().active_sessions();
+    assert_eq!(open, 2);
+    assert_eq!(text_of(&dom, "sessions-open"), open.to_string());
+    assert_eq!(text_of(&dom, "ready"), "ready");
+    assert!(
+        dom.contains("<tr><td>/a</td><td class=\"n\">2</td><td class=\"n\">2</td></tr>"),
+        "route /a: 2 open, 2 started: {dom}"
+    );
+    assert!(
+        dom.contains("<tr><td>/b</td><td class=\"n\">0</td><td class=\"n\">1</td></tr>"),
+        "route /b: 0 open, 1 started: {dom}"
+    );
+    let server = |group: &str, url: &str, n: usize, state: &str, button: &str| {
+        format!("<tr><td>{group}</td><td>{url}</td><td class=\"n\">{n}</td><td>up</td><td>{state}</td><td><button>{button}</button></td></tr>")
+    };
+    assert!(
+        dom.contains(&server("ua", &a.url(), 2, "serving", "drain")),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&server("ub", &b.url(), 0, "draining", "undrain")),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(
+            "<tr><td>400 bad_request</td><td class=\"n\">1</td><td class=\"n\">1</td></tr>"
+        ),
+        "one refusal: {dom}"
+    );
+
+    let shot = test_output().join("status.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium_once(&page, &format!("--screenshot={}", shot.display()), 3000).await;
+    let png = std::fs::read(&shot).expect("the screenshot was written");
+    assert!(png.starts_with(b"\x89PNG"), "{} is a PNG", shot.display());
+    drop(clients);
 }

@@ -10,6 +10,7 @@
 mod support;
 
 mod addressing;
+mod admin;
 mod admission_auth;
 mod admission_identity;
 mod admission_jwks;

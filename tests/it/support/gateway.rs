@@ -98,11 +98,19 @@ pub struct GatewayBuilder {
     resolver: Option<String>,
     /// Lines for `[log]`, if any.
     log: Option<String>,
+    /// Lines for `[admin]` (its `addr` is `127.0.0.1:0`), if any.
+    admin: Option<String>,
     files: Vec<(String, Vec<u8>)>,
     workers: usize,
 }
 
 impl GatewayBuilder {
+    /// An `[admin]` section on `127.0.0.1:0` with extra `lines`.
+    pub fn admin(mut self, lines: &str) -> Self {
+        self.admin = Some(lines.to_owned());
+        self
+    }
+
     /// Lines for `[server]`.
     pub fn server(mut self, lines: &str) -> Self {
         if !lines.is_empty() {
@@ -238,6 +246,9 @@ impl GatewayBuilder {
         if let Some(lines) = &self.log {
             writeln!(out, "[log]\n{lines}\n").unwrap();
         }
+        if let Some(lines) = &self.admin {
+            writeln!(out, "[admin]\naddr = \"127.0.0.1:0\"\n{lines}\n").unwrap();
+        }
         out
     }
 
@@ -262,6 +273,7 @@ impl GatewayBuilder {
             .await
             .expect("bind");
         let addrs = gw.local_addrs();
+        let admin = gw.admin_addr();
         let handle = gw.handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(gw.run(async move {
@@ -270,6 +282,7 @@ impl GatewayBuilder {
         Gateway {
             addr: addrs[0],
             addrs,
+            admin,
             dir,
             handle,
             stop: Some(stop),
@@ -291,6 +304,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Every listener's address, in config order.
     pub addrs: Vec<SocketAddr>,
+    /// The admin listener's address, with `[admin]`.
+    pub admin: Option<SocketAddr>,
     /// The directory holding `framegate.toml`, its policies and other files.
     pub dir: TempDir,
     handle: Handle,
@@ -309,6 +324,7 @@ impl Gateway {
             upstreams: Vec::new(),
             resolver: None,
             log: None,
+            admin: None,
             files: Vec::new(),
             workers: 2,
         }

@@ -1,0 +1,652 @@
+//! Metrics: one [`Metrics`] per gateway, kept across reloads, served by the
+//! admin listener as Prometheus text (`prometheus-client`).
+//!
+//! Every label set is bounded by the config or by an enum: route labels,
+//! upstream groups and server labels as configured, status classes, refusal
+//! reasons, sides, close-code buckets. Nothing is labelled by client IP or
+//! by path.
+//!
+//! Cost on the data path: nothing per frame. A session's frames and bytes
+//! are counted in the relay's own `Counts` and added here once, when it
+//! ends, with the rest of its record (the one the access log gets). A
+//! route's handles are resolved when its config generation is built
+//! ([`Metrics::route`]), so an upgrade or a session end touches a few
+//! atomics and hashes no label set. A refusal or a plain request looks its
+//! counter up by a small enum key (status class, reason).
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::proto::frame::Side;
+use crate::relay::{Ending, Summary};
+
+/// The gateway's metrics. Families are registered once, at start.
+pub struct Metrics {
+    registry: Registry,
+    sessions_open: Family<RouteLabels, Gauge>,
+    sessions_total: Family<OutcomeLabels, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
+    close_codes: Family<CloseLabels, Counter>,
+    upgrade_seconds: Histogram,
+    http_requests: Family<ClassLabels, Counter>,
+    http_seconds: Histogram,
+    /// Set from the health registry at each scrape.
+    pub(crate) server_up: Family<ServerLabels, Gauge>,
+    pub(crate) server_draining: Family<ServerLabels, Gauge>,
+    pub(crate) server_sessions: Family<ServerLabels, Gauge>,
+    /// Set from the session tracker at each scrape.
+    pub(crate) draining: Gauge,
+    pub(crate) drain_remaining: Gauge,
+    /// Handles by route label, for the status page; filled on the cold
+    /// path (a config generation being built), never pruned below the
+    /// routes ever configured, which the config bounds.
+    routes: Mutex<BTreeMap<String, RouteMetrics>>,
+    /// The pre-resolved handles of the frames, bytes, ping RTT, pong
+    /// timeout and rate-limit families (registered, held only here).
+    hot: Hot,
+}
+
+/// Handles resolved once so that a session end hashes nothing.
+struct Hot {
+    /// Indexed by [`dir`].
+    frames: [Counter; 2],
+    bytes: [Counter; 2],
+    /// Indexed by [`side`].
+    ping_rtt: [Histogram; 2],
+    pong_timeouts: [Counter; 2],
+    rate_closes: [Counter; 2],
+    /// The RTTs again, for the status page's percentiles:
+    /// prometheus-client does not let its histograms' buckets be read.
+    rtt_buckets: [Buckets; 2],
+}
+
+/// One route's handles, held by the route: the session path increments
+/// these directly.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMetrics {
+    open: Gauge,
+    /// Indexed by [`Outcome`].
+    outcomes: [Counter; Outcome::ALL.len()],
+}
+
+impl RouteMetrics {
+    /// Sessions of this route open now.
+    pub fn open(&self) -> i64 {
+        self.open.get()
+    }
+
+    /// Sessions of this route started since start (ended and open).
+    pub fn started(&self) -> u64 {
+        self.outcomes.iter().map(Counter::get).sum::<u64>() + self.open.get().max(0) as u64
+    }
+
+    /// Counts a session as open until the guard drops.
+    pub fn opened(&self) -> OpenSession {
+        self.open.inc();
+        OpenSession(self.open.clone())
+    }
+}
+
+/// Counts one open session on its route; every way out releases it.
+pub struct OpenSession(Gauge);
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// How a session ended, as a bounded label (the access log's `closed_by`
+/// and ending, folded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    closed_by_client,
+    closed_by_upstream,
+    violation,
+    vanished,
+    unresponsive,
+    gateway,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 6] = [
+        Outcome::closed_by_client,
+        Outcome::closed_by_upstream,
+        Outcome::violation,
+        Outcome::vanished,
+        Outcome::unresponsive,
+        Outcome::gateway,
+    ];
+
+    fn of(ending: Option<Ending>) -> Outcome {
+        match ending {
+            Some(Ending::Closed {
+                by: Side::Client, ..
+            }) => Outcome::closed_by_client,
+            Some(Ending::Closed {
+                by: Side::Upstream, ..
+            }) => Outcome::closed_by_upstream,
+            Some(Ending::Violation { .. }) => Outcome::violation,
+            Some(Ending::Vanished { .. }) => Outcome::vanished,
+            Some(Ending::Unresponsive { .. }) => Outcome::unresponsive,
+            Some(Ending::Gateway { .. }) | None => Outcome::gateway,
+        }
+    }
+}
+
+/// Why a request or upgrade was refused, from its status: the status
+/// alone tells these apart, and a bounded label needs no message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Reason {
+    bad_request,
+    unauthorized,
+    forbidden,
+    no_route,
+    timeout,
+    upgrade_required,
+    too_large,
+    rate_limited,
+    upstream_refused,
+    upstream_unreachable,
+    unavailable,
+    upstream_timeout,
+    other,
+}
+
+impl Reason {
+    pub fn of(status: u16) -> Reason {
+        match status {
+            400 => Reason::bad_request,
+            401 => Reason::unauthorized,
+            403 => Reason::forbidden,
+            404 => Reason::no_route,
+            408 => Reason::timeout,
+            426 => Reason::upgrade_required,
+            413 | 414 | 431 => Reason::too_large,
+            429 => Reason::rate_limited,
+            502 => Reason::upstream_unreachable,
+            503 => Reason::unavailable,
+            504 => Reason::upstream_timeout,
+            s if (400..600).contains(&s) && s != 500 => Reason::upstream_refused,
+            _ => Reason::other,
+        }
+    }
+}
+
+/// `1xx`..`5xx`.
+fn class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    /// Client to upstream.
+    up,
+    /// Upstream to client.
+    down,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum SideLabel {
+    client,
+    upstream,
+    gateway,
+}
+
+fn side(s: Side) -> SideLabel {
+    match s {
+        Side::Client => SideLabel::client,
+        Side::Upstream => SideLabel::upstream,
+    }
+}
+
+fn index(s: Side) -> usize {
+    match s {
+        Side::Client => 0,
+        Side::Upstream => 1,
+    }
+}
+
+/// A close code as a bounded label: the codes RFC 6455 and the IANA
+/// registry define (1000-1015) as themselves, the rest by range.
+pub fn code_bucket(code: Option<u16>) -> &'static str {
+    const NAMED: [&str; 16] = [
+        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
+        "1011", "1012", "1013", "1014", "1015",
+    ];
+    match code {
+        None => "none",
+        Some(c @ 1000..=1015) => NAMED[usize::from(c - 1000)],
+        Some(3000..=3999) => "3xxx",
+        Some(4000..=4999) => "4xxx",
+        Some(_) => "other",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    route: String,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusalLabels {
+    status: u16,
+    reason: Reason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: Direction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CloseLabels {
+    side: SideLabel,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SideLabels {
+    side: SideLabel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ClassLabels {
+    class: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct ServerLabels {
+    pub upstream: String,
+    pub server: String,
+}
+
+/// Seconds, 1 ms to ~33 s: upgrades, requests, round trips.
+fn latency() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 16,
+    ))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("framegate");
+        let sessions_open = Family::<RouteLabels, Gauge>::default();
+        r.register(
+            "sessions_open",
+            "WebSocket sessions open, by route",
+            sessions_open.clone(),
+        );
+        let sessions_total = Family::<OutcomeLabels, Counter>::default();
+        r.register(
+            "sessions",
+            "WebSocket sessions ended, by route and outcome",
+            sessions_total.clone(),
+        );
+        let refusals = Family::<RefusalLabels, Counter>::default();
+        r.register(
+            "refusals",
+            "Requests and upgrades refused by the gateway, by status and reason",
+            refusals.clone(),
+        );
+        let frames = Family::<DirectionLabels, Counter>::default();
+        r.register(
+            "frames",
+            "WebSocket frames relayed, by direction (added when a session ends)",
+            frames.clone(),
+        );
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        r.register(
+            "bytes",
+            "WebSocket payload bytes relayed, by direction (added when a session ends)",
+            bytes.clone(),
+        );
+        let close_codes = Family::<CloseLabels, Counter>::default();
+        r.register(
+            "close_codes",
+            "Sessions ended, by who closed first and the close code",
+            close_codes.clone(),
+        );
+        let ping_rtt =
+            Family::<SideLabels, Histogram>::new_with_constructor(latency as fn() -> Histogram);
+        r.register(
+            "ping_rtt_seconds",
+            "Last keepalive ping round trip of each session, by leg",
+            ping_rtt.clone(),
+        );
+        let pong_timeouts = Family::<SideLabels, Counter>::default();
+        r.register(
+            "pong_timeouts",
+            "Sessions closed because a leg answered no ping in time",
+            pong_timeouts.clone(),
+        );
+        let rate_closes = Family::<SideLabels, Counter>::default();
+        r.register(
+            "rate_limit_closes",
+            "Sessions closed for exceeding a message or byte rate, by leg",
+            rate_closes.clone(),
+        );
+        let upgrade_seconds = latency();
+        r.register("upgrade_seconds", "From a complete upgrade request to the upstream's 101 (admission, connect, upstream handshake)", upgrade_seconds.clone());
+        let http_requests = Family::<ClassLabels, Counter>::default();
+        r.register(
+            "http_requests",
+            "Plain HTTP requests proxied, by status class",
+            http_requests.clone(),
+        );
+        let http_seconds = latency();
+        r.register(
+            "http_request_seconds",
+            "Plain HTTP requests proxied, from request to the end of the answer",
+            http_seconds.clone(),
+        );
+        let server_up = Family::<ServerLabels, Gauge>::default();
+        r.register(
+            "upstream_server_up",
+            "1 when a server may take sessions by health (probes and passive checks)",
+            server_up.clone(),
+        );
+        let server_draining = Family::<ServerLabels, Gauge>::default();
+        r.register(
+            "upstream_server_draining",
+            "1 while a server drains (config, admin, or removed by a reload)",
+            server_draining.clone(),
+        );
+        let server_sessions = Family::<ServerLabels, Gauge>::default();
+        r.register(
+            "upstream_server_sessions",
+            "Live sessions and in-flight requests on a server",
+            server_sessions.clone(),
+        );
+        let draining = Gauge::default();
+        r.register(
+            "draining",
+            "1 once the gateway drains (SIGTERM/SIGINT)",
+            draining.clone(),
+        );
+        let drain_remaining = Gauge::default();
+        r.register(
+            "drain_sessions_remaining",
+            "Sessions still open during the gateway's drain",
+            drain_remaining.clone(),
+        );
+        let dir = |f: &Family<DirectionLabels, Counter>, d| {
+            f.get_or_create_owned(&DirectionLabels { direction: d })
+        };
+        let sides = |s: SideLabel| SideLabels { side: s };
+        let hot = Hot {
+            frames: [dir(&frames, Direction::up), dir(&frames, Direction::down)],
+            bytes: [dir(&bytes, Direction::up), dir(&bytes, Direction::down)],
+            ping_rtt: [
+                ping_rtt.get_or_create_owned(&sides(SideLabel::client)),
+                ping_rtt.get_or_create_owned(&sides(SideLabel::upstream)),
+            ],
+            pong_timeouts: [
+                pong_timeouts.get_or_create_owned(&sides(SideLabel::client)),
+                pong_timeouts.get_or_create_owned(&sides(SideLabel::upstream)),
+            ],
+            rate_closes: [
+                rate_closes.get_or_create_owned(&sides(SideLabel::client)),
+                rate_closes.get_or_create_owned(&sides(SideLabel::upstream)),
+            ],
+            rtt_buckets: Default::default(),
+        };
+        Metrics {
+            registry: r,
+            sessions_open,
+            sessions_total,
+            refusals,
+            close_codes,
+            upgrade_seconds,
+            http_requests,
+            http_seconds,
+            server_up,
+            server_draining,
+            server_sessions,
+            draining,
+            drain_remaining,
+            routes: Mutex::default(),
+            hot,
+        }
+    }
+
+    /// The handles of route `label` (cold path: a generation being built).
+    /// A route kept by a reload keeps its handles, so its counts go on.
+    pub fn route(&self, label: &str) -> RouteMetrics {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes
+            .entry(label.to_owned())
+            .or_insert_with(|| RouteMetrics {
+                open: self.sessions_open.get_or_create_owned(&RouteLabels {
+                    route: label.to_owned(),
+                }),
+                outcomes: Outcome::ALL.map(|outcome| {
+                    self.sessions_total.get_or_create_owned(&OutcomeLabels {
+                        route: label.to_owned(),
+                        outcome,
+                    })
+                }),
+            })
+            .clone()
+    }
+
+    /// Every route's handles seen since start, by label.
+    pub fn routes(&self) -> Vec<(String, RouteMetrics)> {
+        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// A session's end: the record the access log also gets.
+    pub fn session_ended(&self, route: &RouteMetrics, s: &Summary) {
+        let outcome = Outcome::of(s.ending);
+        route.outcomes[outcome as usize].inc();
+        let h = &self.hot;
+        h.frames[0].inc_by(s.client_to_upstream.frames);
+        h.bytes[0].inc_by(s.client_to_upstream.bytes);
+        h.frames[1].inc_by(s.upstream_to_client.frames);
+        h.bytes[1].inc_by(s.upstream_to_client.bytes);
+        for (i, rtt) in [s.client_rtt, s.upstream_rtt].into_iter().enumerate() {
+            if let Some(rtt) = rtt {
+                h.ping_rtt[i].observe(rtt.as_secs_f64());
+                h.rtt_buckets[i].observe(rtt);
+            }
+        }
+        let (who, code) = match s.ending {
+            Some(Ending::Closed { by, code }) => (side(by), code),
+            Some(Ending::Violation { by, code, reason }) => {
+                if reason.contains("rate exceeded") {
+                    h.rate_closes[index(by)].inc();
+                }
+                (side(by), Some(code))
+            }
+            Some(Ending::Vanished { by }) => (side(by), None),
+            Some(Ending::Unresponsive { by }) => {
+                h.pong_timeouts[index(by)].inc();
+                (side(by), None)
+            }
+            Some(Ending::Gateway { .. }) => (SideLabel::gateway, Some(1001)),
+            None => (SideLabel::gateway, None),
+        };
+        // A session ends once: this label lookup is per session, not per frame.
+        self.close_codes
+            .get_or_create(&CloseLabels {
+                side: who,
+                code: code_bucket(code),
+            })
+            .inc();
+    }
+
+    /// A refusal answered by the gateway itself.
+    pub fn refused(&self, status: u16) {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                status,
+                reason: Reason::of(status),
+            })
+            .inc();
+    }
+
+    /// An upgrade that reached its upstream's 101, `took` after its request.
+    pub fn upgraded(&self, took: Duration) {
+        self.upgrade_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A plain request proxied.
+    pub fn http_request(&self, status: u16, took: Duration) {
+        self.http_requests
+            .get_or_create(&ClassLabels {
+                class: class(status),
+            })
+            .inc();
+        self.http_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Totals for the status page's rates and tables.
+    pub fn totals(&self) -> Totals {
+        let h = &self.hot;
+        let mut close_codes = Vec::new();
+        let mut refusals = Vec::new();
+        let mut http = Vec::new();
+        // prometheus-client has no iteration over a family; the bounded
+        // label sets are walked instead.
+        for who in [SideLabel::client, SideLabel::upstream, SideLabel::gateway] {
+            for code in (1000..=1015)
+                .map(Some)
+                .chain([Some(3000), Some(4000), Some(0), None])
+            {
+                let key = CloseLabels {
+                    side: who,
+                    code: code_bucket(code),
+                };
+                if let Some(c) = self.close_codes.get(&key) {
+                    close_codes.push((format!("{who:?}"), key.code, c.get()));
+                }
+            }
+        }
+        for status in 100..600u16 {
+            let key = RefusalLabels {
+                status,
+                reason: Reason::of(status),
+            };
+            if let Some(c) = self.refusals.get(&key) {
+                refusals.push((status, format!("{:?}", key.reason), c.get()));
+            }
+        }
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            if let Some(c) = self.http_requests.get(&ClassLabels { class }) {
+                http.push((class.to_owned(), c.get()));
+            }
+        }
+        let routes = self.routes();
+        Totals {
+            sessions_started: routes.iter().map(|(_, r)| r.started()).sum(),
+            frames: [h.frames[0].get(), h.frames[1].get()],
+            bytes: [h.bytes[0].get(), h.bytes[1].get()],
+            close_codes,
+            refusals,
+            http,
+            pong_timeouts: [h.pong_timeouts[0].get(), h.pong_timeouts[1].get()],
+            ping_rtt: [
+                h.rtt_buckets[0].percentiles(),
+                h.rtt_buckets[1].percentiles(),
+            ],
+        }
+    }
+}
+
+/// Cumulative counts at one instant; the admin task keeps a ring of these
+/// to compute rates.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    pub sessions_started: u64,
+    /// `[up, down]`.
+    pub frames: [u64; 2],
+    pub bytes: [u64; 2],
+    /// `(side, code bucket, count)`.
+    pub close_codes: Vec<(String, &'static str, u64)>,
+    /// `(status, reason, count)`.
+    pub refusals: Vec<(u16, String, u64)>,
+    /// `(class, count)`.
+    pub http: Vec<(String, u64)>,
+    /// `[client, upstream]`.
+    pub pong_timeouts: [u64; 2],
+    /// `[client, upstream]`: p50, p90, p99 in seconds, from the histogram's
+    /// buckets (each an upper bound); `None` before any sample.
+    pub ping_rtt: [Option<[f64; 3]>; 2],
+}
+
+/// Counts by power-of-two millisecond bucket (1 ms up to ~33 s, and
+/// above): enough for the status page's percentiles.
+#[derive(Default)]
+struct Buckets([AtomicU64; 17]);
+
+impl Buckets {
+    fn observe(&self, d: Duration) {
+        let ms = d.as_millis().max(1) as u64;
+        let i = (63 - ms.leading_zeros() as usize).min(16);
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// p50/p90/p99 in seconds, each the upper bound of the bucket it falls in.
+    fn percentiles(&self) -> Option<[f64; 3]> {
+        let counts: Vec<u64> = self.0.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let at = |q: f64| {
+            let want = (q * total as f64).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, n) in counts.iter().enumerate() {
+                seen += n;
+                if seen >= want {
+                    return (2u64 << i) as f64 / 1000.0;
+                }
+            }
+            f64::INFINITY
+        };
+        Some([at(0.5), at(0.9), at(0.99)])
+    }
+}
