@@ -48,22 +48,56 @@ where
         mut w: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        // A line is built in the thread's buffers, kept from line to line:
+        // an access line per handshake would otherwise cost a handful of
+        // allocations (and their growth) for strings thrown away at once.
+        // A line logged while one is being formatted gets buffers of its own.
+        BUFFERS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut bufs) => self.write_line(&mut w, event, &mut bufs),
+            Err(_) => self.write_line(&mut w, event, &mut Buffers::default()),
+        })
+    }
+}
+
+/// The strings one line is built in.
+#[derive(Default)]
+struct Buffers {
+    time: String,
+    message: String,
+    rest: String,
+    escaped: String,
+}
+
+thread_local! {
+    static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::default();
+}
+
+impl Format {
+    fn write_line(&self, w: &mut Writer<'_>, event: &Event<'_>, bufs: &mut Buffers) -> fmt::Result {
         let meta = event.metadata();
-        let mut time = String::new();
-        SystemTime.format_time(&mut Writer::new(&mut time))?;
+        let Buffers {
+            time,
+            message,
+            rest,
+            escaped,
+        } = bufs;
+        time.clear();
+        SystemTime.format_time(&mut Writer::new(time))?;
+        message.clear();
+        rest.clear();
         let mut fields = Fields {
             format: *self,
-            message: String::new(),
-            rest: String::new(),
+            message,
+            rest,
         };
         event.record(&mut fields);
         match self {
             Format::Text => {
-                let mut message = String::new();
-                escape_into(&mut message, &fields.message);
+                escaped.clear();
+                escape_into(escaped, fields.message);
                 writeln!(
                     w,
-                    "{time} {:>5} {}: {message}{}",
+                    "{time} {:>5} {}: {escaped}{}",
                     meta.level(),
                     meta.target(),
                     fields.rest
@@ -74,10 +108,10 @@ where
                 writeln!(
                     w,
                     "{{\"timestamp\":{},\"level\":{},\"target\":{},\"message\":{}{}}}",
-                    s(&time)?,
+                    s(time)?,
                     s(meta.level().as_str())?,
                     s(meta.target())?,
-                    s(&fields.message)?,
+                    s(fields.message)?,
                     fields.rest
                 )
             }
@@ -86,14 +120,14 @@ where
 }
 
 /// Collects an event's fields in the order they were written.
-struct Fields {
+struct Fields<'a> {
     format: Format,
-    message: String,
+    message: &'a mut String,
     /// ` key="value"` (text) or `,"key":value` (json), one per field.
-    rest: String,
+    rest: &'a mut String,
 }
 
-impl Fields {
+impl Fields<'_> {
     /// A value written as it is in JSON (a number, a boolean), quoted in text.
     fn raw(&mut self, field: &Field, v: impl fmt::Display) {
         let name = field.name();
@@ -104,7 +138,7 @@ impl Fields {
     }
 }
 
-impl Visit for Fields {
+impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, v: &str) {
         if field.name() == "message" {
             self.message.push_str(v);
@@ -124,7 +158,15 @@ impl Visit for Fields {
     }
 
     fn record_debug(&mut self, field: &Field, v: &dyn fmt::Debug) {
-        self.record_str(field, &format!("{v:?}"));
+        match self.format {
+            // Escaped as it is written: no string of its own.
+            Format::Text if field.name() != "message" => {
+                let _ = write!(self.rest, " {}=\"", field.name());
+                let _ = write!(Escaping(self.rest), "{v:?}");
+                self.rest.push('"');
+            }
+            _ => self.record_str(field, &format!("{v:?}")),
+        }
     }
 
     fn record_u64(&mut self, field: &Field, v: u64) {
@@ -163,6 +205,16 @@ pub fn escape_into(out: &mut String, s: &str) {
             }
             c => out.push(c),
         }
+    }
+}
+
+/// Writes into a string through [`escape_into`].
+struct Escaping<'a>(&'a mut String);
+
+impl fmt::Write for Escaping<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        escape_into(self.0, s);
+        Ok(())
     }
 }
 
