@@ -147,7 +147,7 @@ impl Visit for Fields<'_> {
         match self.format {
             Format::Text => {
                 let _ = write!(self.rest, " {}=\"", field.name());
-                escape_into(&mut self.rest, v);
+                escape_into(self.rest, v);
                 self.rest.push('"');
             }
             Format::Json => {
