@@ -498,7 +498,12 @@ impl Metrics {
                 h.pong_timeouts[index(by)].inc();
                 (side(by), None)
             }
-            Some(Ending::Gateway { .. }) => (SideLabel::gateway, Some(1001)),
+            // What the client was told: 1001 when the gateway goes away,
+            // 1012 when its server drains or sheds it.
+            Some(Ending::Gateway { .. }) => (
+                SideLabel::gateway,
+                s.client_close.received.as_ref().map(|c| c.code),
+            ),
             None => (SideLabel::gateway, None),
         };
         // A session ends once: this label lookup is per session, not per frame.

@@ -255,6 +255,14 @@ async fn a_server_drained_through_admin_moves_its_sessions_and_undrains() {
     );
     assert_eq!(admin(at, "POST", &path("drain"), None).await.0, 200);
     assert_eq!(close_code(&mut client).await.0, 1012);
+    // The session's end is counted with the code its client was sent.
+    drop(client);
+    until(
+        &gw,
+        r#"framegate_close_codes_total{side="gateway",code="1012"}"#,
+        1.0,
+    )
+    .await;
     let m = metrics(&gw).await;
     let series =
         format!("framegate_upstream_server_draining{{upstream=\"{group}\",server=\"{label}\"}}");
@@ -374,4 +382,36 @@ async fn the_drain_command_says_when_the_address_is_no_admin_listener() {
         )),
         "{err}"
     );
+}
+
+/// The real binary: SIGTERM turns `/readyz` to 503 while the drain holds
+/// the process (a session is still open), and `/healthz` stays 200.
+#[tokio::test]
+async fn sigterm_turns_the_binarys_readyz_503_while_it_drains() {
+    let backend = Backend::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    Gateway::builder()
+        .to(&backend.url())
+        .server("drain_spread = \"60s\"\ndrain_timeout = \"60s\"")
+        .admin("")
+        .write(dir.path());
+    let mut gw = Binary::start(&dir.path().join("framegate.toml"), &[]).await;
+    let line = gw.wait_for("admin listening").await;
+    let at: SocketAddr = line
+        .split_once("addr=\"")
+        .and_then(|(_, rest)| rest.split('"').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in {line}"));
+    guard("ready", async {
+        while admin(at, "GET", "/readyz", None).await.0 != 200 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // A session the drain must wait for (its close comes within the 60 s spread).
+    let _session = connect(gw.addr, "/").await;
+    gw.signal("TERM");
+    gw.wait_for("the drain begins").await;
+    assert_eq!(admin(at, "GET", "/readyz", None).await.0, 503);
+    assert_eq!(admin(at, "GET", "/healthz", None).await.0, 200);
 }
