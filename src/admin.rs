@@ -51,6 +51,8 @@ pub struct State {
     pub ready: Arc<AtomicBool>,
     pub token: Option<String>,
     ring: Mutex<VecDeque<(Instant, Totals)>>,
+    /// Held by a `/metrics` scrape while it rebuilds and renders.
+    scrape: Mutex<()>,
 }
 
 impl State {
@@ -68,6 +70,7 @@ impl State {
             ready,
             token,
             ring: Mutex::default(),
+            scrape: Mutex::default(),
         }
     }
 
@@ -159,11 +162,17 @@ fn answer(state: &State, req: Request<Incoming>) -> Answer {
             false => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
         },
         (&Method::GET, "/metrics") => {
-            refresh_gauges(state);
+            // One scrape at a time: the server families are cleared and
+            // rebuilt, so two at once would see each other's halves.
+            let body = {
+                let _one = state.scrape.lock().unwrap_or_else(|e| e.into_inner());
+                refresh_gauges(state);
+                state.metrics.render()
+            };
             reply(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                state.metrics.render(),
+                body,
             )
         }
         (&Method::GET, "/status.json") => reply(
@@ -238,6 +247,7 @@ fn refresh_gauges(state: &State) {
     m.server_up.clear();
     m.server_draining.clear();
     m.server_sessions.clear();
+    m.server_opened.clear();
     for (upstream, server, s) in state.health.list() {
         let key = ServerLabels { upstream, server };
         m.server_up
@@ -247,6 +257,9 @@ fn refresh_gauges(state: &State) {
             .get_or_create(&key)
             .set(i64::from(s.is_draining()));
         m.server_sessions.get_or_create(&key).set(s.load() as i64);
+        // Rebuilt at each scrape from the server's own count, which only
+        // grows while the server is listed: still a counter to Prometheus.
+        m.server_opened.get_or_create(&key).inc_by(s.opened());
     }
     let draining = state.sessions.is_draining();
     m.draining.set(i64::from(draining));

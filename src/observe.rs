@@ -46,6 +46,7 @@ pub struct Metrics {
     pub(crate) server_up: Family<ServerLabels, Gauge>,
     pub(crate) server_draining: Family<ServerLabels, Gauge>,
     pub(crate) server_sessions: Family<ServerLabels, Gauge>,
+    pub(crate) server_opened: Family<ServerLabels, Counter>,
     /// Set from the session tracker at each scrape.
     pub(crate) draining: Gauge,
     pub(crate) drain_remaining: Gauge,
@@ -392,6 +393,12 @@ impl Metrics {
             "Live sessions and in-flight requests on a server",
             server_sessions.clone(),
         );
+        let server_opened = Family::<ServerLabels, Counter>::default();
+        r.register(
+            "upstream_server_sessions_opened",
+            "WebSocket sessions opened on a server since it was first listed",
+            server_opened.clone(),
+        );
         let draining = Gauge::default();
         r.register(
             "draining",
@@ -437,6 +444,7 @@ impl Metrics {
             server_up,
             server_draining,
             server_sessions,
+            server_opened,
             draining,
             drain_remaining,
             routes: Mutex::default(),

@@ -220,6 +220,8 @@ pub struct Server {
     /// Live sessions and in-flight requests ([`InFlight`]), whichever
     /// generation opened them: least connections compares these.
     load: AtomicUsize,
+    /// WebSocket sessions opened here, in all (for the metrics).
+    opened: std::sync::atomic::AtomicU64,
     /// What its sessions watch: draining (its own, or the gateway's above
     /// it) and sheds.
     beacon: Arc<Beacon>,
@@ -239,6 +241,7 @@ impl Server {
             label: label.to_owned(),
             state: Mutex::default(),
             load: AtomicUsize::new(0),
+            opened: std::sync::atomic::AtomicU64::new(0),
             beacon: gateway.map_or_else(Beacon::new, Beacon::under),
             window: Mutex::default(),
             by_config: AtomicBool::new(false),
@@ -280,6 +283,11 @@ impl Server {
     /// Live sessions and in-flight requests.
     pub fn load(&self) -> usize {
         self.load.load(Ordering::Relaxed)
+    }
+
+    /// WebSocket sessions opened here since the server was first listed.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
     }
 
     /// Counts one session or request here until the guard is dropped.
@@ -361,6 +369,11 @@ impl InFlight {
     /// The server's label (its URL as written), for logs.
     pub fn label(&self) -> &str {
         self.0.label()
+    }
+
+    /// What it counts became a WebSocket session (its upstream's 101).
+    pub(super) fn session_opened(&self) {
+        self.0.opened.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -462,6 +462,7 @@ async fn attempt(
 ) -> Result<Connected, UpstreamError> {
     let io = dial::dial(endpoint, policy.connect).await?;
     let done = ws::handshake(io, endpoint, req, policy.handshake).await?;
+    load.session_opened(); // health
     Ok(Connected {
         io: Stream::new(done.io, done.early),
         protocol: done.protocol,

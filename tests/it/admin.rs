@@ -243,6 +243,10 @@ async fn a_server_drained_through_admin_moves_its_sessions_and_undrains() {
         server["upstream"].as_str().unwrap(),
         server["server"].as_str().unwrap(),
     );
+    let opened = format!(
+        "framegate_upstream_server_sessions_opened_total{{upstream=\"{group}\",server=\"{label}\"}}"
+    );
+    assert_eq!(sample(&metrics(&gw).await, &opened), 1.0);
     let path = |action: &str| {
         let label: String = url::form_urlencoded::byte_serialize(label.as_bytes()).collect();
         format!("/upstreams/{group}/servers/{label}/{action}")
