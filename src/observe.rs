@@ -40,6 +40,8 @@ pub struct Metrics {
     refusals: Family<RefusalLabels, Counter>,
     close_codes: Family<CloseLabels, Counter>,
     upgrade_seconds: Histogram,
+    connect_seconds: Histogram,
+    upstream_handshake_seconds: Histogram,
     http_requests: Family<ClassLabels, Counter>,
     http_seconds: Histogram,
     /// Set from the health registry at each scrape.
@@ -363,6 +365,18 @@ impl Metrics {
         );
         let upgrade_seconds = latency();
         r.register("upgrade_seconds", "From a complete upgrade request to the upstream's 101 (admission, connect, upstream handshake)", upgrade_seconds.clone());
+        let connect_seconds = latency();
+        r.register(
+            "upstream_connect_seconds",
+            "TCP connect (and TLS for wss://) to the server that took a session",
+            connect_seconds.clone(),
+        );
+        let upstream_handshake_seconds = latency();
+        r.register(
+            "upstream_handshake_seconds",
+            "From connected to the upstream's 101, at the server that took a session",
+            upstream_handshake_seconds.clone(),
+        );
         let http_requests = Family::<ClassLabels, Counter>::default();
         r.register(
             "http_requests",
@@ -439,6 +453,8 @@ impl Metrics {
             refusals,
             close_codes,
             upgrade_seconds,
+            connect_seconds,
+            upstream_handshake_seconds,
             http_requests,
             http_seconds,
             server_up,
@@ -536,6 +552,13 @@ impl Metrics {
     /// An upgrade that reached its upstream's 101, `took` after its request.
     pub fn upgraded(&self, took: Duration) {
         self.upgrade_seconds.observe(took.as_secs_f64());
+    }
+
+    /// The two steps at the server that took a session.
+    pub fn upstream_took(&self, connect: Duration, handshake: Duration) {
+        self.connect_seconds.observe(connect.as_secs_f64());
+        self.upstream_handshake_seconds
+            .observe(handshake.as_secs_f64());
     }
 
     /// A plain request proxied.

@@ -605,6 +605,8 @@ async fn upgrade_request(
                 e => upstream_reject(&e),
             }
         })?;
+    ctx.metrics
+        .upstream_took(connected.connect_took, connected.handshake_took);
     let subprotocol = connected.protocol.as_ref().and_then(|p| p.to_str().ok());
     let subprotocol = subprotocol.map(Box::from);
     let headers = upgrade::accept(&up, connected.protocol, connected.headers);

@@ -101,6 +101,10 @@ pub struct Connected {
     /// Tells the session when its server drains or sheds it (health.rs,
     /// rebalance.rs), and when the gateway drains.
     pub drain: crate::relay::DrainSignal,
+    /// How long the server that answered took to connect (TCP, and TLS for
+    /// `wss://`) and then to answer the upgrade, for the metrics.
+    pub connect_took: Duration,
+    pub handshake_took: Duration,
 }
 
 /// How a group spreads its connections (`[upstream.NAME]`).
@@ -460,10 +464,14 @@ async fn attempt(
     load: InFlight,
     drain: crate::relay::DrainSignal,
 ) -> Result<Connected, UpstreamError> {
+    let started = Instant::now();
     let io = dial::dial(endpoint, policy.connect).await?;
+    let dialed = Instant::now();
     let done = ws::handshake(io, endpoint, req, policy.handshake).await?;
     load.session_opened(); // health
     Ok(Connected {
+        connect_took: dialed - started,
+        handshake_took: dialed.elapsed(),
         io: Stream::new(done.io, done.early),
         protocol: done.protocol,
         headers: done.headers,

@@ -107,6 +107,11 @@ async fn metrics_move_as_sessions_open_close_and_are_refused() {
         1.0
     );
     assert_eq!(sample(&m, "framegate_upgrade_seconds_count"), 1.0);
+    assert_eq!(sample(&m, "framegate_upstream_connect_seconds_count"), 1.0);
+    assert_eq!(
+        sample(&m, "framegate_upstream_handshake_seconds_count"),
+        1.0
+    );
 
     // A malformed request line: 400, refused by the gateway itself.
     let mut raw = TcpStream::connect(gw.addr).await.unwrap();
