@@ -51,8 +51,10 @@ pub struct State {
     pub ready: Arc<AtomicBool>,
     pub token: Option<String>,
     ring: Mutex<VecDeque<(Instant, Totals)>>,
-    /// Held by a `/metrics` scrape while it rebuilds and renders.
-    scrape: Mutex<()>,
+    /// Held by a `/metrics` scrape while it rebuilds and renders; holds
+    /// the gate event counts the counters were last brought up to.
+    scrape: Mutex<(u64, u64)>,
+    admission: Arc<crate::admission::Shared>,
 }
 
 impl State {
@@ -62,6 +64,7 @@ impl State {
         sessions: Arc<Sessions>,
         ready: Arc<AtomicBool>,
         token: Option<String>,
+        admission: Arc<crate::admission::Shared>,
     ) -> Self {
         State {
             metrics,
@@ -71,6 +74,7 @@ impl State {
             token,
             ring: Mutex::default(),
             scrape: Mutex::default(),
+            admission,
         }
     }
 
@@ -165,8 +169,8 @@ fn answer(state: &State, req: Request<Incoming>) -> Answer {
             // One scrape at a time: the server families are cleared and
             // rebuilt, so two at once would see each other's halves.
             let body = {
-                let _one = state.scrape.lock().unwrap_or_else(|e| e.into_inner());
-                refresh_gauges(state);
+                let mut seen = state.scrape.lock().unwrap_or_else(|e| e.into_inner());
+                refresh_gauges(state, &mut seen);
                 state.metrics.render()
             };
             reply(
@@ -240,8 +244,14 @@ fn drain_target(path: &str) -> Option<(String, String, bool)> {
 }
 
 /// The pool and drain gauges, read from their owners at scrape time.
-fn refresh_gauges(state: &State) {
+fn refresh_gauges(state: &State, seen: &mut (u64, u64)) {
     let m = &state.metrics;
+    // The gates count in admission's events (no metrics handle on the
+    // relay's path); the counters are brought up to them.
+    let (throttled, expired) = state.admission.gate_events();
+    m.throttles.inc_by(throttled.saturating_sub(seen.0));
+    m.expiry_closes.inc_by(expired.saturating_sub(seen.1));
+    *seen = (throttled, expired);
     let now = Instant::now();
     // Removed servers leave the families with the registry.
     m.server_up.clear();

@@ -52,6 +52,9 @@ pub struct Metrics {
     /// Set from the session tracker at each scrape.
     pub(crate) draining: Gauge,
     pub(crate) drain_remaining: Gauge,
+    /// Brought up at each scrape to admission's event counts (admin.rs).
+    pub(crate) throttles: Counter,
+    pub(crate) expiry_closes: Counter,
     /// Handles by route label, for the status page; filled on the cold
     /// path (a config generation being built), never pruned below the
     /// routes ever configured, which the config bounds.
@@ -363,6 +366,18 @@ impl Metrics {
             "Sessions closed for exceeding a message or byte rate, by leg",
             rate_closes.clone(),
         );
+        let throttles = Counter::default();
+        r.register(
+            "rate_limit_throttles",
+            "Times a leg was paused for sending faster than its message or byte rate",
+            throttles.clone(),
+        );
+        let expiry_closes = Counter::default();
+        r.register(
+            "token_expiry_closes",
+            "Sessions closed because the client's token expired (close_on_expiry)",
+            expiry_closes.clone(),
+        );
         let upgrade_seconds = latency();
         r.register("upgrade_seconds", "From a complete upgrade request to the upstream's 101 (admission, connect, upstream handshake)", upgrade_seconds.clone());
         let connect_seconds = latency();
@@ -463,6 +478,8 @@ impl Metrics {
             server_opened,
             draining,
             drain_remaining,
+            throttles,
+            expiry_closes,
             routes: Mutex::default(),
             hot,
         }

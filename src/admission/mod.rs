@@ -90,6 +90,17 @@ pub struct Shared {
     handshakes: Mutex<HashMap<String, Arc<HandshakeLimiter>>>,
 }
 
+impl Shared {
+    /// What the relay's gates did since start: (legs paused for going over
+    /// their rate, sessions closed because their token expired).
+    pub fn gate_events(&self) -> (u64, u64) {
+        (
+            self.events.throttled.load(Ordering::Relaxed),
+            self.events.expired.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Per-route runtime state.
 #[derive(Debug)]
 struct RouteState {

@@ -135,6 +135,7 @@ impl Gateway {
                     kept.sessions.clone(),
                     kept.ready.clone(),
                     a.token.clone(),
+                    kept.admission.clone(),
                 );
                 Some((socket, Arc::new(state)))
             }

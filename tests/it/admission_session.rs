@@ -34,8 +34,18 @@ async fn gateway(up: &Backend) -> Gateway {
               [rate.client]\nframes_per_second = 4\nframe_burst = 1\n",
         )
         .file("hs.key", SECRET)
+        .admin("")
         .start()
         .await
+}
+
+/// The value of the metric `name` (no labels) the admin listener serves.
+async fn metric(gw: &Gateway, name: &str) -> f64 {
+    let (status, body) = crate::admin::admin(gw.admin.unwrap(), "GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,6 +82,11 @@ async fn throttle_keeps_every_message_in_order() {
         "the client leg was never throttled: {stats:?}"
     );
     assert_eq!(stats.rate_closed, 0);
+    // Every pause is counted for Prometheus too.
+    assert_eq!(
+        metric(&gw, "framegate_rate_limit_throttles_total").await,
+        stats.throttled as f64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,6 +129,10 @@ async fn an_expired_token_closes_the_session_with_4001() {
     let (code, reason) = close_code(&mut ws).await;
     assert_eq!((code, reason.as_str()), (4001, "token expired"));
     assert_eq!(gw.stats().expired, 1);
+    assert_eq!(
+        metric(&gw, "framegate_token_expiry_closes_total").await,
+        1.0
+    );
 }
 
 /// A throttled leg is not read, so its pongs are not either: the gateway
