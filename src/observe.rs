@@ -557,12 +557,16 @@ impl Metrics {
     }
 
     /// A refusal answered by the gateway itself.
-    pub fn refused(&self, status: u16) {
+    /// `passed_on`: the answer is the backend's own (its refusal of the
+    /// upgrade), whatever its status: `upstream_refused`, never confused
+    /// with the gateway's own 401 or 429.
+    pub fn refused(&self, status: u16, passed_on: bool) {
+        let reason = match passed_on {
+            true => Reason::upstream_refused,
+            false => Reason::of(status),
+        };
         self.refusals
-            .get_or_create(&RefusalLabels {
-                status,
-                reason: Reason::of(status),
-            })
+            .get_or_create(&RefusalLabels { status, reason })
             .inc();
     }
 

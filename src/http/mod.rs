@@ -484,7 +484,8 @@ async fn refuse(
             reason: &reject.message,
         });
     }
-    ctx.metrics.refused(reject.status.as_u16());
+    ctx.metrics
+        .refused(reject.status.as_u16(), reject.body.is_some());
     let answer = reject.encode(keep_alive);
     let limit = ctx.server.request_timeout;
     let written = timeout(limit, io.write_all(&answer)).await;

@@ -321,9 +321,19 @@ async fn a_backend_refusing_the_upgrade_is_passed_on() {
           {\"error\":\"token expired\"}",
     )
     .await;
-    let gw = Gateway::to(&format!("ws://{addr}")).await;
+    let gw = Gateway::builder()
+        .to(&format!("ws://{addr}"))
+        .admin("")
+        .start()
+        .await;
     let resp = http(gw.addr, &upgrade_request("/", &[])).await;
     assert_eq!(resp.status, 401, "{resp:?}");
+    // Counted as the backend's refusal, not as the gateway's own 401.
+    let (_, metrics) = crate::admin::admin(gw.admin.unwrap(), "GET", "/metrics", None).await;
+    assert!(
+        metrics.contains(r#"framegate_refusals_total{status="401",reason="upstream_refused"} 1"#),
+        "{metrics}"
+    );
     assert_eq!(
         resp.header("www-authenticate"),
         Some("Bearer realm=\"chat\", error=\"invalid_token\"")
