@@ -108,29 +108,12 @@ source_addresses = [
 ]
 resolve_interval = "100ms"
 "#;
-    let dir = tempfile::tempdir().unwrap();
-    write_files(
-        dir.path(),
-        &[("bad.toml", bad), ("policies/default.toml", "")],
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_framegate"))
-        .args(["check", "--config", "bad.toml"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let stderr = check_refused(bad);
     for (prefix, needle) in [
         ("bad.toml:12:", "is not an IP address"),
         ("bad.toml:13:", "unicast"),
         ("bad.toml:15:", "at least 1s"),
     ] {
-        assert!(
-            stderr
-                .lines()
-                .any(|l| l.starts_with(prefix) && l.contains(needle)),
-            "no line `{prefix} ...{needle}...` in:\n{stderr}"
-        );
+        assert_reported(&stderr, prefix, needle);
     }
 }

@@ -1,52 +1,9 @@
 //! `framegate check`: every problem reported as `file:line: message`, and
 //! the shipped example and policies load.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use crate::support::*;
-
-/// Writes `files` into a temp dir and runs `framegate check --config <config>`:
-/// (success, stdout, stderr).
-fn check(config: &str, files: &[(&str, &str)]) -> (bool, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    write_files(dir.path(), files);
-    run(dir.path(), &["check", "--config", config])
-}
-
-fn run(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_framegate"))
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run framegate");
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-/// Checks `bad.toml` (with an empty default policy), asserts it is
-/// refused, and returns what was printed.
-fn refused(bad: &str) -> String {
-    let (ok, _, stderr) = check(
-        "bad.toml",
-        &[("bad.toml", bad), ("policies/default.toml", "")],
-    );
-    assert!(!ok, "accepted:\n{bad}");
-    stderr
-}
-
-/// Asserts a line starting `prefix` (e.g. `bad.toml:7:`) mentions `needle`.
-fn assert_reported(stderr: &str, prefix: &str, needle: &str) {
-    assert!(
-        stderr
-            .lines()
-            .any(|l| l.starts_with(prefix) && l.contains(needle)),
-        "no line `{prefix} ...{needle}...` in:\n{stderr}"
-    );
-}
 
 const GOOD: &str = r#"
 [[listener]]
@@ -82,7 +39,7 @@ upstraem = "echo"
 [upstream.echo]
 builtin = "echo"
 "#;
-    let stderr = refused(bad);
+    let stderr = check_refused(bad);
     assert_reported(&stderr, "bad.toml:6:", "upstraem");
 }
 
@@ -101,7 +58,7 @@ upstream = "echo"
 [upstream.echo]
 builtin = "echo"
 "#;
-    let stderr = refused(bad);
+    let stderr = check_refused(bad);
     assert_reported(&stderr, "bad.toml:3:", "5 parsecs");
 }
 
@@ -201,7 +158,7 @@ builtin = "echo"
 [upstream.odd]
 builtin = "mirror"
 "#;
-    let stderr = refused(bad);
+    let stderr = check_refused(bad);
     assert_reported(&stderr, "bad.toml:2:", "8KiB");
     assert_reported(&stderr, "bad.toml:3:", "between 8 and 1024");
     assert_reported(&stderr, "bad.toml:13:", "another route");
@@ -247,7 +204,7 @@ upstream = "echo"
 [upstream.echo]
 builtin = "echo"
 "#;
-    let stderr = refused(bad);
+    let stderr = check_refused(bad);
     assert_reported(
         &stderr,
         "bad.toml:6:",
@@ -290,7 +247,7 @@ fn one_host_and_path_may_be_routed_on_each_listener() {
     // Overlapping sets clash even when they are not the same set.
     let clashing = config.replace(r#"listeners = ["b"]"#, r#"listeners = ["b", "a"]"#);
     assert_reported(
-        &refused(&clashing),
+        &check_refused(&clashing),
         "bad.toml:",
         r#"this host and path on listener "a""#,
     );
@@ -329,7 +286,7 @@ upstream = "echo"
 [upstream.echo]
 builtin = "echo"
 "#;
-    let stderr = refused(bad);
+    let stderr = check_refused(bad);
     assert_reported(
         &stderr,
         "bad.toml:2:",
@@ -359,7 +316,7 @@ upstream = "empty"
 [upstream.empty]
 servers = []
 "#;
-    let stderr = refused(bad);
+    let stderr = check_refused(bad);
     assert!(stderr.contains("empty"), "{stderr}");
     assert!(
         stderr.lines().any(
@@ -385,7 +342,7 @@ upstream = "nowhere"
 [upstream.echo]
 builtin = "echo"
 "#;
-    let stderr = refused(bad);
+    let stderr = check_refused(bad);
     assert_reported(&stderr, "bad.toml:6:", "missing.pem");
     // Collected together with the other semantic error.
     assert_reported(&stderr, "bad.toml:9:", "nowhere");
@@ -483,7 +440,7 @@ servers = ["ws://127.0.0.1:9001", { url = "ws://127.0.0.1:9002", weight = 0 }]
 balance = "ip_hash"
 max_attempts = 0
 "#;
-    let stderr = refused(bad);
+    let stderr = check_refused(bad);
     assert_reported(
         &stderr,
         "bad.toml:9:",
@@ -527,7 +484,7 @@ upstream = "app"
 servers = ["ws://127.0.0.1:9001"]
 balance = "claim:sub"
 "#;
-    let stderr = refused(bad);
+    let stderr = check_refused(bad);
     assert_reported(
         &stderr,
         "bad.toml:6:",
@@ -585,7 +542,7 @@ path = "/"
 upstream = "echo"
 http = "yes"
 "#;
-    let stderr = refused(bad);
+    let stderr = check_refused(bad);
     assert_reported(&stderr, "bad.toml:2:", "expected a string");
     assert_reported(&stderr, "bad.toml:5:", "adr");
     assert_reported(&stderr, "bad.toml:10:", "expected a boolean");
@@ -635,7 +592,7 @@ builtin = "echo"
 #[test]
 fn a_duplicate_route_names_the_route_it_clashes_with() {
     let bad = GOOD.to_owned() + "\n[[route]]\npath = \"/\"\nupstream = \"echo\"\n";
-    let stderr = refused(&bad);
+    let stderr = check_refused(&bad);
     assert_reported(
         &stderr,
         "bad.toml:13:",

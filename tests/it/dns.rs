@@ -205,40 +205,17 @@ servers = [
 ]
 timeout = "10ms"
 "#;
-    let dir = tempfile::tempdir().unwrap();
-    write_files(
-        dir.path(),
-        &[("bad.toml", bad), ("policies/default.toml", "")],
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_framegate"))
-        .args(["check", "--config", "bad.toml"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let stderr = check_refused(bad);
     for (prefix, needle) in [
         ("bad.toml:14:", "is not an IP or IP:port"),
         ("bad.toml:15:", "listed twice"),
         ("bad.toml:16:", "not a DNS server"),
         ("bad.toml:18:", "between 100ms and 30s"),
     ] {
-        assert!(
-            stderr
-                .lines()
-                .any(|l| l.starts_with(prefix) && l.contains(needle)),
-            "no line `{prefix} ...{needle}...` in:\n{stderr}"
-        );
+        assert_reported(&stderr, prefix, needle);
     }
     // A section without servers says how to write one, or to leave it out.
     let empty = bad.split("[resolver]").next().unwrap().to_owned() + "[resolver]\nservers = []\n";
-    write_files(dir.path(), &[("bad.toml", &empty)]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_framegate"))
-        .args(["check", "--config", "bad.toml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let stderr = check_refused(&empty);
     assert!(stderr.contains("[resolver] has no servers"), "{stderr}");
 }

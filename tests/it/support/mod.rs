@@ -20,6 +20,7 @@
 mod backend;
 mod binary;
 mod certs;
+mod check;
 mod client;
 mod dns;
 mod gateway;
@@ -34,6 +35,7 @@ mod wire;
 pub use backend::*;
 pub use binary::*;
 pub use certs::*;
+pub use check::*;
 pub use client::*;
 pub use dns::*;
 pub use gateway::*;
