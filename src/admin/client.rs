@@ -62,12 +62,11 @@ pub fn drain(
 }
 
 /// `(status, body)` of a whole HTTP/1.1 answer (`Connection: close`, so the
-/// body runs to the end).
+/// body runs to the end), its head read by the gateway's own codec.
 fn parse(answer: &[u8]) -> Option<(u16, String)> {
-    let text = String::from_utf8_lossy(answer);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
-    Some((status, body.to_owned()))
+    let (head, len) = crate::proto::head::parse_response(answer, 32).ok()??;
+    let body = String::from_utf8_lossy(&answer[len..]).into_owned();
+    Some((head.status.as_u16(), body))
 }
 
 #[cfg(test)]

@@ -210,7 +210,9 @@ pub fn body_framing(version: Version, headers: &HeaderMap) -> Result<Framing, He
     }
 }
 
-fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<Response> {
+/// Parses a response head at the start of `buf`: `None` while it is
+/// incomplete, else the head and its length.
+pub fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<Response> {
     let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_SLOTS], Vec::new());
     let mut resp = httparse::Response::new(slots(max_headers, &mut stack, &mut heap));
     let len = match resp.parse(buf).map_err(|e| parse_error(e, max_headers))? {
