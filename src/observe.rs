@@ -42,7 +42,6 @@ pub struct Metrics {
     upgrade_seconds: Histogram,
     connect_seconds: Histogram,
     upstream_handshake_seconds: Histogram,
-    http_requests: Family<ClassLabels, Counter>,
     http_seconds: Histogram,
     /// Set from the health registry at each scrape.
     pub(crate) server_up: Family<ServerLabels, Gauge>,
@@ -73,6 +72,8 @@ struct Hot {
     ping_rtt: [Histogram; 2],
     pong_timeouts: [Counter; 2],
     rate_closes: [Counter; 2],
+    /// Indexed by [`class`]: a request's count hashes no label set.
+    http: [Counter; 5],
     /// The RTTs again, for the status page's percentiles:
     /// prometheus-client does not let its histograms' buckets be read.
     rtt_buckets: [Buckets; 2],
@@ -193,14 +194,14 @@ impl Reason {
     }
 }
 
-/// `1xx`..`5xx`.
-fn class(status: u16) -> &'static str {
+/// The status classes, as labelled; [`class`] indexes them.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// `status`'s index in [`CLASSES`] (anything else counts as `5xx`).
+fn class(status: u16) -> usize {
     match status / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
+        c @ 1..=4 => usize::from(c) - 1,
+        _ => 4,
     }
 }
 
@@ -459,6 +460,7 @@ impl Metrics {
                 rate_closes.get_or_create_owned(&sides(SideLabel::client)),
                 rate_closes.get_or_create_owned(&sides(SideLabel::upstream)),
             ],
+            http: CLASSES.map(|class| http_requests.get_or_create_owned(&ClassLabels { class })),
             rtt_buckets: Default::default(),
         };
         Metrics {
@@ -470,7 +472,6 @@ impl Metrics {
             upgrade_seconds,
             connect_seconds,
             upstream_handshake_seconds,
-            http_requests,
             http_seconds,
             server_up,
             server_draining,
@@ -584,11 +585,7 @@ impl Metrics {
 
     /// A plain request proxied.
     pub fn http_request(&self, status: u16, took: Duration) {
-        self.http_requests
-            .get_or_create(&ClassLabels {
-                class: class(status),
-            })
-            .inc();
+        self.hot.http[class(status)].inc();
         self.http_seconds.observe(took.as_secs_f64());
     }
 
@@ -623,17 +620,20 @@ impl Metrics {
             }
         }
         for status in 100..600u16 {
-            let key = RefusalLabels {
-                status,
-                reason: Reason::of(status),
-            };
-            if let Some(c) = self.refusals.get(&key) {
-                refusals.push((status, format!("{:?}", key.reason), c.get()));
+            // The gateway's own refusals, and a backend's passed on.
+            for reason in [Reason::of(status), Reason::upstream_refused] {
+                let key = RefusalLabels { status, reason };
+                if let Some(c) = self.refusals.get(&key) {
+                    refusals.push((status, format!("{reason:?}"), c.get()));
+                }
+                if reason == Reason::upstream_refused {
+                    break;
+                }
             }
         }
-        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
-            if let Some(c) = self.http_requests.get(&ClassLabels { class }) {
-                http.push((class.to_owned(), c.get()));
+        for (class, c) in CLASSES.iter().zip(&h.http) {
+            if c.get() > 0 {
+                http.push((class.to_string(), c.get()));
             }
         }
         let routes = self.routes();

@@ -334,6 +334,10 @@ async fn a_backend_refusing_the_upgrade_is_passed_on() {
         metrics.contains(r#"framegate_refusals_total{status="401",reason="upstream_refused"} 1"#),
         "{metrics}"
     );
+    // ...and on the status page.
+    let (_, status) = crate::admin::admin(gw.admin.unwrap(), "GET", "/status.json", None).await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["refusals"]["total"], 1, "{status}");
     assert_eq!(
         resp.header("www-authenticate"),
         Some("Bearer realm=\"chat\", error=\"invalid_token\"")
