@@ -43,6 +43,10 @@ const PAGE: &str = include_str!("admin/status.html");
 /// Snapshots kept for rates: five minutes at one a second.
 const RING: usize = 300;
 
+/// Admin connections served at once; one past this is closed at accept.
+/// The admin listener is the operator's and the scraper's, a few at a time.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// What the admin endpoints read and act on; all of it outlives reloads.
 pub struct State {
     pub metrics: Arc<Metrics>,
@@ -93,6 +97,7 @@ pub async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Can
         }
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -105,7 +110,17 @@ pub async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Can
                 ring.push_back((Instant::now(), totals));
             }
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    // Out of descriptors, say: try again later, not at once.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    continue; // over MAX_CONNECTIONS: dropped, so closed
+                };
                 let state = state.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
@@ -121,6 +136,7 @@ pub async fn serve(listener: std::net::TcpListener, state: Arc<State>, stop: Can
                         _ = tokio::time::timeout(Duration::from_secs(60), conn) => {}
                         () = stop.cancelled() => {}
                     }
+                    drop(slot);
                 });
             }
         }

@@ -81,5 +81,5 @@ mod stream;
 pub mod tls;
 mod upstream;
 
-pub use admin::client as admin_client;
+pub use admin::{client as admin_client, MAX_CONNECTIONS as MAX_ADMIN_CONNECTIONS};
 pub use gateway::{Gateway, Handle};

@@ -424,3 +424,42 @@ async fn sigterm_turns_the_binarys_readyz_503_while_it_drains() {
     assert_eq!(admin(at, "GET", "/readyz", None).await.0, 503);
     assert_eq!(admin(at, "GET", "/healthz", None).await.0, 200);
 }
+
+/// The admin listener serves a bounded number of connections: one past
+/// the cap is closed at once, and those within it are still answered.
+#[tokio::test]
+async fn admin_connections_are_capped() {
+    let gw = Gateway::builder()
+        .to(&Backend::echo().await.url())
+        .admin("")
+        .start()
+        .await;
+    let at = gw.admin.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..framegate::MAX_ADMIN_CONNECTIONS {
+        held.push(TcpStream::connect(at).await.unwrap());
+    }
+    // Accepted after the held ones (the backlog is first in, first out).
+    let mut over = TcpStream::connect(at).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = guard(
+        "the connection over the cap to be closed",
+        over.read(&mut buf),
+    )
+    .await
+    .unwrap_or(0);
+    assert_eq!(n, 0, "over the cap: closed without an answer");
+    let first = &mut held[0];
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    guard(
+        "the held connection's answer",
+        first.read_to_end(&mut answer),
+    )
+    .await
+    .unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+}
