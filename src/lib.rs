@@ -14,7 +14,7 @@
 //! - [`proto`], [`stream`], [`tls`]: pure protocol code with no I/O (the
 //!   HTTP/1 head codec, the request-target normaliser and `Host` parser, the
 //!   WebSocket handshake checks and refusals, the forwarded headers, the
-//!   frame codec with masking, UTF-8 and close codes), the byte stream a
+//!   `Cookie` header's pairs, the frame codec with masking, UTF-8 and close codes), the byte stream a
 //!   leg runs over, and rustls configs (certificates chosen by SNI).
 //! - [`relay`]: the session: frames both ways, close handshake on both legs,
 //!   keepalive and timers ([`relay::lifecycle`]), per-leg rate and token
@@ -24,7 +24,7 @@
 //!   the client gets a 101: endpoints (each address of a name a server of
 //!   its own, the group's servers rebuilt as answers change, names resolved
 //!   in the background by the system's resolver or `[resolver]`), the
-//!   balancer's candidates, dialing (TCP/TLS, from the configured source
+//!   balancer's candidates and the sticky cookie, dialing (TCP/TLS, from the configured source
 //!   addresses), the client handshake, errors that say whether another
 //!   server may be tried, each server's health, draining state and live
 //!   count, and the rebalance that moves sessions after a scale-out.

@@ -300,6 +300,11 @@ pub struct UpstreamSection {
     /// Servers tried for one connection before the client gets its 502 or
     /// 504, the first included; 1 turns failing over off.
     pub max_attempts: Option<Spanned<usize>>,
+    /// A cookie the gateway sets to name the server that took a client, and
+    /// follows on the client's next requests (HAProxy's `cookie NAME insert
+    /// indirect nocache`, nginx Plus's `sticky cookie`): a name, or a table
+    /// (config/sticky.rs). `balance` places clients without a valid one.
+    pub sticky_cookie: Option<Spanned<super::sticky::StickyCookieSection>>,
     /// Move sessions off servers above their fair share (after a scale-out),
     /// at most this many per second for the group: each client gets 1012 and
     /// reconnects, as from a draining server. Off when omitted.

@@ -12,6 +12,7 @@ pub mod file;
 pub mod health;
 mod net;
 mod parse;
+pub mod sticky;
 pub mod units;
 mod warn;
 
@@ -503,7 +504,8 @@ impl<'a> Checker<'a> {
     ) -> Option<UpstreamConfig> {
         let u = section.get_ref();
         let servers = self.upstream_servers(name, section)?;
-        let balance = self.balance(u);
+        let mut balance = self.balance(u);
+        balance.sticky = self.sticky_cookie(name, u, balance.source.as_ref());
         let health = self.health(name, u);
         let network = self.network(name, u);
         let draining = u

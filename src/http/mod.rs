@@ -36,7 +36,7 @@ use crate::{
     route::{Route, Routes},
     shutdown::Sessions,
     stream::{Stream, Transport},
-    upstream::{Facts, InFlight, Key, UpstreamError, UpstreamRequest},
+    upstream::{Facts, InFlight, Placement, UpstreamError, UpstreamRequest},
 };
 
 /// How much a client may send ahead of its 101 while the upstream is being
@@ -570,7 +570,7 @@ async fn upgrade_request(
             req.uri(),
         )
         .await?;
-    let key = balance_key(&route, &client, req.headers(), req.uri(), &admitted, ctx);
+    let placement = placement(&route, &client, req.headers(), req.uri(), &admitted, ctx);
 
     // The validated host, as sent upstream in `X-Forwarded-Host` and (with
     // `preserve_host`) `Host`.
@@ -582,6 +582,7 @@ async fn upgrade_request(
         host.as_ref(),
         ctx.server.underscores_in_headers,
     );
+    route.upstream.strip_cookie(&mut headers);
     let mut path = route.upstream_path(req.uri());
     let mut protocols = up.protocols.clone();
     admitted.prepare_upstream(&mut headers, &mut path, &mut protocols);
@@ -593,7 +594,7 @@ async fn upgrade_request(
     };
     let connected = route
         .upstream
-        .connect(upstream_req, &route.policy.upstream, key)
+        .connect(upstream_req, &route.policy.upstream, placement)
         .await
         .map_err(|e| {
             tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream handshake failed");
@@ -610,7 +611,11 @@ async fn upgrade_request(
         .upstream_took(connected.connect_took, connected.handshake_took);
     let subprotocol = connected.protocol.as_ref().and_then(|p| p.to_str().ok());
     let subprotocol = subprotocol.map(Box::from);
-    let headers = upgrade::accept(&up, connected.protocol, connected.headers);
+    let mut end_to_end = connected.headers;
+    if let Some(cookie) = &connected.cookie {
+        cookie.set_on(&mut end_to_end, tls);
+    }
+    let headers = upgrade::accept(&up, connected.protocol, end_to_end);
     Ok((
         head::encode_response(StatusCode::SWITCHING_PROTOCOLS, &headers, b""),
         Accepted {
@@ -625,21 +630,21 @@ async fn upgrade_request(
     ))
 }
 
-/// The key the route's upstream balances on, if it hashes one: read the
-/// same way for an upgrade and for a plain request (Engine.IO's polling
-/// requests and the upgrade that follows them must reach one server), from
-/// the request as the client sent it and the client as admission resolved
-/// and grouped it.
-fn balance_key(
+/// What the request asks of the route's upstream balance (its key, its
+/// sticky cookie): read the same way for an upgrade and for a plain
+/// request (Engine.IO's polling requests and the upgrade that follows them
+/// must reach one server), from the request as the client sent it and the
+/// client as admission resolved and grouped it.
+fn placement(
     route: &Route,
     client: &ClientIp,
     headers: &http::HeaderMap,
     uri: &http::Uri,
     admitted: &Admitted,
     ctx: &Context,
-) -> Option<Key> {
+) -> Placement {
     let prefix = ctx.server.admission.client_ipv6_prefix;
-    route.upstream.key(&Facts {
+    route.upstream.placement(&Facts {
         client: client_ip::client_key(client.ip, prefix),
         headers,
         uri,

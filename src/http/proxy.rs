@@ -15,7 +15,10 @@
 //! 4. The response head within `response_timeout` (504), interim `1xx`
 //!    answers passed on; meanwhile the client is watched, and one that
 //!    hangs up abandons the request (logged as 499, as nginx does).
-//! 5. The response body streamed to the client, re-framed for it.
+//! 5. The response head, with the group's sticky cookie when the request
+//!    did not carry the one of the server that answered
+//!    ([`CookieToSet::set_on_response`]), and its body streamed to the
+//!    client, re-framed for it.
 //! 6. The upstream connection back to the pool if the exchange left it
 //!    clean; the client connection kept for its next request if both sides
 //!    allow it.
@@ -49,7 +52,7 @@ use crate::{
     },
     route::Route,
     stream::Transport,
-    upstream::{Conn, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
+    upstream::{Conn, CookieToSet, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
 };
 
 /// The first read of a response: room for its head and a body of a few KiB,
@@ -210,7 +213,7 @@ async fn exchange(
         Err(reject) => return refused(io, reject, keep_if_refused, early, None, ctx).await,
     };
 
-    let key = super::balance_key(route, &client, &req_headers, req.uri(), &admitted, ctx);
+    let placement = super::placement(route, &client, &req_headers, req.uri(), &admitted, ctx);
     let host = at.authority.as_ref().map(host::Authority::header_value);
     let mut headers = forwarded::upstream_headers(
         req_headers,
@@ -220,6 +223,7 @@ async fn exchange(
         ctx.server.underscores_in_headers,
     );
     headers.remove(header::EXPECT);
+    route.upstream.strip_cookie(&mut headers);
     let mut target = route.upstream_path(req.uri());
     admitted.prepare_upstream(&mut headers, &mut target, &mut Vec::new());
     match framing {
@@ -236,7 +240,7 @@ async fn exchange(
     }
 
     let upstream = &route.upstream;
-    let mut up = match upstream.checkout(&route.policy.upstream, key).await {
+    let mut up = match upstream.checkout(&route.policy.upstream, placement).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(client = %peer, route = %route.label, error = %e, "upstream connection failed");
@@ -362,6 +366,7 @@ async fn exchange(
     let exchange = Exchanged {
         req: &req,
         route,
+        tls: conn.tls,
         client_keeps,
         rest,
         bytes_in,
@@ -435,6 +440,8 @@ async fn write_head(up: &mut Conn, head: &[u8], limit: std::time::Duration) -> R
 struct Exchanged<'q, 'r> {
     req: &'q Request<()>,
     route: &'r Route,
+    /// The client came over TLS (a sticky cookie is then `Secure`).
+    tls: bool,
     client_keeps: bool,
     /// What the client sent past the request.
     rest: Vec<u8>,
@@ -518,7 +525,8 @@ async fn respond<'r>(
     // Whether the backend lets this connection carry another request.
     let upstream_keeps = resp.version == Version::HTTP_11
         && !upgrade::has_token(&resp.headers, header::CONNECTION, "close");
-    let head = response_head(&mut resp, framing, chunked_out, keep);
+    let cookie = up.cookie.as_ref().map(|c| (c, x.tls));
+    let head = response_head(&mut resp, framing, chunked_out, keep, cookie);
     let mut sink = Sink::new(io, head, chunked_out, idle);
     let copied = body::copy(
         &mut up.io,
@@ -570,16 +578,21 @@ async fn bad_gateway(
     (Next::Close, Some(outcome))
 }
 
-/// The client-facing head: the backend's end-to-end headers, framed for
+/// The client-facing head: the backend's end-to-end headers, with the
+/// sticky cookie to set (and whether the client came over TLS), framed for
 /// this client.
 fn response_head(
     resp: &mut head::Response,
     framing: Framing,
     chunked_out: bool,
     keep: bool,
+    cookie: Option<(&CookieToSet, bool)>,
 ) -> Vec<u8> {
     let declared = resp.headers.get(header::CONTENT_LENGTH).cloned();
     let mut h: HeaderMap = forwarded::end_to_end(std::mem::take(&mut resp.headers));
+    if let Some((cookie, tls)) = cookie {
+        cookie.set_on_response(&mut h, tls);
+    }
     match framing {
         Framing::Length(n) => {
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));

@@ -8,10 +8,11 @@
 
 use std::net::IpAddr;
 
-use http::{header, HeaderMap, HeaderName, Uri};
+use http::{HeaderMap, HeaderName, Uri};
 use serde_json::{Map, Value};
 
 use super::balance::hash;
+use crate::proto::cookie;
 
 /// Where a group's key comes from (`balance = "…"` on `[upstream.NAME]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +55,7 @@ impl KeySource {
                 IpAddr::V6(v6) => hash(&v6.octets()),
             },
             KeySource::Header(name) => hash(facts.headers.get(name)?.as_bytes()),
-            KeySource::Cookie(name) => hash(cookie(facts.headers, name)?),
+            KeySource::Cookie(name) => hash(cookie::get(facts.headers, name)?),
             KeySource::Query(name) => hash(query(facts.uri, name)?),
             KeySource::Claim(name) => match facts.claims?.get(name)? {
                 Value::Null => return None,
@@ -65,19 +66,6 @@ impl KeySource {
         };
         Some(Key(h))
     }
-}
-
-/// The value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-        .find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
-        })
 }
 
 /// The value of query parameter `name` (the first, if repeated).

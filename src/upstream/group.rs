@@ -40,8 +40,8 @@ use super::{
     health::{self, Listed},
     resolve::{self, Answers, Known, Resolver},
     tcp::Sources,
-    Balance, Conn, Connected, Endpoint, Facts, Key, Network, PoolLimits, ServerSpec, Timeouts,
-    Upstream, UpstreamError, UpstreamRequest,
+    Balance, Conn, Connected, Endpoint, Facts, Network, Placement, PoolLimits, ServerSpec,
+    Timeouts, Upstream, UpstreamError, UpstreamRequest,
 };
 
 /// What the config says about one group: enough to build its servers again
@@ -245,10 +245,15 @@ impl Group {
 
     // === what a connection asks of the group: its current snapshot ===
 
-    /// The request's key, when the group hashes one
-    /// ([`Upstream::key`]).
-    pub fn key(&self, facts: &Facts<'_>) -> Option<Key> {
-        self.current.load().key(facts)
+    /// What the request asks of the balance ([`Upstream::placement`]).
+    pub fn placement(&self, facts: &Facts<'_>) -> Placement {
+        self.current.load().placement(facts)
+    }
+
+    /// Removes the group's sticky cookie from a request to be forwarded
+    /// ([`Upstream::strip_cookie`]).
+    pub fn strip_cookie(&self, headers: &mut http::HeaderMap) {
+        self.current.load().strip_cookie(headers);
     }
 
     /// A WebSocket connection to one of its servers ([`Upstream::connect`]).
@@ -256,18 +261,18 @@ impl Group {
         &self,
         req: UpstreamRequest<'_>,
         policy: &Timeouts,
-        key: Option<Key>,
+        placement: Placement,
     ) -> Result<Connected, UpstreamError> {
-        self.current().connect(req, policy, key).await
+        self.current().connect(req, policy, placement).await
     }
 
     /// A connection for a plain HTTP request ([`Upstream::checkout`]).
     pub async fn checkout(
         &self,
         policy: &Timeouts,
-        key: Option<Key>,
+        placement: Placement,
     ) -> Result<Conn, UpstreamError> {
-        self.current().checkout(policy, key).await
+        self.current().checkout(policy, placement).await
     }
 
     /// A new connection to the server `conn` was to (in the snapshot it
@@ -316,7 +321,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::upstream::{affinity::KeySource, Pick};
+    use crate::upstream::{affinity::KeySource, Key, Pick};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -465,10 +470,18 @@ mod tests {
             host: None,
             protocols: &[],
         };
-        let err = g.connect(req, &policy, None).await.err().unwrap();
+        let err = g
+            .connect(req, &policy, Placement::default())
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, UpstreamError::AllDown { .. }), "{err:?}");
         assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let err = g.checkout(&policy, None).await.err().unwrap();
+        let err = g
+            .checkout(&policy, Placement::default())
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, UpstreamError::AllDown { .. }), "{err:?}");
     }
 

@@ -13,6 +13,8 @@
 //! - [`balance`]: which servers to try, in order (round robin, least
 //!   connections, two random choices, consistent hashing).
 //! - [`affinity`]: the key a hashing group balances on, read from a request.
+//! - [`sticky`]: the cookie a `sticky_cookie` group sets to name the server
+//!   that took a client, and reads back to send it there again.
 //! - [`dial`]: TCP, then TLS with SNI for `wss://`, to a
 //!   [`Transport`](crate::stream::Transport) (`connect_timeout` for each);
 //!   [`tcp`]: which of the server's addresses, from which source address.
@@ -51,6 +53,7 @@ mod pool;
 pub mod probe;
 pub mod rebalance;
 pub mod resolve;
+mod sticky;
 mod tcp;
 mod ws;
 
@@ -68,6 +71,7 @@ pub use self::{
     group::{Group, GroupSpec},
     health::InFlight,
     pool::PoolLimits,
+    sticky::{CookieToSet, SameSite, ServerId, StickyCookie},
     ws::{UpstreamRequest, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
 };
 use self::{balance::Balancer, endpoint::Endpoint, error::Phase};
@@ -105,6 +109,9 @@ pub struct Connected {
     /// `wss://`) and then to answer the upgrade, for the metrics.
     pub connect_took: Duration,
     pub handshake_took: Duration,
+    /// The sticky cookie the client's 101 sets, when the server that took
+    /// it is not the one its cookie named (sticky.rs).
+    pub cookie: Option<CookieToSet>,
 }
 
 /// How a group spreads its connections (`[upstream.NAME]`).
@@ -118,6 +125,9 @@ pub struct Balance {
     /// Sessions moved per second at most, when the group rebalances
     /// (rebalance.rs); `None`: it does not.
     pub rebalance: Option<NonZeroU32>,
+    /// The cookie that names a client's server, when the group sets one
+    /// (sticky.rs); the policy above places clients without it.
+    pub sticky: Option<Arc<StickyCookie>>,
 }
 
 impl Default for Balance {
@@ -127,8 +137,19 @@ impl Default for Balance {
             source: None,
             max_attempts: 3,
             rebalance: None,
+            sticky: None,
         }
     }
+}
+
+/// What a request asks of its group's balance, read from the request as the
+/// client sent it: the key of a hashing group, and the server its sticky
+/// cookie names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub key: Option<Key>,
+    /// A valid id, not yet known to be one of the group's servers.
+    pub pinned: Option<ServerId>,
 }
 
 /// Where a group's connections come from and how its names are kept
@@ -159,6 +180,9 @@ pub struct Upstream {
     endpoints: Vec<Endpoint>,
     balance: Balancer,
     source: Option<KeySource>,
+    /// The group's sticky cookie, and each server's id in it.
+    sticky: Option<Arc<StickyCookie>>,
+    ids: Vec<ServerId>,
     max_attempts: usize,
     /// Sessions moved per second at most (rebalance.rs).
     rebalance: Option<NonZeroU32>,
@@ -177,6 +201,8 @@ pub struct Conn {
     server: usize,
     /// It came from the pool (so the server may have closed it just now).
     pub reused: bool,
+    /// The sticky cookie the response sets (as [`Connected::cookie`]).
+    pub cookie: Option<CookieToSet>,
     /// Counts the request on its server while it is in flight.
     _load: InFlight,
 }
@@ -207,6 +233,7 @@ impl Conn {
             upstream: up.clone(),
             server: self.server,
             reused: false,
+            cookie: self.cookie.clone(),
             _load: up.in_flight(self.server), // health
         })
     }
@@ -246,9 +273,11 @@ impl Upstream {
             name,
             pool: pool::Pool::new(endpoints.len(), pool),
             health: health::Group::standalone(endpoints.iter().map(Endpoint::label)),
+            ids: endpoints.iter().map(|e| ServerId::of(e.label())).collect(),
             endpoints,
             balance: balancer,
             source: balance.source,
+            sticky: balance.sticky,
             max_attempts: balance.max_attempts.max(1),
             rebalance: balance.rebalance,
         }
@@ -270,11 +299,36 @@ impl Upstream {
         self
     }
 
-    /// The request's key, when the group hashes one: the one reading of
-    /// it that the upgrade and plain requests share, so both reach the
-    /// same server.
-    pub fn key(&self, facts: &Facts<'_>) -> Option<Key> {
-        self.source.as_ref()?.key(facts)
+    /// What the request asks of the balance: its key, when the group
+    /// hashes one, and the server its sticky cookie names, when the group
+    /// sets one. The one reading of both that the upgrade and plain
+    /// requests share, so both reach the same server.
+    pub fn placement(&self, facts: &Facts<'_>) -> Placement {
+        Placement {
+            key: self.source.as_ref().and_then(|s| s.key(facts)),
+            pinned: self
+                .sticky
+                .as_ref()
+                .and_then(|c| c.requested(facts.headers)),
+        }
+    }
+
+    /// Removes the group's sticky cookie from a request to be forwarded.
+    pub fn strip_cookie(&self, headers: &mut HeaderMap) {
+        if let Some(c) = &self.sticky {
+            c.strip(headers);
+        }
+    }
+
+    /// The cookie to set when `server` took a request placed so: none
+    /// without a sticky cookie, or when the request's cookie named it.
+    fn cookie_to_set(&self, placement: &Placement, server: usize) -> Option<CookieToSet> {
+        let cookie = self.sticky.as_ref()?;
+        let id = self.ids[server];
+        (placement.pinned != Some(id)).then(|| CookieToSet {
+            cookie: cookie.clone(),
+            server: id,
+        })
     }
 
     /// A connection to the chosen server for a plain HTTP request: an idle
@@ -286,11 +340,11 @@ impl Upstream {
     async fn checkout(
         self: &Arc<Self>,
         policy: &Timeouts,
-        key: Option<Key>,
+        placement: Placement,
     ) -> Result<Conn, UpstreamError> {
         let deadline = Instant::now() + policy.handshake;
         let mut last = None;
-        let servers = self.available_candidates(key);
+        let servers = self.available_candidates(&placement);
         if servers.is_empty() {
             // None up, or none at all (a name with no answer yet): 503.
             return Err(self.all_down()); // health
@@ -305,6 +359,7 @@ impl Upstream {
                 upstream: self.clone(),
                 server,
                 reused,
+                cookie: self.cookie_to_set(&placement, server),
                 _load: load,
             };
             if let Some(io) = self.pool.take(server) {
@@ -324,31 +379,43 @@ impl Upstream {
         Err(last.unwrap_or_else(|| self.no_servers()))
     }
 
-    /// The servers to try for one connection, best first: the balancer's
-    /// candidates that are up and not draining (health), at most
-    /// `max_attempts` of them. A request not balanced by its key tries the
-    /// servers a rebalance found above their share last (rebalance.rs), so
-    /// that the sessions it moves land elsewhere; one with a key always goes
-    /// where its key says.
-    fn available_candidates(&self, key: Option<Key>) -> Tries {
+    /// The servers to try for one connection, best first: the server the
+    /// request's sticky cookie names, then the balancer's candidates, those
+    /// that are up and not draining (health), at most `max_attempts` of
+    /// them. A request not balanced by its key tries the servers a
+    /// rebalance found above their share last (rebalance.rs), so that the
+    /// sessions it moves land elsewhere; one with a key always goes where
+    /// its key says.
+    fn available_candidates(&self, placement: &Placement) -> Tries {
         let loads = |i: usize| self.load(i); // health
-        let candidates = self.balance.candidates(key, &loads);
-        if key.is_some() {
-            return candidates
-                .filter(|&server| self.available(server))
-                .take(self.max_attempts)
-                .collect();
+        let pinned = placement
+            .pinned
+            .and_then(|id| self.ids.iter().position(|&s| s == id))
+            .filter(|&server| self.available(server)); // health
+        let mut servers: Tries = pinned.into_iter().collect();
+        let candidates = self
+            .balance
+            .candidates(placement.key, &loads)
+            .filter(|&server| Some(server) != pinned);
+        if placement.key.is_some() {
+            let left = self.max_attempts - servers.len();
+            servers.extend(
+                candidates
+                    .filter(|&server| self.available(server))
+                    .take(left),
+            );
+            return servers;
         }
         // The balancer's order within each part; no further than needed.
         let now = Instant::now();
-        let (mut servers, mut crowded) = (Tries::new(), Vec::new());
+        let mut crowded = Vec::new();
         for server in candidates {
             match self.standing(server, now) {
                 Some(false) => servers.push(server),
                 Some(true) => crowded.push(server),
                 None => {}
             }
-            if servers.len() == self.max_attempts {
+            if servers.len() >= self.max_attempts {
                 break;
             }
         }
@@ -378,10 +445,10 @@ impl Upstream {
         &self,
         req: UpstreamRequest<'_>,
         policy: &Timeouts,
-        key: Option<Key>,
+        placement: Placement,
     ) -> Result<Connected, UpstreamError> {
         let deadline = Instant::now() + policy.handshake;
-        let servers = self.available_candidates(key);
+        let servers = self.available_candidates(&placement);
         if servers.is_empty() {
             // None up, or none at all (a name with no answer yet): 503.
             return Err(self.all_down()); // health
@@ -404,7 +471,7 @@ impl Upstream {
             // Counted from the moment it is chosen, so that a burst of
             // connections does not all pick the same least-loaded server.
             let load = self.in_flight(server); // health
-            let drain = self.drain_signal(server, key.map(|k| k.0)); // health
+            let drain = self.drain_signal(server, placement.key.map(|k| k.0)); // health
             let outcome = attempt(endpoint, &req, &limits, load, drain).await;
             self.report(server, &outcome); // health
             match outcome {
@@ -412,7 +479,13 @@ impl Upstream {
                     tracing::warn!(upstream = %self.name, error = %e, "server failed, trying the next one");
                     last = Some(e);
                 }
-                other => return other,
+                Ok(connected) => {
+                    return Ok(Connected {
+                        cookie: self.cookie_to_set(&placement, server),
+                        ..connected
+                    })
+                }
+                Err(e) => return Err(e),
             }
         }
         Err(last.unwrap_or_else(|| self.no_servers()))
@@ -477,6 +550,7 @@ async fn attempt(
         headers: done.headers,
         load,
         drain,
+        cookie: None,
     })
 }
 
@@ -610,7 +684,7 @@ mod tests {
     };
 
     async fn connect(up: &Upstream, policy: &Timeouts) -> Result<Connected, UpstreamError> {
-        up.connect(request(), policy, None).await
+        up.connect(request(), policy, Placement::default()).await
     }
 
     #[tokio::test]
@@ -745,11 +819,11 @@ mod tests {
     async fn a_plain_request_is_counted_while_in_flight() {
         let (a, _) = server(Behaviour::Accept).await;
         let up = Arc::new(Upstream::new("pool".into(), PoolLimits::default(), vec![a]));
-        let conn = up.checkout(&POLICY, None).await.unwrap();
+        let conn = up.checkout(&POLICY, Placement::default()).await.unwrap();
         assert_eq!(up.load(0), 1);
         conn.checkin();
         assert_eq!(up.load(0), 0);
-        let conn = up.checkout(&POLICY, None).await.unwrap();
+        let conn = up.checkout(&POLICY, Placement::default()).await.unwrap();
         assert!(conn.reused);
         assert_eq!(up.load(0), 1);
         drop(conn);
@@ -783,6 +857,80 @@ mod tests {
         );
         assert_eq!(err.phase(), Phase::Upgrade);
         assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    /// A group with the sticky cookie `srv` over these servers.
+    fn sticky(specs: Vec<ServerSpec>, max_attempts: usize) -> Arc<Upstream> {
+        let balance = Balance {
+            max_attempts,
+            sticky: Some(Arc::new(StickyCookie::named("srv"))),
+            ..Balance::default()
+        };
+        Arc::new(Upstream::with_ips(
+            "pool".into(),
+            PoolLimits::default(),
+            specs,
+            balance,
+        ))
+    }
+
+    fn pinned_to(url: &str) -> Placement {
+        Placement {
+            key: None,
+            pinned: Some(ServerId::of(url)),
+        }
+    }
+
+    /// The cookie's server first, whatever the turn; a cookie is set only
+    /// when the server that took the request is not the one it named.
+    #[tokio::test]
+    async fn a_cookie_pins_its_server_and_is_set_only_when_it_did_not_name_it() {
+        let (a, _) = server(Behaviour::Accept).await;
+        let (b, _) = server(Behaviour::Accept).await;
+        let b_url = b.url.clone();
+        let up = sticky(vec![a, b], 3);
+        for _ in 0..4 {
+            let c = up
+                .connect(request(), &POLICY, pinned_to(&b_url))
+                .await
+                .unwrap();
+            assert_eq!(c.load.label(), b_url);
+            assert!(c.cookie.is_none());
+            let conn = up.checkout(&POLICY, pinned_to(&b_url)).await.unwrap();
+            assert_eq!(*conn.server(), *b_url);
+            assert!(conn.cookie.is_none());
+        }
+        // No cookie, or one naming no server: the balance, and a cookie.
+        let unknown = pinned_to("ws://gone:1");
+        for placement in [Placement::default(), unknown] {
+            let c = up.connect(request(), &POLICY, placement).await.unwrap();
+            let set = c.cookie.expect("a cookie to set");
+            assert_eq!(set.server, ServerId::of(c.load.label()));
+        }
+    }
+
+    /// The cookie's server refuses the connection: the next candidate takes
+    /// it, and the answer names that one.
+    #[tokio::test]
+    async fn a_refusing_cookie_server_fails_over_and_a_new_cookie_is_set() {
+        let (dead, _held) = closed_port().await;
+        let (live, _) = server(Behaviour::Accept).await;
+        let (dead_url, live_url) = (dead.url.clone(), live.url.clone());
+        let up = sticky(vec![dead, live], 2);
+        let c = up
+            .connect(request(), &POLICY, pinned_to(&dead_url))
+            .await
+            .unwrap();
+        assert_eq!(c.load.label(), live_url);
+        assert_eq!(c.cookie.unwrap().server, ServerId::of(&live_url));
+        // With one attempt, the cookie's server is the only one tried.
+        let ((dead, _held), (live, _)) = (closed_port().await, server(Behaviour::Accept).await);
+        let once = sticky(vec![dead, live], 1);
+        let first = once.endpoints[0].label().to_owned();
+        assert!(once
+            .connect(request(), &POLICY, pinned_to(&first))
+            .await
+            .is_err());
     }
 
     #[tokio::test]

@@ -42,5 +42,6 @@ mod request_path;
 mod routing;
 mod signals;
 mod socketio;
+mod sticky_cookie;
 mod tls;
 mod upstream_tls;
