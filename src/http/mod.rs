@@ -190,7 +190,8 @@ fn session(
         Some(drain),
         Jitter::random(),
     )
-    .gated(client_gate, upstream_gate);
+    .gated(client_gate, upstream_gate)
+    .counted_in(metrics.traffic());
     let path = up.path;
     Box::pin(async move {
         // Held for the session's whole life, released on every way out.

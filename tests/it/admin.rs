@@ -127,6 +127,58 @@ async fn metrics_move_as_sessions_open_close_and_are_refused() {
     .await;
 }
 
+/// Frames and bytes of a session that stays open reach `/metrics` and
+/// `/status.json` within about a second, not when it ends.
+#[tokio::test]
+async fn an_open_sessions_traffic_is_counted_while_it_runs() {
+    let gw = Gateway::builder()
+        .to(&Backend::echo().await.url())
+        .admin("")
+        .start()
+        .await;
+    let mut client = connect(gw.addr, "/").await;
+    const N: usize = 20;
+    for i in 0..N {
+        let text = format!("message {i:02}");
+        client.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(next_msg(&mut client).await, Message::text(text));
+    }
+    // The client holds the session open throughout. A publish may fall
+    // between an up frame and its echo: both directions are awaited.
+    until(&gw, r#"framegate_frames_total{direction="up"}"#, N as f64).await;
+    let m = until(&gw, r#"framegate_frames_total{direction="down"}"#, N as f64).await;
+    assert_eq!(
+        sample(&m, r#"framegate_frames_total{direction="up"}"#),
+        N as f64
+    );
+    assert_eq!(sample(&m, r#"framegate_sessions_open{route="/"}"#), 1.0);
+    assert_eq!(
+        sample(&m, r#"framegate_bytes_total{direction="up"}"#),
+        200.0
+    );
+    assert_eq!(
+        sample(&m, r#"framegate_bytes_total{direction="down"}"#),
+        200.0
+    );
+    let (status, body) = admin(gw.admin.unwrap(), "GET", "/status.json", None).await;
+    assert_eq!(status, 200);
+    let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["sessions_open"], 1, "{s}");
+    assert_eq!(
+        (&s["frames"]["up_total"], &s["frames"]["down_total"]),
+        (&N.into(), &N.into()),
+        "{s}"
+    );
+    assert_eq!(
+        (&s["bytes"]["up_total"], &s["bytes"]["down_total"]),
+        (&200.into(), &200.into()),
+        "{s}"
+    );
+    // Still open and relaying.
+    client.send(Message::text("and on")).await.unwrap();
+    assert_eq!(next_msg(&mut client).await, Message::text("and on"));
+}
+
 #[tokio::test]
 async fn a_pong_timeout_is_counted() {
     let mut backend = Backend::scripted().await;
