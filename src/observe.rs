@@ -26,7 +26,7 @@ use std::{
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, MetricEncoder},
+    encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder},
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
@@ -37,7 +37,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::proto::frame::Side;
+use crate::proto::{frame::Side, reject::Reason};
 use crate::relay::{Ending, Summary, Traffic};
 
 /// The gateway's metrics. Families are registered once, at start.
@@ -46,6 +46,10 @@ pub struct Metrics {
     sessions_open: Family<RouteLabels, Gauge>,
     sessions_total: Family<OutcomeLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
+    /// The refusal handles by status and reason, for the status page's
+    /// table (a family cannot be walked). Bounded by the statuses a refusal
+    /// can have times the reasons.
+    refused: Mutex<BTreeMap<(u16, Reason), Counter>>,
     close_codes: Family<CloseLabels, Counter>,
     upgrade_seconds: Histogram,
     connect_seconds: Histogram,
@@ -162,43 +166,11 @@ impl Outcome {
     }
 }
 
-/// Why a request or upgrade was refused, from its status: the status
-/// alone tells these apart, and a bounded label needs no message text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum Reason {
-    bad_request,
-    unauthorized,
-    forbidden,
-    no_route,
-    timeout,
-    upgrade_required,
-    too_large,
-    rate_limited,
-    upstream_refused,
-    upstream_unreachable,
-    unavailable,
-    upstream_timeout,
-    other,
-}
-
-impl Reason {
-    pub fn of(status: u16) -> Reason {
-        match status {
-            400 => Reason::bad_request,
-            401 => Reason::unauthorized,
-            403 => Reason::forbidden,
-            404 => Reason::no_route,
-            408 => Reason::timeout,
-            426 => Reason::upgrade_required,
-            413 | 414 | 431 => Reason::too_large,
-            429 => Reason::rate_limited,
-            502 => Reason::upstream_unreachable,
-            503 => Reason::unavailable,
-            504 => Reason::upstream_timeout,
-            s if (400..600).contains(&s) && s != 500 => Reason::upstream_refused,
-            _ => Reason::other,
-        }
+/// The refusal reason as a label value: the reason names itself
+/// ([`Reason::as_str`]).
+impl EncodeLabelValue for Reason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
     }
 }
 
@@ -470,6 +442,7 @@ impl Metrics {
             sessions_open,
             sessions_total,
             refusals,
+            refused: Mutex::default(),
             close_codes,
             upgrade_seconds,
             connect_seconds,
@@ -563,17 +536,16 @@ impl Metrics {
             .inc();
     }
 
-    /// A refusal answered by the gateway itself.
-    /// `passed_on`: the answer is the backend's own (its refusal of the
-    /// upgrade), whatever its status: `upstream_refused`, never confused
-    /// with the gateway's own 401 or 429.
-    pub fn refused(&self, status: u16, passed_on: bool) {
-        let reason = match passed_on {
-            true => Reason::upstream_refused,
-            false => Reason::of(status),
-        };
-        self.refusals
-            .get_or_create(&RefusalLabels { status, reason })
+    /// A refusal: the gateway's own, or a backend's passed on
+    /// ([`Reason::UpstreamRefused`], whatever its status).
+    pub fn refused(&self, status: u16, reason: Reason) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused
+            .entry((status, reason))
+            .or_insert_with(|| {
+                self.refusals
+                    .get_or_create_owned(&RefusalLabels { status, reason })
+            })
             .inc();
     }
 
@@ -625,18 +597,11 @@ impl Metrics {
                 }
             }
         }
-        for status in 100..600u16 {
-            // The gateway's own refusals, and a backend's passed on.
-            for reason in [Reason::of(status), Reason::upstream_refused] {
-                let key = RefusalLabels { status, reason };
-                if let Some(c) = self.refusals.get(&key) {
-                    refusals.push((status, format!("{reason:?}"), c.get()));
-                }
-                if reason == Reason::upstream_refused {
-                    break;
-                }
-            }
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        for (&(status, reason), c) in refused.iter() {
+            refusals.push((status, reason.as_str(), c.get()));
         }
+        drop(refused);
         for (class, c) in CLASSES.iter().zip(&h.http) {
             if c.get() > 0 {
                 http.push((class.to_string(), c.get()));
@@ -698,7 +663,7 @@ pub struct Totals {
     /// `(side, code bucket, count)`.
     pub close_codes: Vec<(String, &'static str, u64)>,
     /// `(status, reason, count)`.
-    pub refusals: Vec<(u16, String, u64)>,
+    pub refusals: Vec<(u16, &'static str, u64)>,
     /// `(class, count)`.
     pub http: Vec<(String, u64)>,
     /// `[client, upstream]`.
