@@ -7,9 +7,11 @@
 //! by path.
 //!
 //! Cost on the data path: nothing per frame. A session's frames and bytes
-//! are counted in the relay's own `Counts` and added here once, when it
-//! ends, with the rest of its record (the one the access log gets). A
-//! route's handles are resolved when its config generation is built
+//! are counted in the relay's own `Counts` and published to the relay's
+//! [`Traffic`] about once a second while it runs and when it ends; the
+//! `frames` and `bytes` families read that at scrape time. The rest of a
+//! session's record (the one the access log gets) is added once, when it
+//! ends. A route's handles are resolved when its config generation is built
 //! ([`Metrics::route`]), so an upgrade or a session end touches a few
 //! atomics and hashes no label set. A refusal or a plain request looks its
 //! counter up by a small enum key (status class, reason).
@@ -18,19 +20,25 @@ use std::{
     collections::BTreeMap,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex,
+        Arc, Mutex,
     },
     time::Duration,
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        histogram::Histogram,
+        MetricType, TypedMetric,
+    },
     registry::Registry,
 };
 
-use crate::proto::frame::Side;
-use crate::relay::{Ending, Summary};
+use crate::proto::{frame::Side, reject::Reason};
+use crate::relay::{Ending, Summary, Traffic};
 
 /// The gateway's metrics. Families are registered once, at start.
 pub struct Metrics {
@@ -38,6 +46,10 @@ pub struct Metrics {
     sessions_open: Family<RouteLabels, Gauge>,
     sessions_total: Family<OutcomeLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
+    /// The refusal handles by status and reason, for the status page's
+    /// table (a family cannot be walked). Bounded by the statuses a refusal
+    /// can have times the reasons.
+    refused: Mutex<BTreeMap<(u16, Reason), Counter>>,
     close_codes: Family<CloseLabels, Counter>,
     upgrade_seconds: Histogram,
     connect_seconds: Histogram,
@@ -58,16 +70,16 @@ pub struct Metrics {
     /// path (a config generation being built), never pruned below the
     /// routes ever configured, which the config bounds.
     routes: Mutex<BTreeMap<String, RouteMetrics>>,
-    /// The pre-resolved handles of the frames, bytes, ping RTT, pong
-    /// timeout and rate-limit families (registered, held only here).
+    /// The pre-resolved handles of the ping RTT, pong timeout and
+    /// rate-limit families (registered, held only here).
     hot: Hot,
+    /// Frames and bytes each way, which sessions publish to while they run
+    /// (the `frames` and `bytes` families read it).
+    traffic: Arc<Traffic>,
 }
 
 /// Handles resolved once so that a session end hashes nothing.
 struct Hot {
-    /// Indexed by [`dir`].
-    frames: [Counter; 2],
-    bytes: [Counter; 2],
     /// Indexed by [`side`].
     ping_rtt: [Histogram; 2],
     pong_timeouts: [Counter; 2],
@@ -154,43 +166,11 @@ impl Outcome {
     }
 }
 
-/// Why a request or upgrade was refused, from its status: the status
-/// alone tells these apart, and a bounded label needs no message text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum Reason {
-    bad_request,
-    unauthorized,
-    forbidden,
-    no_route,
-    timeout,
-    upgrade_required,
-    too_large,
-    rate_limited,
-    upstream_refused,
-    upstream_unreachable,
-    unavailable,
-    upstream_timeout,
-    other,
-}
-
-impl Reason {
-    pub fn of(status: u16) -> Reason {
-        match status {
-            400 => Reason::bad_request,
-            401 => Reason::unauthorized,
-            403 => Reason::forbidden,
-            404 => Reason::no_route,
-            408 => Reason::timeout,
-            426 => Reason::upgrade_required,
-            413 | 414 | 431 => Reason::too_large,
-            429 => Reason::rate_limited,
-            502 => Reason::upstream_unreachable,
-            503 => Reason::unavailable,
-            504 => Reason::upstream_timeout,
-            s if (400..600).contains(&s) && s != 500 => Reason::upstream_refused,
-            _ => Reason::other,
-        }
+/// The refusal reason as a label value: the reason names itself
+/// ([`Reason::as_str`]).
+impl EncodeLabelValue for Reason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
     }
 }
 
@@ -330,17 +310,16 @@ impl Metrics {
             "Requests and upgrades refused by the gateway, by status and reason",
             refusals.clone(),
         );
-        let frames = Family::<DirectionLabels, Counter>::default();
+        let traffic = Arc::new(Traffic::default());
         r.register(
             "frames",
-            "WebSocket frames relayed, by direction (added when a session ends)",
-            frames.clone(),
+            "WebSocket data frames relayed, by direction (open sessions within about a second)",
+            Relayed(traffic.clone(), Traffic::frames),
         );
-        let bytes = Family::<DirectionLabels, Counter>::default();
         r.register(
             "bytes",
-            "WebSocket payload bytes relayed, by direction (added when a session ends)",
-            bytes.clone(),
+            "WebSocket payload bytes relayed, by direction (open sessions within about a second)",
+            Relayed(traffic.clone(), Traffic::bytes),
         );
         let close_codes = Family::<CloseLabels, Counter>::default();
         r.register(
@@ -441,13 +420,8 @@ impl Metrics {
             "Sessions still open during the gateway's drain",
             drain_remaining.clone(),
         );
-        let dir = |f: &Family<DirectionLabels, Counter>, d| {
-            f.get_or_create_owned(&DirectionLabels { direction: d })
-        };
         let sides = |s: SideLabel| SideLabels { side: s };
         let hot = Hot {
-            frames: [dir(&frames, Direction::up), dir(&frames, Direction::down)],
-            bytes: [dir(&bytes, Direction::up), dir(&bytes, Direction::down)],
             ping_rtt: [
                 ping_rtt.get_or_create_owned(&sides(SideLabel::client)),
                 ping_rtt.get_or_create_owned(&sides(SideLabel::upstream)),
@@ -468,6 +442,7 @@ impl Metrics {
             sessions_open,
             sessions_total,
             refusals,
+            refused: Mutex::default(),
             close_codes,
             upgrade_seconds,
             connect_seconds,
@@ -483,7 +458,14 @@ impl Metrics {
             expiry_closes,
             routes: Mutex::default(),
             hot,
+            traffic,
         }
+    }
+
+    /// Where sessions publish their frames and bytes
+    /// ([`Session::counted_in`](crate::relay::Session::counted_in)).
+    pub fn traffic(&self) -> Arc<Traffic> {
+        self.traffic.clone()
     }
 
     /// The handles of route `label` (cold path: a generation being built).
@@ -512,15 +494,12 @@ impl Metrics {
         routes.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
-    /// A session's end: the record the access log also gets.
+    /// A session's end: the record the access log also gets (its frames
+    /// and bytes the session published itself).
     pub fn session_ended(&self, route: &RouteMetrics, s: &Summary) {
         let outcome = Outcome::of(s.ending);
         route.outcomes[outcome as usize].inc();
         let h = &self.hot;
-        h.frames[0].inc_by(s.client_to_upstream.frames);
-        h.bytes[0].inc_by(s.client_to_upstream.bytes);
-        h.frames[1].inc_by(s.upstream_to_client.frames);
-        h.bytes[1].inc_by(s.upstream_to_client.bytes);
         for (i, rtt) in [s.client_rtt, s.upstream_rtt].into_iter().enumerate() {
             if let Some(rtt) = rtt {
                 h.ping_rtt[i].observe(rtt.as_secs_f64());
@@ -557,17 +536,16 @@ impl Metrics {
             .inc();
     }
 
-    /// A refusal answered by the gateway itself.
-    /// `passed_on`: the answer is the backend's own (its refusal of the
-    /// upgrade), whatever its status: `upstream_refused`, never confused
-    /// with the gateway's own 401 or 429.
-    pub fn refused(&self, status: u16, passed_on: bool) {
-        let reason = match passed_on {
-            true => Reason::upstream_refused,
-            false => Reason::of(status),
-        };
-        self.refusals
-            .get_or_create(&RefusalLabels { status, reason })
+    /// A refusal: the gateway's own, or a backend's passed on
+    /// ([`Reason::UpstreamRefused`], whatever its status).
+    pub fn refused(&self, status: u16, reason: Reason) {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        refused
+            .entry((status, reason))
+            .or_insert_with(|| {
+                self.refusals
+                    .get_or_create_owned(&RefusalLabels { status, reason })
+            })
             .inc();
     }
 
@@ -619,18 +597,11 @@ impl Metrics {
                 }
             }
         }
-        for status in 100..600u16 {
-            // The gateway's own refusals, and a backend's passed on.
-            for reason in [Reason::of(status), Reason::upstream_refused] {
-                let key = RefusalLabels { status, reason };
-                if let Some(c) = self.refusals.get(&key) {
-                    refusals.push((status, format!("{reason:?}"), c.get()));
-                }
-                if reason == Reason::upstream_refused {
-                    break;
-                }
-            }
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        for (&(status, reason), c) in refused.iter() {
+            refusals.push((status, reason.as_str(), c.get()));
         }
+        drop(refused);
         for (class, c) in CLASSES.iter().zip(&h.http) {
             if c.get() > 0 {
                 http.push((class.to_string(), c.get()));
@@ -639,8 +610,8 @@ impl Metrics {
         let routes = self.routes();
         Totals {
             sessions_started: routes.iter().map(|(_, r)| r.started()).sum(),
-            frames: [h.frames[0].get(), h.frames[1].get()],
-            bytes: [h.bytes[0].get(), h.bytes[1].get()],
+            frames: self.traffic.frames(),
+            bytes: self.traffic.bytes(),
             close_codes,
             refusals,
             http,
@@ -650,6 +621,34 @@ impl Metrics {
                 h.rtt_buckets[1].percentiles(),
             ],
         }
+    }
+}
+
+/// The `frames` or `bytes` family: one [`Traffic`] reading, `[up, down]`,
+/// taken at scrape time, by direction.
+struct Relayed(Arc<Traffic>, fn(&Traffic) -> [u64; 2]);
+
+impl std::fmt::Debug for Relayed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Relayed").field(&(self.1)(&self.0)).finish()
+    }
+}
+
+impl TypedMetric for Relayed {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for Relayed {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let [up, down] = (self.1)(&self.0);
+        for (direction, n) in [(Direction::up, up), (Direction::down, down)] {
+            ConstCounter::new(n).encode(encoder.encode_family(&DirectionLabels { direction })?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 
@@ -664,7 +663,7 @@ pub struct Totals {
     /// `(side, code bucket, count)`.
     pub close_codes: Vec<(String, &'static str, u64)>,
     /// `(status, reason, count)`.
-    pub refusals: Vec<(u16, String, u64)>,
+    pub refusals: Vec<(u16, &'static str, u64)>,
     /// `(class, count)`.
     pub http: Vec<(String, u64)>,
     /// `[client, upstream]`.

@@ -17,7 +17,10 @@ use jsonwebtoken::{decode, decode_header, errors::ErrorKind, Validation};
 use serde_json::{Map, Value};
 
 use super::jwks::{KeyError, Keys};
-use crate::proto::{cookie, reject::Reject};
+use crate::proto::{
+    cookie,
+    reject::{Reason, Reject},
+};
 
 /// Where a token may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +98,11 @@ pub enum AuthError {
     /// Not a valid token for this route (401); a fixed reason, never token text.
     #[error("invalid token: {0}")]
     Invalid(&'static str),
+    /// Valid once, but `exp` (plus leeway) has passed (401): kept apart
+    /// from [`Invalid`](Self::Invalid) because a client only has to fetch a
+    /// fresh token, and the metrics tell the two apart.
+    #[error("invalid token: expired")]
+    Expired,
     /// Valid, but not enough (403).
     #[error("token lacks {0}")]
     Insufficient(String),
@@ -107,22 +115,37 @@ impl AuthError {
     /// The answer, with `WWW-Authenticate` as RFC 6750 §3 describes.
     pub fn reject(&self) -> Reject {
         let message = self.to_string();
-        let (status, challenge) = match self {
-            AuthError::Missing => (StatusCode::UNAUTHORIZED, "Bearer".to_owned()),
-            AuthError::Invalid(why) => (
+        let invalid =
+            |why: &str| format!("Bearer error=\"invalid_token\", error_description=\"{why}\"");
+        let (status, reason, challenge) = match self {
+            AuthError::Missing => (
                 StatusCode::UNAUTHORIZED,
-                format!("Bearer error=\"invalid_token\", error_description=\"{why}\""),
+                Reason::TokenMissing,
+                "Bearer".to_owned(),
+            ),
+            AuthError::Invalid(why) => {
+                (StatusCode::UNAUTHORIZED, Reason::TokenInvalid, invalid(why))
+            }
+            AuthError::Expired => (
+                StatusCode::UNAUTHORIZED,
+                Reason::TokenExpired,
+                invalid("expired"),
             ),
             AuthError::Insufficient(_) => (
                 StatusCode::FORBIDDEN,
+                Reason::ForbiddenClaims,
                 "Bearer error=\"insufficient_scope\"".to_owned(),
             ),
             AuthError::KeysUnavailable => {
-                return Reject::new(StatusCode::SERVICE_UNAVAILABLE, message)
-                    .retry_after(Duration::from_secs(5))
+                return Reject::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Reason::TokenUnverifiable,
+                    message,
+                )
+                .retry_after(Duration::from_secs(5))
             }
         };
-        Reject::new(status, message).with_header(
+        Reject::new(status, reason, message).with_header(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_str(&challenge).expect("fixed ASCII challenge"),
         )
@@ -193,12 +216,12 @@ fn check_times(
     nbf: Option<NumericDate>,
     now: Duration,
     leeway: Duration,
-) -> Result<(), &'static str> {
+) -> Result<(), AuthError> {
     if exp.is_some_and(|exp| now >= exp.0.saturating_add(leeway)) {
-        return Err("expired");
+        return Err(AuthError::Expired);
     }
     if nbf.is_some_and(|nbf| now < nbf.0.saturating_sub(leeway)) {
-        return Err("not yet valid");
+        return Err(AuthError::Invalid("not yet valid"));
     }
     Ok(())
 }
@@ -279,8 +302,7 @@ impl Auth {
             nbf.filter(|_| self.validation.validate_nbf),
             now,
             self.leeway,
-        )
-        .map_err(AuthError::Invalid)?;
+        )?;
         for c in &self.required_claims {
             if claims.get(c).is_none_or(Value::is_null) {
                 return Err(AuthError::Insufficient(format!("claim `{c}`")));
@@ -569,28 +591,34 @@ mod tests {
         // exp = 100.5: valid until 100.5 exactly (not rounded to 101 or 100).
         let exp = Some(secs(100.5));
         assert_eq!(check_times(exp, None, ms(100_499), s(0)), Ok(()));
-        assert_eq!(check_times(exp, None, ms(100_500), s(0)), Err("expired"));
+        assert_eq!(
+            check_times(exp, None, ms(100_500), s(0)),
+            Err(AuthError::Expired)
+        );
         // With leeway, until exp + leeway: the session's deadline.
         assert_eq!(check_times(exp, None, ms(102_499), s(2)), Ok(()));
-        assert_eq!(check_times(exp, None, ms(102_500), s(2)), Err("expired"));
+        assert_eq!(
+            check_times(exp, None, ms(102_500), s(2)),
+            Err(AuthError::Expired)
+        );
         // A sub-second leeway counts (jsonwebtoken's is whole seconds).
         assert_eq!(check_times(exp, None, ms(100_700), ms(250)), Ok(()));
         // exp = 100.4 at 100.45: expired (rounding would have said 100, and
         // a floored now 100: still valid).
         assert_eq!(
             check_times(Some(secs(100.4)), None, ms(100_450), s(0)),
-            Err("expired")
+            Err(AuthError::Expired)
         );
         // nbf = 100.5: valid from 100.5, or from 99.5 with a second of leeway.
         let nbf = Some(secs(100.5));
         assert_eq!(
             check_times(None, nbf, ms(100_499), s(0)),
-            Err("not yet valid")
+            Err(AuthError::Invalid("not yet valid"))
         );
         assert_eq!(check_times(None, nbf, ms(100_500), s(0)), Ok(()));
         assert_eq!(
             check_times(None, nbf, ms(99_499), s(1)),
-            Err("not yet valid")
+            Err(AuthError::Invalid("not yet valid"))
         );
         assert_eq!(check_times(None, nbf, ms(99_500), s(1)), Ok(()));
         // A leeway larger than the epoch offset neither wraps nor panics.
@@ -672,8 +700,11 @@ mod tests {
 
         let past = now_f64() - 3600.5;
         let future = now_f64() + 3600.5;
+        assert_eq!(
+            claims(json!({ "exp": past })).await.unwrap_err(),
+            AuthError::Expired
+        );
         for (c, why) in [
-            (json!({ "exp": past }), "expired"),
             (json!({ "exp": future, "nbf": future }), "not yet valid"),
             (json!({ "exp": -1.5 }), "malformed exp claim"),
             (json!({ "exp": -1 }), "malformed exp claim"),
@@ -724,7 +755,7 @@ mod tests {
             )
         };
         assert_eq!(
-            challenge(AuthError::Invalid("expired")),
+            challenge(AuthError::Expired),
             (
                 StatusCode::UNAUTHORIZED,
                 Some(HeaderValue::from_static(
@@ -746,5 +777,23 @@ mod tests {
         let busy = AuthError::KeysUnavailable.reject();
         assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(busy.answer_headers()[header::RETRY_AFTER], "5");
+        let reasons = [
+            AuthError::Missing,
+            AuthError::Invalid("bad signature"),
+            AuthError::Expired,
+            AuthError::Insufficient("claim `x`".into()),
+            AuthError::KeysUnavailable,
+        ]
+        .map(|e| e.reject().reason);
+        assert_eq!(
+            reasons,
+            [
+                Reason::TokenMissing,
+                Reason::TokenInvalid,
+                Reason::TokenExpired,
+                Reason::ForbiddenClaims,
+                Reason::TokenUnverifiable,
+            ]
+        );
     }
 }

@@ -32,7 +32,7 @@ use std::{
 use http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 
 use crate::{
-    proto::reject::Reject,
+    proto::reject::{Reason, Reject},
     relay::gate::{self, Events, Gate},
 };
 use client_ip::{ClientIp, TrustedProxies};
@@ -196,7 +196,8 @@ impl Admission {
                     Kind::Upgrade { .. } => "too many connection attempts; slow down",
                     Kind::Http { .. } => "too many requests; slow down",
                 };
-                Reject::new(StatusCode::TOO_MANY_REQUESTS, message).retry_after(wait)
+                Reject::new(StatusCode::TOO_MANY_REQUESTS, Reason::RateLimited, message)
+                    .retry_after(wait)
             })?;
         }
         if let Some(origins) = rules.origin.as_ref().filter(|_| kind.checks_origin()) {
@@ -263,25 +264,29 @@ impl Admission {
 }
 
 fn over_limit(over: Over, retry_after: Duration) -> Reject {
-    let (status, message) = match over.0 {
+    let (status, reason, message) = match over.0 {
         Key::Global => (
             StatusCode::SERVICE_UNAVAILABLE,
+            Reason::LimitGlobal,
             "the gateway is at its connection limit; try again later",
         ),
         Key::Route(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
+            Reason::LimitRoute,
             "this service is at its connection limit; try again later",
         ),
         Key::Client(..) => (
             StatusCode::TOO_MANY_REQUESTS,
+            Reason::LimitIp,
             "too many connections from your address",
         ),
         Key::Subject(..) => (
             StatusCode::TOO_MANY_REQUESTS,
+            Reason::LimitSubject,
             "too many connections for this user",
         ),
     };
-    Reject::new(status, message).retry_after(retry_after)
+    Reject::new(status, reason, message).retry_after(retry_after)
 }
 
 /// Which checks a request gets. A plain HTTP request counts like a

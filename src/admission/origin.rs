@@ -5,7 +5,7 @@
 
 use http::{header, HeaderMap, StatusCode};
 
-use crate::proto::reject::Reject;
+use crate::proto::reject::{Reason, Reject};
 
 /// One allowed origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +42,8 @@ impl Origins {
 
     /// `Ok` when the request's `Origin` is allowed (or absent and that is allowed).
     pub fn check(&self, headers: &HeaderMap) -> Result<(), Reject> {
-        let forbidden = |why: &str| Reject::new(StatusCode::FORBIDDEN, why);
+        let forbidden =
+            |why: &str| Reject::new(StatusCode::FORBIDDEN, Reason::ForbiddenOrigin, why);
         let mut values = headers.get_all(header::ORIGIN).iter();
         let origin = match (values.next(), values.next()) {
             (None, _) if self.allow_missing => return Ok(()),

@@ -29,8 +29,8 @@ use crate::{
         frame,
         head::{self, HeadError},
         host,
-        reject::Reject,
-        upgrade,
+        reject::{Reason, Reject},
+        target, upgrade,
     },
     relay::{Jitter, Session},
     route::{Route, Routes},
@@ -190,7 +190,8 @@ fn session(
         Some(drain),
         Jitter::random(),
     )
-    .gated(client_gate, upstream_gate);
+    .gated(client_gate, upstream_gate)
+    .counted_in(metrics.traffic());
     let path = up.path;
     Box::pin(async move {
         // Held for the session's whole life, released on every way out.
@@ -261,6 +262,7 @@ async fn handshake(
             Err(_) => {
                 let reject = Reject::new(
                     StatusCode::REQUEST_TIMEOUT,
+                    Reason::Timeout,
                     "no complete request within request_timeout",
                 );
                 refuse(io, reject, false, Some(Seen::unread(peer)), ctx).await;
@@ -415,7 +417,10 @@ fn locate(
         authority(req.uri()).as_ref(),
         conn.tls,
     )
-    .map_err(|e| (Reject::new(StatusCode::BAD_REQUEST, e.to_string()), None))?;
+    .map_err(|e| {
+        let reject = Reject::new(StatusCode::BAD_REQUEST, Reason::BadHost, e.to_string());
+        (reject, None)
+    })?;
     let found = ctx.routes.find(
         conn.listener,
         authority.as_ref().map(host::Authority::host),
@@ -427,7 +432,11 @@ fn locate(
             authority,
         }),
         None => Err((
-            Reject::new(StatusCode::NOT_FOUND, "no route for this host and path"),
+            Reject::new(
+                StatusCode::NOT_FOUND,
+                Reason::NoRoute,
+                "no route for this host and path",
+            ),
             authority,
         )),
     }
@@ -451,13 +460,18 @@ async fn hung_up(io: &mut Transport, early: &mut Vec<u8>) {
 }
 
 fn head_reject(e: HeadError) -> Reject {
-    let status = match e {
-        HeadError::TooLarge(_) | HeadError::TooManyHeaders(_) => {
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    let (status, reason) = match e {
+        HeadError::TooLarge(_) | HeadError::TooManyHeaders(_) => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reason::TooLarge,
+        ),
+        HeadError::Target(target::TargetError::Authority(_)) => {
+            (StatusCode::BAD_REQUEST, Reason::BadHost)
         }
-        _ => StatusCode::BAD_REQUEST,
+        HeadError::Target(_) => (StatusCode::BAD_REQUEST, Reason::BadTarget),
+        _ => (StatusCode::BAD_REQUEST, Reason::BadRequest),
     };
-    Reject::new(status, e.to_string())
+    Reject::new(status, reason, e.to_string())
 }
 
 /// Answers `reject`; returns whether the connection stays open for another
@@ -482,10 +496,10 @@ async fn refuse(
             path: seen.path,
             status: reject.status.as_u16(),
             reason: &reject.message,
+            cause: reject.reason.as_str(),
         });
     }
-    ctx.metrics
-        .refused(reject.status.as_u16(), reject.body.is_some());
+    ctx.metrics.refused(reject.status.as_u16(), reject.reason);
     let answer = reject.encode(keep_alive);
     let limit = ctx.server.request_timeout;
     let written = timeout(limit, io.write_all(&answer)).await;
@@ -553,6 +567,7 @@ async fn upgrade_request(
     if ctx.sessions.is_draining() {
         return Err(Reject::new(
             StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Draining,
             "shutting down; retry",
         ));
     }
@@ -656,7 +671,7 @@ fn placement(
 /// and line, and `Retry-After` when no server is up (a 503 at once rather
 /// than an attempt at a server known to be down).
 pub(crate) fn upstream_reject(e: &UpstreamError) -> Reject {
-    let reject = Reject::new(e.status(), e.public_message());
+    let reject = Reject::new(e.status(), e.reason(), e.public_message());
     match e.retry_after() {
         Some(secs) => reject.with_header(http::header::RETRY_AFTER, secs.into()),
         None => reject,

@@ -47,7 +47,7 @@ use crate::{
         forwarded,
         head::{self, Head, HeadError},
         host,
-        reject::Reject,
+        reject::{Reason, Reject},
         upgrade,
     },
     route::Route,
@@ -166,6 +166,7 @@ async fn exchange(
     if framing == Framing::Chunked && !only_chunked(&req_headers) {
         let reject = Reject::new(
             StatusCode::NOT_IMPLEMENTED,
+            Reason::Unsupported,
             "only the chunked transfer coding is supported",
         );
         return refused(io, reject, false, early, None, ctx).await;
@@ -177,6 +178,7 @@ async fn exchange(
         Some(_) => {
             let reject = Reject::new(
                 StatusCode::EXPECTATION_FAILED,
+                Reason::Unsupported,
                 "only 100-continue is supported",
             );
             return refused(io, reject, keep_if_refused, early, None, ctx).await;
@@ -186,6 +188,7 @@ async fn exchange(
         if n > rules.max_request_body {
             let reject = Reject::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
+                Reason::TooLarge,
                 format!("the request body is over {} bytes", rules.max_request_body),
             );
             return refused(io, reject, false, early, None, ctx).await;
@@ -352,9 +355,9 @@ async fn exchange(
                 }
             }
             Err(broken) => {
-                let (status, message) = broken.answer();
+                let (status, reason, message) = broken.answer();
                 tracing::warn!(client = %peer, route = %route.label, upstream = %up.server(), error = %broken, "upstream request failed");
-                let mut reject = Reject::new(status, message);
+                let mut reject = Reject::new(status, reason, message);
                 reject.message = format!("{message} ({broken})");
                 // A body, if any, is gone: the connection cannot carry on.
                 let server = Some(up.server());
@@ -396,18 +399,21 @@ enum Broken {
 }
 
 impl Broken {
-    fn answer(&self) -> (StatusCode, &'static str) {
+    fn answer(&self) -> (StatusCode, Reason, &'static str) {
         match self {
             Broken::Timeout => (
                 StatusCode::GATEWAY_TIMEOUT,
+                Reason::UpstreamTimeout,
                 "gateway timeout: the upstream did not answer in time",
             ),
             Broken::Invalid(_) => (
                 StatusCode::BAD_GATEWAY,
+                Reason::UpstreamInvalid,
                 "bad gateway: invalid upstream answer",
             ),
             Broken::Write(_) | Broken::BeforeAnswer(_) => (
                 StatusCode::BAD_GATEWAY,
+                Reason::UpstreamUnreachable,
                 "bad gateway: upstream closed the connection",
             ),
         }
@@ -416,12 +422,12 @@ impl Broken {
 
 /// What the client is told when its own body failed.
 fn client_body_reject(e: &CopyError) -> Reject {
-    let status = match e {
-        CopyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        CopyError::ReadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-        _ => StatusCode::BAD_REQUEST,
+    let (status, reason) = match e {
+        CopyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, Reason::TooLarge),
+        CopyError::ReadTimeout(_) => (StatusCode::REQUEST_TIMEOUT, Reason::Timeout),
+        _ => (StatusCode::BAD_REQUEST, Reason::BadRequest),
     };
-    Reject::new(status, e.to_string())
+    Reject::new(status, reason, e.to_string())
 }
 
 /// Writes a bodiless request's head.
@@ -572,6 +578,7 @@ async fn bad_gateway(
 ) -> (Next, Option<Outcome>) {
     let reject = Reject::new(
         StatusCode::BAD_GATEWAY,
+        Reason::UpstreamInvalid,
         "bad gateway: invalid upstream answer",
     );
     let _ = refuse(io, reject, false, None, ctx).await;

@@ -297,6 +297,9 @@ pub struct Refusal<'a> {
     pub path: Option<&'a str>,
     pub status: u16,
     pub reason: &'a str,
+    /// What decided the refusal, as the metrics label it
+    /// (`framegate_refusals_total{reason}`): `reason` says it to a person.
+    pub cause: &'static str,
 }
 
 /// Logs a refusal, on the access log: it answers a request.
@@ -309,6 +312,7 @@ pub fn refusal(r: &Refusal<'_>) {
         path = r.path,
         status = r.status,
         reason = r.reason,
+        cause = r.cause,
         "{}",
         r.what
     );

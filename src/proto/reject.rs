@@ -6,10 +6,115 @@ use http::{header, HeaderMap, HeaderValue, StatusCode};
 
 use super::head;
 
+/// Why a request was refused, chosen where the refusal is decided: the
+/// metrics label (`framegate_refusals_total{reason}`), which the status
+/// alone cannot give (a 403 for the Origin and one for a claim, a 429 per
+/// address and one per user). A small fixed set, so a bounded label; the
+/// answer's `message` says the same to a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// A malformed request head or body framing, or an upgrade request
+    /// missing what RFC 6455 asks for (400).
+    BadRequest,
+    /// A missing, repeated or malformed `Host` or absolute-form authority (400).
+    BadHost,
+    /// A request target the path normaliser refuses: `..` above the root,
+    /// encoded separators, control characters (400).
+    BadTarget,
+    /// A head, its header count or a request body over its limit (431, 413).
+    TooLarge,
+    /// No complete request head, or body, within its time (408).
+    Timeout,
+    /// No route for the host and path (404).
+    NoRoute,
+    /// A plain request, or a WebSocket version other than 13, where only
+    /// WebSocket is served (426).
+    UpgradeRequired,
+    /// An upgrade by another method than GET (405).
+    MethodNotAllowed,
+    /// A transfer coding or `Expect` the proxy does not implement (501, 417).
+    Unsupported,
+    /// The route wants a token and none was sent (401).
+    TokenMissing,
+    /// The token's signature, algorithm, issuer, audience or claims are
+    /// not valid for the route (401).
+    TokenInvalid,
+    /// The token's `exp` (plus leeway) has passed (401).
+    TokenExpired,
+    /// The keys to check tokens could not be fetched (503).
+    TokenUnverifiable,
+    /// The `Origin` is missing, repeated or not allowed (403).
+    ForbiddenOrigin,
+    /// A valid token without a required claim or scope (403).
+    ForbiddenClaims,
+    /// Over the route's handshake or request rate per client (429).
+    RateLimited,
+    /// Over `max_connections_per_ip` (429).
+    LimitIp,
+    /// Over `max_connections_per_subject` (429).
+    LimitSubject,
+    /// Over the route's `max_connections` (503).
+    LimitRoute,
+    /// Over the gateway's `[server] max_connections` (503).
+    LimitGlobal,
+    /// The gateway is shutting down (503).
+    Draining,
+    /// Every server of the upstream is down or draining: none was tried (503).
+    NoServer,
+    /// No server could be reached, or its connection broke (502).
+    UpstreamUnreachable,
+    /// A server did not connect or answer in time (504).
+    UpstreamTimeout,
+    /// TLS with a `wss://` server failed (502).
+    UpstreamTls,
+    /// A server's answer was no valid handshake or HTTP response (502).
+    UpstreamInvalid,
+    /// The backend refused the upgrade itself; its answer is passed on,
+    /// whatever its status.
+    UpstreamRefused,
+}
+
+impl Reason {
+    /// The label value, snake_case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::BadRequest => "bad_request",
+            Reason::BadHost => "bad_host",
+            Reason::BadTarget => "bad_target",
+            Reason::TooLarge => "too_large",
+            Reason::Timeout => "timeout",
+            Reason::NoRoute => "no_route",
+            Reason::UpgradeRequired => "upgrade_required",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::Unsupported => "unsupported",
+            Reason::TokenMissing => "token_missing",
+            Reason::TokenInvalid => "token_invalid",
+            Reason::TokenExpired => "token_expired",
+            Reason::TokenUnverifiable => "token_unverifiable",
+            Reason::ForbiddenOrigin => "forbidden_origin",
+            Reason::ForbiddenClaims => "forbidden_claims",
+            Reason::RateLimited => "rate_limited",
+            Reason::LimitIp => "limit_ip",
+            Reason::LimitSubject => "limit_subject",
+            Reason::LimitRoute => "limit_route",
+            Reason::LimitGlobal => "limit_global",
+            Reason::Draining => "draining",
+            Reason::NoServer => "no_server",
+            Reason::UpstreamUnreachable => "upstream_unreachable",
+            Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::UpstreamTls => "upstream_tls",
+            Reason::UpstreamInvalid => "upstream_invalid",
+            Reason::UpstreamRefused => "upstream_refused",
+        }
+    }
+}
+
 /// A request the gateway will not upgrade, and what it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
     pub status: StatusCode,
+    /// Why, as the metrics label it.
+    pub reason: Reason,
     pub message: String,
     /// Extra answer headers that tell the client what to do next
     /// (`Retry-After`, `WWW-Authenticate`).
@@ -20,9 +125,10 @@ pub struct Reject {
 }
 
 impl Reject {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, reason: Reason, message: impl Into<String>) -> Self {
         Reject {
             status,
+            reason,
             message: message.into(),
             headers: Vec::new(),
             body: None,
@@ -34,6 +140,7 @@ impl Reject {
     pub fn passed_on(status: StatusCode, headers: &HeaderMap, body: Vec<u8>) -> Self {
         Reject {
             status,
+            reason: Reason::UpstreamRefused,
             message: "the upstream's own answer".into(),
             headers: headers
                 .iter()
@@ -94,5 +201,66 @@ impl Reject {
             headers.insert(header::CONNECTION, HeaderValue::from_static(close));
         }
         head::encode_response(self.status, &headers, body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    impl Reason {
+        /// Every reason, in declaration order (`UpstreamRefused` is the last).
+        pub const ALL: [Reason; 27] = [
+            Reason::BadRequest,
+            Reason::BadHost,
+            Reason::BadTarget,
+            Reason::TooLarge,
+            Reason::Timeout,
+            Reason::NoRoute,
+            Reason::UpgradeRequired,
+            Reason::MethodNotAllowed,
+            Reason::Unsupported,
+            Reason::TokenMissing,
+            Reason::TokenInvalid,
+            Reason::TokenExpired,
+            Reason::TokenUnverifiable,
+            Reason::ForbiddenOrigin,
+            Reason::ForbiddenClaims,
+            Reason::RateLimited,
+            Reason::LimitIp,
+            Reason::LimitSubject,
+            Reason::LimitRoute,
+            Reason::LimitGlobal,
+            Reason::Draining,
+            Reason::NoServer,
+            Reason::UpstreamUnreachable,
+            Reason::UpstreamTimeout,
+            Reason::UpstreamTls,
+            Reason::UpstreamInvalid,
+            Reason::UpstreamRefused,
+        ];
+    }
+
+    #[test]
+    fn every_reason_has_its_own_snake_case_label_and_the_readme_lists_it() {
+        assert_eq!(Reason::ALL.len(), Reason::UpstreamRefused as usize + 1);
+        let readme = include_str!("../../README.md");
+        let mut labels = Vec::new();
+        for (i, reason) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, i, "{reason:?} out of order");
+            let label = reason.as_str();
+            assert!(
+                label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{label}"
+            );
+            assert!(
+                readme.contains(&format!("`{label}`")),
+                "README.md does not list `{label}`"
+            );
+            labels.push(label);
+        }
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), Reason::ALL.len(), "a label used twice");
     }
 }

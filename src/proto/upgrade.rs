@@ -7,7 +7,7 @@ use data_encoding::BASE64;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use sha1::{Digest, Sha1};
 
-use super::reject::Reject;
+use super::reject::{Reason, Reject};
 
 /// The parts of a valid upgrade request the gateway needs later.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,30 +50,35 @@ pub fn validate(method: &Method, version: Version, headers: &HeaderMap) -> Resul
     if !headers.contains_key(header::UPGRADE) {
         return Err(Reject::new(
             S::UPGRADE_REQUIRED,
+            Reason::UpgradeRequired,
             "this endpoint only serves WebSocket; send an Upgrade: websocket request",
         ));
     }
     if !has_token(headers, header::UPGRADE, "websocket") {
         return Err(Reject::new(
             S::BAD_REQUEST,
+            Reason::BadRequest,
             "Upgrade header must be \"websocket\"",
         ));
     }
     if method != Method::GET {
         return Err(Reject::new(
             S::METHOD_NOT_ALLOWED,
+            Reason::MethodNotAllowed,
             format!("a WebSocket upgrade must use GET, not {method}"),
         ));
     }
     if version < Version::HTTP_11 {
         return Err(Reject::new(
             S::BAD_REQUEST,
+            Reason::BadRequest,
             "a WebSocket upgrade needs HTTP/1.1",
         ));
     }
     if !has_token(headers, header::CONNECTION, "upgrade") {
         return Err(Reject::new(
             S::BAD_REQUEST,
+            Reason::BadRequest,
             "Connection header must include \"Upgrade\"",
         ));
     }
@@ -89,14 +94,21 @@ pub fn validate(method: &Method, version: Version, headers: &HeaderMap) -> Resul
         ),
     ] {
         if headers.get_all(name).iter().nth(1).is_some() {
-            return Err(Reject::new(S::BAD_REQUEST, what));
+            return Err(Reject::new(S::BAD_REQUEST, Reason::BadRequest, what));
         }
     }
     let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
-        None => return Err(Reject::new(S::BAD_REQUEST, "missing Sec-WebSocket-Key")),
+        None => {
+            return Err(Reject::new(
+                S::BAD_REQUEST,
+                Reason::BadRequest,
+                "missing Sec-WebSocket-Key",
+            ))
+        }
         Some(k) if !is_valid_key(k.as_bytes()) => {
             return Err(Reject::new(
                 S::BAD_REQUEST,
+                Reason::BadRequest,
                 "Sec-WebSocket-Key must be 16 random bytes in base64",
             ))
         }
@@ -106,12 +118,14 @@ pub fn validate(method: &Method, version: Version, headers: &HeaderMap) -> Resul
         None => {
             return Err(Reject::new(
                 S::UPGRADE_REQUIRED,
+                Reason::UpgradeRequired,
                 "missing Sec-WebSocket-Version; this gateway speaks version 13",
             ))
         }
         Some(v) if v.as_bytes() != b"13" => {
             return Err(Reject::new(
                 S::UPGRADE_REQUIRED,
+                Reason::UpgradeRequired,
                 "unsupported Sec-WebSocket-Version; this gateway speaks version 13",
             ))
         }
@@ -121,6 +135,7 @@ pub fn validate(method: &Method, version: Version, headers: &HeaderMap) -> Resul
     if has_body(headers) {
         return Err(Reject::new(
             S::BAD_REQUEST,
+            Reason::BadRequest,
             "a WebSocket upgrade request has no body",
         ));
     }

@@ -1,7 +1,8 @@
 //! When a session must act on its own: send a keepalive ping, declare a
 //! silent peer dead, close an idle session, end one at its maximum lifetime,
-//! or start draining. Pure: it is told what happened and what time it is,
-//! and answers what is due and when to look again. The session does the I/O.
+//! start draining, or publish its traffic counts. Pure: it is told what
+//! happened and what time it is, and answers what is due and when to look
+//! again. The session does the I/O.
 
 use std::time::Duration;
 
@@ -44,7 +45,15 @@ pub enum Due {
     /// The gateway is shutting down, the session's server drains or a
     /// rebalance moves the session, and this session's turn has come.
     Drain(DrainBy),
+    /// Traffic counted since the last publish has waited [`PUBLISH_EVERY`]:
+    /// add it to the gateway's totals.
+    Publish,
 }
+
+/// How long counted traffic waits before it is published: the metrics lag
+/// an open session by at most this, and a session publishes at most once
+/// per this.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct LegClock {
@@ -88,6 +97,9 @@ pub struct Lifecycle {
     last_data: Instant,
     end_of_life: Option<Instant>,
     drain_at: Option<(Instant, DrainBy)>,
+    /// When the traffic counted but not yet published is due to be; `None`
+    /// while nothing waits, so an idle session never wakes for it.
+    publish_at: Option<Instant>,
 }
 
 impl Lifecycle {
@@ -100,6 +112,7 @@ impl Lifecycle {
             last_data: now,
             end_of_life: rules.max_lifetime.map(|d| now + d),
             drain_at: None,
+            publish_at: None,
         }
     }
 
@@ -120,6 +133,14 @@ impl Lifecycle {
     /// A data frame was relayed (either way). Pings and pongs do not count.
     pub fn data(&mut self, now: Instant) {
         self.last_data = now;
+    }
+
+    /// The session holds traffic it has not published: due [`PUBLISH_EVERY`]
+    /// after the first such call since the last publish. Told on a wake,
+    /// not per frame; a session publishes at most once per `PUBLISH_EVERY`
+    /// because the wait starts after the previous publish.
+    pub fn unpublished(&mut self, now: Instant) {
+        self.publish_at.get_or_insert(now + PUBLISH_EVERY);
     }
 
     /// A pong with `payload` arrived from `side`.
@@ -190,6 +211,10 @@ impl Lifecycle {
                 _ => {}
             }
         }
+        if self.publish_at.is_some_and(|t| now >= t) {
+            self.publish_at = None;
+            return Some(Due::Publish);
+        }
         None
     }
 
@@ -201,6 +226,7 @@ impl Lifecycle {
             self.idle_timeout.map(|d| self.last_data + d),
             self.client.deadline(),
             self.upstream.deadline(),
+            self.publish_at,
         ]
         .into_iter()
         .flatten()
@@ -330,6 +356,26 @@ mod tests {
         );
         assert_eq!(drain_all(&mut life, t0 + 3600 * S), [Due::Lifetime]);
         assert_eq!(life.next_wake(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unpublished_traffic_is_due_a_second_after_it_is_first_seen() {
+        let t0 = Instant::now();
+        let mut life = Lifecycle::new(Rules::default(), t0);
+        assert_eq!(life.next_wake(), None, "nothing to publish: no wake");
+        life.unpublished(t0 + S / 2);
+        life.unpublished(t0 + S);
+        assert_eq!(
+            life.next_wake(),
+            Some(t0 + S / 2 + PUBLISH_EVERY),
+            "more traffic does not put the publish off"
+        );
+        assert_eq!(drain_all(&mut life, t0 + S), []);
+        assert_eq!(
+            drain_all(&mut life, t0 + S / 2 + PUBLISH_EVERY),
+            [Due::Publish]
+        );
+        assert_eq!(life.next_wake(), None, "published: no wake until more");
     }
 
     #[tokio::test(start_paused = true)]

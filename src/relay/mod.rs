@@ -10,7 +10,9 @@
 //!   one leg does to both (`on`);
 //! - [`lifecycle`]: the timers, pure; [`gate`]: admission's per-leg checks;
 //! - [`beacon`]: how a session hears of a drain or a shed, one registration
-//!   per session and one atomic load per poll.
+//!   per session and one atomic load per poll;
+//! - [`Traffic`]: the gateway's frame and byte totals, which each open
+//!   session adds to about once a second.
 //!
 //! Memory: a session owns no buffer while idle. Reads go into a per-thread
 //! scratch buffer and are rewritten in place by [`frame::Decoder`]; bytes a
@@ -30,7 +32,10 @@ mod tests;
 
 use std::{
     future::poll_fn,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     task::{ready, Context, Poll},
     time::Duration,
 };
@@ -81,10 +86,58 @@ pub enum Ending {
 }
 
 /// Traffic in one direction.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
     pub frames: u64,
     pub bytes: u64,
+}
+
+impl Counts {
+    /// What `self` counted since `earlier`.
+    fn since(self, earlier: Counts) -> Counts {
+        Counts {
+            frames: self.frames - earlier.frames,
+            bytes: self.bytes - earlier.bytes,
+        }
+    }
+}
+
+/// Data frames and payload bytes relayed each way by a gateway's sessions,
+/// open ones included: each session adds what it counted since it last did
+/// about once a second ([`lifecycle::PUBLISH_EVERY`]) and when it ends, so
+/// that a gateway of hour-long sessions shows their traffic as it flows.
+/// The relay owns this type (the metrics read it) because the metrics sit
+/// above the relay. A few relaxed additions per session-second; nothing
+/// per frame (the frames are counted in each leg's [`Counts`]).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// `[up, down]`: client to upstream, upstream to client.
+    frames: [AtomicU64; 2],
+    bytes: [AtomicU64; 2],
+}
+
+impl Traffic {
+    /// Frames relayed so far, `[up, down]`.
+    pub fn frames(&self) -> [u64; 2] {
+        self.frames.each_ref().map(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// Payload bytes relayed so far, `[up, down]`.
+    pub fn bytes(&self) -> [u64; 2] {
+        self.bytes.each_ref().map(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn add(&self, direction: usize, c: Counts) {
+        self.frames[direction].fetch_add(c.frames, Ordering::Relaxed);
+        self.bytes[direction].fetch_add(c.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Where a session publishes its traffic, and what it has published.
+struct Publisher {
+    to: Arc<Traffic>,
+    /// The legs' counts at the last publish, `[client, upstream]`.
+    published: [Counts; 2],
 }
 
 /// One close frame: its code and its reason.
@@ -254,6 +307,8 @@ pub struct Session<C, U> {
     /// The one thing it waits on besides its sockets and its timer: the
     /// gateway's drain, its server's, and a rebalance's shed.
     watch: Option<Watched>,
+    /// Where its traffic is published while it runs, if anywhere.
+    traffic: Option<Publisher>,
 }
 
 impl<C, U> Session<C, U>
@@ -285,6 +340,7 @@ where
             upstream: Leg::new(Side::Upstream, upstream, policy),
             state: State::new(Lifecycle::new(rules, now), policy.close_timeout, now),
             watch: drain.map(|d| Watched::new(d, jitter.drain)),
+            traffic: None,
         }
     }
 
@@ -296,9 +352,38 @@ where
         self
     }
 
+    /// Publishes the session's frames and bytes to `traffic` while it runs
+    /// (about once a second) and when it ends.
+    pub fn counted_in(mut self, traffic: Arc<Traffic>) -> Self {
+        self.traffic = Some(Publisher {
+            to: traffic,
+            published: [Counts::default(); 2],
+        });
+        self
+    }
+
+    /// Whether it counted traffic that is not yet published.
+    fn unpublished(&self) -> bool {
+        self.traffic
+            .as_ref()
+            .is_some_and(|p| p.published != [self.client.counts, self.upstream.counts])
+    }
+
+    /// Adds what it counted since the last publish to its [`Traffic`].
+    fn publish(&mut self) {
+        let Some(p) = &mut self.traffic else { return };
+        let now = [self.client.counts, self.upstream.counts];
+        for (direction, (now, was)) in now.into_iter().zip(p.published).enumerate() {
+            p.to.add(direction, now.since(was));
+        }
+        p.published = now;
+    }
+
     /// Relays until both legs are closed, then shuts both sockets down.
     pub async fn run(&mut self) -> Summary {
         poll_fn(|cx| self.poll_relay(cx)).await;
+        // Nothing is counted any more: the last of it goes to the totals.
+        self.publish();
         let in_time = !matches!(self.state.phase, Phase::Lingering(_));
         // Shutting down is bounded by the close timeout too, on the
         // session's own timer (a session carries one timer, not two).
@@ -404,6 +489,9 @@ where
                 }
             }
         }
+        if self.unpublished() {
+            self.state.life.unpublished(now);
+        }
         let mut acted = false;
         while let Some(due) = self.state.life.due(now) {
             acted = true;
@@ -430,6 +518,7 @@ where
             Due::Idle => gateway_close(client, upstream, state, "idle timeout"),
             Due::Lifetime => gateway_close(client, upstream, state, "session lifetime reached"),
             Due::Drain(by) => state.drain(by),
+            Due::Publish => self.publish(),
         }
     }
 }

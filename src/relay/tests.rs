@@ -29,9 +29,10 @@ use super::{
     beacon::Beacon,
     gate::{Events, Gate, RateAction, RateSpec},
     leg::{Leg, LegState},
-    lifecycle::{Due, Keepalive, Rules},
+    lifecycle::{Due, Keepalive, Rules, PUBLISH_EVERY},
     phase::{Event, Phase, State},
     CloseFrame, DrainBy, DrainSignal, Ending, Jitter, LegClose, Session, SessionRules, Summary,
+    Traffic,
 };
 use crate::proto::{
     close,
@@ -193,12 +194,17 @@ fn start_with(
     jitter: Jitter,
     upstream_buffer: usize,
 ) -> Running {
-    launch(rules, drain, jitter, upstream_buffer, None)
+    launch(rules, drain, jitter, upstream_buffer, None, None)
 }
 
 /// Starts a session whose client leg goes through `gate`.
 fn start_gated(rules: SessionRules, gate: Gate) -> Running {
-    launch(rules, None, NO_JITTER, 64 * 1024, Some(gate))
+    launch(rules, None, NO_JITTER, 64 * 1024, Some(gate), None)
+}
+
+/// Starts a session that publishes its traffic to `traffic`.
+fn start_counted(rules: SessionRules, traffic: Arc<Traffic>) -> Running {
+    launch(rules, None, NO_JITTER, 64 * 1024, None, Some(traffic))
 }
 
 fn launch(
@@ -207,12 +213,16 @@ fn launch(
     jitter: Jitter,
     upstream_buffer: usize,
     client_gate: Option<Gate>,
+    traffic: Option<Arc<Traffic>>,
 ) -> Running {
     let (client_gw, client) = duplex(64 * 1024);
     let (upstream_gw, upstream) = duplex(upstream_buffer);
     let t0 = Instant::now();
     let mut session =
         Session::new(client_gw, upstream_gw, &rules, drain, jitter).gated(client_gate, None);
+    if let Some(traffic) = traffic {
+        session = session.counted_in(traffic);
+    }
     Running {
         client: Peer {
             io: client,
@@ -683,6 +693,7 @@ async fn a_server_drain_sends_1012_to_the_client_and_1001_upstream_after_its_sha
         },
         64 * 1024,
         None,
+        None,
     );
     server.set_draining(true);
     // Half of the server's 20 s window.
@@ -738,6 +749,7 @@ async fn a_server_drain_never_cuts_a_message_in_flight() {
         NO_JITTER,
         64 * 1024,
         None,
+        None,
     );
     s.upstream.send(false, TEXT, b"first half, ").await;
     assert!(!s.client.frame().await.fin);
@@ -763,6 +775,7 @@ async fn a_message_that_never_ends_holds_a_server_drain_only_until_the_close_dea
         drain_signal(&server, None, None, None),
         NO_JITTER,
         64 * 1024,
+        None,
         None,
     );
     s.upstream.send(false, TEXT, b"never finished").await;
@@ -791,6 +804,7 @@ async fn a_shed_moves_the_session_at_once_without_cutting_a_message() {
             drain: 0.9,
         },
         64 * 1024,
+        None,
         None,
     );
     s.upstream.send(false, TEXT, b"first half, ").await;
@@ -826,6 +840,7 @@ async fn a_shed_reaches_only_the_sessions_it_takes() {
             drain_signal(&server, None, None, Some(key)),
             NO_JITTER,
             64 * 1024,
+            None,
             None,
         )
     };
@@ -1140,6 +1155,104 @@ async fn an_expired_token_closes_the_client_with_4001() {
     assert_eq!(events.expired.load(Ordering::Relaxed), 1);
 }
 
+// --- Traffic ----------------------------------------------------------------
+
+/// Polls `traffic` every 10 ms of the paused clock until `frames` reads
+/// `want`; returns how long that took.
+async fn published(traffic: &Traffic, want: [u64; 2]) -> Duration {
+    let from = Instant::now();
+    while traffic.frames() != want {
+        assert!(
+            Instant::now() - from <= PUBLISH_EVERY + 10 * MS,
+            "{want:?} not published within {PUBLISH_EVERY:?}: {:?}",
+            traffic.frames()
+        );
+        tokio::time::sleep(10 * MS).await;
+    }
+    Instant::now() - from
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_session_publishes_its_traffic_within_a_second_even_once_quiet() {
+    let traffic = Arc::new(Traffic::default());
+    let mut s = start_counted(
+        rules(Duration::from_secs(1), Rules::default()),
+        traffic.clone(),
+    );
+    s.client.text("hello").await;
+    assert_eq!(s.upstream.frame().await.payload, b"hello");
+    s.upstream.text("hi").await;
+    assert_eq!(s.client.frame().await.payload, b"hi");
+    // Both legs now quiet: the session's own wake publishes, a second
+    // after it first saw the traffic, not before.
+    let took = published(&traffic, [1, 1]).await;
+    assert!(took >= PUBLISH_EVERY - 10 * MS, "published after {took:?}");
+    assert_eq!(traffic.bytes(), [5, 2]);
+
+    // Talking on: every 100 ms for 3 s. Each publish adds what came since
+    // the last, at most one a second.
+    let mut changes = Vec::new();
+    let mut last = traffic.frames();
+    for _ in 0..30 {
+        s.client.text("tick").await;
+        assert_eq!(s.upstream.frame().await.payload, b"tick");
+        tokio::time::sleep(100 * MS).await;
+        if traffic.frames() != last {
+            last = traffic.frames();
+            changes.push(Instant::now());
+        }
+    }
+    assert!(changes.len() >= 2, "published while talking: {changes:?}");
+    for w in changes.windows(2) {
+        assert!(w[1] - w[0] >= PUBLISH_EVERY, "{changes:?}");
+    }
+    // Quiet again: the rest is published within a second, the session
+    // still open.
+    published(&traffic, [31, 1]).await;
+    assert_eq!(traffic.bytes(), [5 + 30 * 4, 2]);
+
+    // A message just before the end: published with the session's last
+    // delta, and the totals are the summary's.
+    s.upstream.text("bye").await;
+    assert_eq!(s.client.frame().await.payload, b"bye");
+    s.client.close(1000, "").await;
+    assert_eq!(s.upstream.expect_close().await.0, 1000);
+    s.upstream.close(1000, "").await;
+    assert_eq!(s.client.expect_close().await.0, 1000);
+    s.client.expect_end().await;
+    s.upstream.expect_end().await;
+    let summary = s.summary().await;
+    let (up, down) = (summary.client_to_upstream, summary.upstream_to_client);
+    assert_eq!((up.frames, down.frames), (31, 2));
+    assert_eq!(traffic.frames(), [up.frames, down.frames]);
+    assert_eq!(traffic.bytes(), [up.bytes, down.bytes]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sessions_of_a_gateway_add_up_in_one_traffic() {
+    let traffic = Arc::new(Traffic::default());
+    let rules = rules(Duration::from_secs(1), Rules::default());
+    let (mut a, mut b) = (
+        start_counted(rules, traffic.clone()),
+        start_counted(rules, traffic.clone()),
+    );
+    a.client.text("one").await;
+    assert_eq!(a.upstream.frame().await.payload, b"one");
+    b.upstream.text("three").await;
+    assert_eq!(b.client.frame().await.payload, b"three");
+    published(&traffic, [1, 1]).await;
+    assert_eq!(traffic.bytes(), [3, 5]);
+    for s in [&mut a, &mut b] {
+        s.client.close(1000, "").await;
+        s.upstream.expect_close().await;
+        s.upstream.close(1000, "").await;
+        s.client.expect_close().await;
+    }
+    a.summary().await;
+    b.summary().await;
+    assert_eq!((traffic.frames(), traffic.bytes()), ([1, 1], [3, 5]));
+}
+
 // --- Shape ------------------------------------------------------------------
 
 /// The phase and leg states add nothing to a session's size (the README's
@@ -1158,8 +1271,10 @@ fn the_state_enums_do_not_grow_a_session() {
         std::mem::size_of::<LegState>(),
     );
     // Since then each leg records its closes for the access log: a thin
-    // box in the leg and one in its decoder, 8 bytes each.
-    assert!(session <= 888 + 32, "{session}");
+    // box in the leg and one in its decoder, 8 bytes each. And the session
+    // publishes its traffic while open: the `Traffic` pointer, the counts
+    // last published (32) and when the next publish is due (16).
+    assert!(session <= 888 + 32 + 56, "{session}");
     assert!(leg <= 240 + 16, "{leg}");
 }
 
@@ -1205,6 +1320,7 @@ fn lifecycle_md_names_every_variant() {
         Due::Idle => "Due::Idle",
         Due::Lifetime => "Due::Lifetime",
         Due::Drain(_) => "Due::Drain",
+        Due::Publish => "Due::Publish",
     };
     let ending = Ending::Gateway { reason: "" };
     let verdict = close::peer_of_vanished(Side::Client);
@@ -1227,6 +1343,7 @@ fn lifecycle_md_names_every_variant() {
         due(Due::Idle),
         due(Due::Lifetime),
         due(Due::Drain(DrainBy::Server)),
+        due(Due::Publish),
     ];
     let doc = include_str!("LIFECYCLE.md");
     for name in names {

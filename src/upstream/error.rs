@@ -7,6 +7,8 @@ use std::{io, time::Duration};
 
 use http::StatusCode;
 
+use crate::proto::reject::Reason;
+
 /// How far an attempt at one server had got when it failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -203,6 +205,18 @@ impl UpstreamError {
             UpstreamError::Refused { .. } => "bad gateway: upstream refused the WebSocket upgrade",
             UpstreamError::Invalid { .. } => "bad gateway: upstream sent an invalid handshake",
             UpstreamError::AllDown { .. } => "service unavailable: no upstream server is up; retry",
+        }
+    }
+
+    /// What the metrics call the refusal the client gets for this.
+    pub fn reason(&self) -> Reason {
+        match self {
+            UpstreamError::Unreachable { .. } => Reason::UpstreamUnreachable,
+            UpstreamError::Tls { .. } => Reason::UpstreamTls,
+            UpstreamError::Timeout { .. } => Reason::UpstreamTimeout,
+            UpstreamError::Refused { .. } => Reason::UpstreamRefused,
+            UpstreamError::Invalid { .. } => Reason::UpstreamInvalid,
+            UpstreamError::AllDown { .. } => Reason::NoServer,
         }
     }
 

@@ -127,6 +127,154 @@ async fn metrics_move_as_sessions_open_close_and_are_refused() {
     .await;
 }
 
+/// Frames and bytes of a session that stays open reach `/metrics` and
+/// `/status.json` within about a second, not when it ends.
+#[tokio::test]
+async fn an_open_sessions_traffic_is_counted_while_it_runs() {
+    let gw = Gateway::builder()
+        .to(&Backend::echo().await.url())
+        .admin("")
+        .start()
+        .await;
+    let mut client = connect(gw.addr, "/").await;
+    const N: usize = 20;
+    for i in 0..N {
+        let text = format!("message {i:02}");
+        client.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(next_msg(&mut client).await, Message::text(text));
+    }
+    // The client holds the session open throughout. A publish may fall
+    // between an up frame and its echo: both directions are awaited.
+    until(&gw, r#"framegate_frames_total{direction="up"}"#, N as f64).await;
+    let m = until(&gw, r#"framegate_frames_total{direction="down"}"#, N as f64).await;
+    assert_eq!(
+        sample(&m, r#"framegate_frames_total{direction="up"}"#),
+        N as f64
+    );
+    assert_eq!(sample(&m, r#"framegate_sessions_open{route="/"}"#), 1.0);
+    assert_eq!(
+        sample(&m, r#"framegate_bytes_total{direction="up"}"#),
+        200.0
+    );
+    assert_eq!(
+        sample(&m, r#"framegate_bytes_total{direction="down"}"#),
+        200.0
+    );
+    let (status, body) = admin(gw.admin.unwrap(), "GET", "/status.json", None).await;
+    assert_eq!(status, 200);
+    let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["sessions_open"], 1, "{s}");
+    assert_eq!(
+        (&s["frames"]["up_total"], &s["frames"]["down_total"]),
+        (&N.into(), &N.into()),
+        "{s}"
+    );
+    assert_eq!(
+        (&s["bytes"]["up_total"], &s["bytes"]["down_total"]),
+        (&200.into(), &200.into()),
+        "{s}"
+    );
+    // Still open and relaying.
+    client.send(Message::text("and on")).await.unwrap();
+    assert_eq!(next_msg(&mut client).await, Message::text("and on"));
+}
+
+/// One status, several reasons: each refusal is labelled by what decided
+/// it, in `/metrics`, on the status page and in the refusal's log line.
+#[tokio::test]
+async fn refusals_are_labelled_by_what_decided_them() {
+    let up = Backend::echo().await;
+    let refusing = raw_http_server(
+        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    let auth = "[origin]\nallow = [\"https://app.example\"]\n\
+                [auth]\nalgorithms = [\"HS256\"]\nsecret_file = \"hs.key\"\nleeway = \"0s\"\n\
+                required_claims = [\"tenant\"]\n";
+    let gw = Gateway::builder()
+        .server("max_connections = 2")
+        .route(route("/auth", "up").policy("auth"))
+        .route(route("/ip", "up").policy("ip"))
+        .route(route("/refusing", "refusing"))
+        .upstream("up", &[up.url()])
+        .upstream("refusing", &[format!("ws://{refusing}")])
+        .policy("auth", auth)
+        .policy("ip", "[limits]\nmax_connections_per_ip = 1\n")
+        .file("hs.key", SECRET)
+        .admin("")
+        .start()
+        .await;
+    let at = gw.addr;
+    let origin = ("origin", "https://app.example");
+    let expired = sign(
+        jsonwebtoken::Algorithm::HS256,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        None,
+        serde_json::json!({ "sub": "a", "tenant": "t", "exp": now() - 10 }),
+    );
+    let expired = format!("Bearer {expired}");
+    let no_tenant = format!("Bearer {}", hs256("a"));
+    let evil = ("origin", "https://evil.example");
+    for (path, headers, status) in [
+        // 401 three ways: no token, an expired one, the backend's own.
+        ("/auth", vec![origin], 401),
+        ("/auth", vec![origin, ("authorization", &expired)], 401),
+        ("/refusing", vec![], 401),
+        // 403 two ways: the Origin (missing, then not allowed), a claim.
+        ("/auth", vec![], 403),
+        ("/auth", vec![evil, ("authorization", &no_tenant)], 403),
+        ("/auth", vec![origin, ("authorization", &no_tenant)], 403),
+        ("/nowhere", vec![], 404),
+    ] {
+        let r = refused(at, "127.0.0.1", path, &headers).await;
+        assert_eq!(r.status.as_u16(), status, "{path} {headers:?}: {}", r.body);
+    }
+    // Over the per-address limit (429), then the gateway's (503).
+    let _a = accepted(at, "127.0.0.1", "/ip", &[]).await;
+    assert_eq!(refused(at, "127.0.0.1", "/ip", &[]).await.status, 429);
+    let _b = accepted(at, "127.0.0.2", "/ip", &[]).await;
+    assert_eq!(refused(at, "127.0.0.3", "/ip", &[]).await.status, 503);
+
+    // Counted before the answer is written: no wait needed.
+    let m = metrics(&gw).await;
+    for (series, n) in [
+        (r#"status="401",reason="token_missing""#, 1.0),
+        (r#"status="401",reason="token_expired""#, 1.0),
+        (r#"status="401",reason="upstream_refused""#, 1.0),
+        (r#"status="403",reason="forbidden_origin""#, 2.0),
+        (r#"status="403",reason="forbidden_claims""#, 1.0),
+        (r#"status="429",reason="limit_ip""#, 1.0),
+        (r#"status="503",reason="limit_global""#, 1.0),
+        (r#"status="404",reason="no_route""#, 1.0),
+    ] {
+        let series = format!("framegate_refusals_total{{{series}}}");
+        assert_eq!(sample(&m, &series), n, "{series}\n{m}");
+    }
+    assert_eq!(
+        m.lines()
+            .filter(|l| l.starts_with("framegate_refusals_total{"))
+            .count(),
+        8,
+        "{m}"
+    );
+    let (_, body) = admin(gw.admin.unwrap(), "GET", "/status.json", None).await;
+    let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["refusals"]["total"], 9, "{s}");
+    let keys: Vec<&str> = s["refusals"]["by_reason"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    for key in [
+        "401 token_expired",
+        "403 forbidden_origin",
+        "503 limit_global",
+    ] {
+        assert!(keys.contains(&key), "{key}: {keys:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_pong_timeout_is_counted() {
     let mut backend = Backend::scripted().await;

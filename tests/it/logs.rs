@@ -128,6 +128,7 @@ async fn every_json_line_parses_and_says_what_happened() {
     let no_route = refusals[0];
     assert_eq!(no_route["status"], 404);
     assert_eq!(no_route["reason"], "no route for this host and path");
+    assert_eq!(no_route["cause"], "no_route");
     assert_eq!(no_route["path"], "/nowhere");
     assert!(no_route["host"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(!no_route.contains_key("route"), "{no_route:?}");
