@@ -8,6 +8,7 @@ use tracing::{
     field::{Field, Visit},
     Event, Subscriber,
 };
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::{
     fmt::{
         format::Writer, time::FormatTime, time::SystemTime, FmtContext, FormatEvent, FormatFields,
@@ -74,7 +75,10 @@ thread_local! {
 
 impl Format {
     fn write_line(&self, w: &mut Writer<'_>, event: &Event<'_>, bufs: &mut Buffers) -> fmt::Result {
-        let meta = event.metadata();
+        // A `log` record (a dependency's: rustls, tungstenite) has its
+        // target and level in fields of its own; its metadata says "log".
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let Buffers {
             time,
             message,
@@ -87,6 +91,7 @@ impl Format {
         rest.clear();
         let mut fields = Fields {
             format: *self,
+            log_record: normalized.is_some(),
             message,
             rest,
         };
@@ -119,14 +124,25 @@ impl Format {
 /// Collects an event's fields in the order they were written.
 struct Fields<'a> {
     format: Format,
+    /// The event is a `log` record, whose `log.*` fields are left out: the
+    /// line's target and level come from them, and `log.file` is a path
+    /// on the machine that built the binary.
+    log_record: bool,
     message: &'a mut String,
     /// ` key="value"` (text) or `,"key":value` (json), one per field.
     rest: &'a mut String,
 }
 
 impl Fields<'_> {
+    fn left_out(&self, field: &Field) -> bool {
+        self.log_record && field.name().starts_with("log.")
+    }
+
     /// A value written as it is in JSON (a number, a boolean), quoted in text.
     fn raw(&mut self, field: &Field, v: impl fmt::Display) {
+        if self.left_out(field) {
+            return;
+        }
         let name = field.name();
         let _ = match self.format {
             Format::Text => write!(self.rest, " {name}=\"{v}\""),
@@ -137,6 +153,9 @@ impl Fields<'_> {
 
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, v: &str) {
+        if self.left_out(field) {
+            return;
+        }
         if field.name() == "message" {
             self.message.push_str(v);
             return;
@@ -156,7 +175,7 @@ impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, v: &dyn fmt::Debug) {
         match self.format {
             // Escaped as it is written: no string of its own.
-            Format::Text if field.name() != "message" => {
+            Format::Text if field.name() != "message" && !self.left_out(field) => {
                 let _ = write!(self.rest, " {}=\"", field.name());
                 let _ = write!(Escaping(self.rest), "{v:?}");
                 self.rest.push('"');
@@ -276,6 +295,39 @@ mod tests {
         assert_eq!(v["reason"], hostile);
         assert_eq!(v["message"], hostile);
         assert_eq!(v["debug"], format!("{hostile:?}"));
+    }
+
+    #[test]
+    fn a_log_record_has_its_own_target_and_no_log_fields() {
+        use tracing_log::log::{Level, Record};
+        for format in [Format::Json, Format::Text] {
+            let line = crate::log::tests::logged(LevelFilter::TRACE, format, || {
+                tracing_log::format_trace(
+                    &Record::builder()
+                        .args(format_args!("Sending fatal alert"))
+                        .level(Level::Warn)
+                        .target("rustls::common_state")
+                        .module_path(Some("rustls::common_state"))
+                        .file(Some("/root/.cargo/registry/src/rustls/common_state.rs"))
+                        .line(Some(144))
+                        .build(),
+                )
+                .unwrap();
+            });
+            assert!(!line.contains("log.") && !line.contains("/root"), "{line}");
+            match format {
+                Format::Json => {
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    assert_eq!(v["target"], "rustls::common_state", "{line}");
+                    assert_eq!(v["level"], "WARN", "{line}");
+                    assert_eq!(v["message"], "Sending fatal alert", "{line}");
+                }
+                Format::Text => assert!(
+                    line.ends_with(" WARN rustls::common_state: Sending fatal alert\n"),
+                    "{line}"
+                ),
+            }
+        }
     }
 
     #[test]
