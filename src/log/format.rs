@@ -8,6 +8,7 @@ use tracing::{
     field::{Field, Visit},
     Event, Subscriber,
 };
+use tracing_log::NormalizeEvent;
 use tracing_subscriber::{
     fmt::{
         format::Writer, time::FormatTime, time::SystemTime, FmtContext, FormatEvent, FormatFields,
@@ -74,7 +75,10 @@ thread_local! {
 
 impl Format {
     fn write_line(&self, w: &mut Writer<'_>, event: &Event<'_>, bufs: &mut Buffers) -> fmt::Result {
-        let meta = event.metadata();
+        // A `log` record (a dependency's: rustls, tungstenite) has its
+        // target and level in fields of its own; its metadata says "log".
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
         let Buffers {
             time,
             message,
@@ -87,6 +91,7 @@ impl Format {
         rest.clear();
         let mut fields = Fields {
             format: *self,
+            log_record: normalized.is_some(),
             message,
             rest,
         };
@@ -103,18 +108,15 @@ impl Format {
                     fields.rest
                 )
             }
-            Format::Json => {
-                let s = |v: &str| serde_json::to_string(v).map_err(|_| fmt::Error);
-                writeln!(
-                    w,
-                    "{{\"timestamp\":{},\"level\":{},\"target\":{},\"message\":{}{}}}",
-                    s(time)?,
-                    s(meta.level().as_str())?,
-                    s(meta.target())?,
-                    s(fields.message)?,
-                    fields.rest
-                )
-            }
+            Format::Json => writeln!(
+                w,
+                "{{\"timestamp\":{},\"level\":{},\"target\":{},\"message\":{}{}}}",
+                Json(time),
+                Json(meta.level().as_str()),
+                Json(meta.target()),
+                Json(fields.message),
+                fields.rest
+            ),
         }
     }
 }
@@ -122,24 +124,38 @@ impl Format {
 /// Collects an event's fields in the order they were written.
 struct Fields<'a> {
     format: Format,
+    /// The event is a `log` record, whose `log.*` fields are left out: the
+    /// line's target and level come from them, and `log.file` is a path
+    /// on the machine that built the binary.
+    log_record: bool,
     message: &'a mut String,
     /// ` key="value"` (text) or `,"key":value` (json), one per field.
     rest: &'a mut String,
 }
 
 impl Fields<'_> {
+    fn left_out(&self, field: &Field) -> bool {
+        self.log_record && field.name().starts_with("log.")
+    }
+
     /// A value written as it is in JSON (a number, a boolean), quoted in text.
     fn raw(&mut self, field: &Field, v: impl fmt::Display) {
+        if self.left_out(field) {
+            return;
+        }
         let name = field.name();
         let _ = match self.format {
             Format::Text => write!(self.rest, " {name}=\"{v}\""),
-            Format::Json => write!(self.rest, ",\"{name}\":{v}"),
+            Format::Json => write!(self.rest, ",{}:{v}", Json(name)),
         };
     }
 }
 
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, v: &str) {
+        if self.left_out(field) {
+            return;
+        }
         if field.name() == "message" {
             self.message.push_str(v);
             return;
@@ -151,8 +167,7 @@ impl Visit for Fields<'_> {
                 self.rest.push('"');
             }
             Format::Json => {
-                let v = serde_json::to_string(v).unwrap_or_default();
-                let _ = write!(self.rest, ",\"{}\":{v}", field.name());
+                let _ = write!(self.rest, ",{}:{}", Json(field.name()), Json(v));
             }
         }
     }
@@ -160,7 +175,7 @@ impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, v: &dyn fmt::Debug) {
         match self.format {
             // Escaped as it is written: no string of its own.
-            Format::Text if field.name() != "message" => {
+            Format::Text if field.name() != "message" && !self.left_out(field) => {
                 let _ = write!(self.rest, " {}=\"", field.name());
                 let _ = write!(Escaping(self.rest), "{v:?}");
                 self.rest.push('"');
@@ -193,19 +208,47 @@ impl Visit for Fields<'_> {
 /// format characters (bidi overrides, zero-widths, line separators)
 /// escaped: a line shows what a client sent, never what it wanted shown.
 pub fn escape_into(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() || invisible(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
+    let _ = escape(out, s, false);
+}
+
+/// A string as a JSON string, escaped as [`escape_into`] escapes text:
+/// beyond what JSON requires (`"`, `\\`, U+0000 to U+001F), DEL, the C1
+/// controls (U+009B is a terminal's CSI) and the invisible format
+/// characters are written `\uXXXX`, so a JSON line read as it is (`tail`,
+/// `grep`) shows no more than a text line, and parses to what was sent.
+struct Json<'a>(&'a str);
+
+impl fmt::Display for Json<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_char('"')?;
+        escape(f, self.0, true)?;
+        f.write_char('"')
+    }
+}
+
+/// Writes `s` escaped, the runs between escapes whole: `\u{202e}` in
+/// text, `\u202e` in JSON (every character escaped this way is in the BMP).
+fn escape(out: &mut impl fmt::Write, s: &str, json: bool) -> fmt::Result {
+    let mut run = 0;
+    for (i, c) in s.char_indices() {
+        let short = match c {
+            '"' => Some("\\\""),
+            '\\' => Some("\\\\"),
+            '\n' => Some("\\n"),
+            '\r' => Some("\\r"),
+            '\t' => Some("\\t"),
+            c if needs_escape(c) => None,
+            _ => continue,
+        };
+        out.write_str(&s[run..i])?;
+        run = i + c.len_utf8();
+        match short {
+            Some(short) => out.write_str(short)?,
+            None if json => write!(out, "\\u{:04x}", c as u32)?,
+            None => write!(out, "\\u{{{:x}}}", c as u32)?,
         }
     }
+    out.write_str(&s[run..])
 }
 
 /// Writes into a string through [`escape_into`].
@@ -218,6 +261,12 @@ impl fmt::Write for Escaping<'_> {
     }
 }
 
+/// Whether a line never shows `c` as it is: a control character or an
+/// invisible format character.
+pub fn needs_escape(c: char) -> bool {
+    c.is_control() || invisible(c)
+}
+
 /// Unicode format characters that change how a line reads without showing.
 fn invisible(c: char) -> bool {
     matches!(c,
@@ -228,6 +277,58 @@ fn invisible(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracing_subscriber::filter::LevelFilter;
+
+    #[test]
+    fn json_escapes_what_text_escapes_and_parses_back_to_it() {
+        let hostile = "a\"b\\c\nd\u{202e}e\u{9b}f\u{7f}g\u{2028}\u{1b}[2Jé";
+        let line = crate::log::tests::logged(LevelFilter::TRACE, Format::Json, || {
+            tracing::info!(reason = hostile, debug = ?hostile, "{hostile}");
+        });
+        let raw = line.strip_suffix('\n').unwrap();
+        assert!(!raw.chars().any(needs_escape), "{line}");
+        assert!(
+            raw.contains(r#""reason":"a\"b\\c\nd\u202ee\u009bf\u007fg\u2028\u001b[2Jé""#),
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(raw).unwrap();
+        assert_eq!(v["reason"], hostile);
+        assert_eq!(v["message"], hostile);
+        assert_eq!(v["debug"], format!("{hostile:?}"));
+    }
+
+    #[test]
+    fn a_log_record_has_its_own_target_and_no_log_fields() {
+        use tracing_log::log::{Level, Record};
+        for format in [Format::Json, Format::Text] {
+            let line = crate::log::tests::logged(LevelFilter::TRACE, format, || {
+                tracing_log::format_trace(
+                    &Record::builder()
+                        .args(format_args!("Sending fatal alert"))
+                        .level(Level::Warn)
+                        .target("rustls::common_state")
+                        .module_path(Some("rustls::common_state"))
+                        .file(Some("/root/.cargo/registry/src/rustls/common_state.rs"))
+                        .line(Some(144))
+                        .build(),
+                )
+                .unwrap();
+            });
+            assert!(!line.contains("log.") && !line.contains("/root"), "{line}");
+            match format {
+                Format::Json => {
+                    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    assert_eq!(v["target"], "rustls::common_state", "{line}");
+                    assert_eq!(v["level"], "WARN", "{line}");
+                    assert_eq!(v["message"], "Sending fatal alert", "{line}");
+                }
+                Format::Text => assert!(
+                    line.ends_with(" WARN rustls::common_state: Sending fatal alert\n"),
+                    "{line}"
+                ),
+            }
+        }
+    }
 
     #[test]
     fn hostile_strings_are_escaped() {

@@ -24,7 +24,7 @@ use tracing_subscriber::{
     Registry,
 };
 
-pub use format::{escape_into, Format};
+pub use format::{escape_into, needs_escape, Format};
 
 /// The target of access lines: the ones [`Access`] writes.
 pub const ACCESS: &str = "framegate::access";
@@ -148,9 +148,10 @@ impl Logging {
             match EnvFilter::try_new(&new.level) {
                 Ok(f) => {
                     let _ = self.level.reload(f);
-                    tracing::info!(level = %new.level, "log level changed");
+                    tracing::info!(filter = %new.level, "log level changed");
                 }
-                Err(e) => tracing::error!(level = %new.level, error = %e, "log level refused"),
+                // `filter`, not `level`: a JSON line has a `level` of its own.
+                Err(e) => tracing::error!(filter = %new.level, error = %e, "log level refused"),
             }
         }
         if let (Some(Sink::File(file)), Destination::File(path)) =
@@ -455,7 +456,55 @@ pub fn flush_this_thread() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
     use tokio::time::Instant;
+
+    /// What `format` writes for the lines `emit` logs, under `filter`.
+    pub(super) fn logged<L>(filter: L, format: Format, emit: impl FnOnce()) -> String
+    where
+        L: Layer<Registry> + Send + Sync + 'static,
+    {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let writer = out.clone();
+        let lines = tracing_subscriber::fmt::layer()
+            .event_format(format)
+            .with_writer(move || Sink(writer.clone()));
+        let subscriber = tracing_subscriber::registry().with(filter).with(lines);
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = out.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_reloaded_level_is_logged_under_a_key_of_its_own() {
+        let (filter, level) = reload::Layer::new(EnvFilter::new("info"));
+        let mut logging = Logging {
+            level,
+            settings: Settings::default(),
+        };
+        let new = Settings {
+            level: "debug".into(),
+            ..Settings::default()
+        };
+        let line = logged(filter, Format::Json, || logging.reload(new));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["message"], "log level changed", "{line}");
+        assert_eq!(v["filter"], "debug", "{line}");
+        // Parsed into a map, a second `level` would have replaced the first.
+        assert_eq!(line.matches(r#""level":"#).count(), 1, "{line}");
+    }
 
     #[test]
     fn the_throttle_passes_ten_a_second_then_counts_what_it_left_out() {

@@ -554,11 +554,7 @@ async fn sigterm_turns_the_binarys_readyz_503_while_it_drains() {
         .write(dir.path());
     let mut gw = Binary::start(&dir.path().join("framegate.toml"), &[]).await;
     let line = gw.wait_for("admin listening").await;
-    let at: SocketAddr = line
-        .split_once("addr=\"")
-        .and_then(|(_, rest)| rest.split('"').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no admin address in {line}"));
+    let at = addr_in(&line);
     guard("ready", async {
         while admin(at, "GET", "/readyz", None).await.0 != 200 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;

@@ -1,5 +1,7 @@
 //! The framegate binary as a child process: started on a config file, its
 //! log lines (stdout and stderr) read as they come, its address taken from its `listening` line.
+//! It logs JSON, each line checked as it is read, unless its config's
+//! `[log] format` says otherwise (a test of the text format asks for it).
 
 use std::{net::SocketAddr, path::Path, process::Stdio};
 
@@ -49,6 +51,12 @@ impl Binary {
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
         }
+        let format = named_format(&cwd.map_or(config.to_owned(), |cwd| cwd.join(config)));
+        match &format {
+            None => command.env("FRAMEGATE_LOG_FORMAT", "json"),
+            // The file decides, not the environment the suite runs in.
+            Some(_) => command.env_remove("FRAMEGATE_LOG_FORMAT"),
+        };
         let mut child = command
             .args(rest)
             .arg("--config")
@@ -61,7 +69,10 @@ impl Binary {
             .spawn()
             .expect("the framegate binary starts");
         let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let lines = Lines::read_both("the gateway", out, err);
+        let mut lines = Lines::read_both("the gateway", out, err);
+        if format.is_none_or(|f| f == "json") {
+            lines = lines.checked();
+        }
         let mut bin = Binary {
             child,
             lines,
@@ -112,8 +123,23 @@ impl Binary {
     }
 }
 
+impl Drop for Binary {
+    /// Checks the lines that came and were not read (the checked ones).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.lines.so_far();
+        }
+    }
+}
+
+/// The `[log] format` the config at `path` names, if it names one.
+fn named_format(path: &Path) -> Option<String> {
+    let config: toml::Table = std::fs::read_to_string(path).ok()?.parse().ok()?;
+    Some(config.get("log")?.get("format")?.as_str()?.to_owned())
+}
+
 /// The `addr` of a log line: `addr="IP:PORT"` (text) or `"addr":"IP:PORT"` (json).
-fn addr_in(line: &str) -> SocketAddr {
+pub fn addr_in(line: &str) -> SocketAddr {
     line.split_once("addr")
         .and_then(|(_, rest)| rest.trim_start_matches(['"', ':', '=']).split('"').next())
         .and_then(|a| a.parse().ok())

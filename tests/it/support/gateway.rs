@@ -9,7 +9,10 @@ use framegate::{admission::Stats, config::Config, shutdown::DrainReport, Handle}
 use tempfile::TempDir;
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::{connect, raw_upgrade, Backend, BackendConn, Binary, Client, Fleet, Leaf, RawWs};
+use super::{
+    assert_no_bad_line, check_in_process_logs, connect, raw_upgrade, Backend, BackendConn, Binary,
+    Client, Fleet, Leaf, RawWs,
+};
 
 /// Writes `contents` to `name` (a relative path) in `dir`, creating parent
 /// directories.
@@ -264,6 +267,7 @@ impl GatewayBuilder {
     /// Loads the config from a new temp dir and serves it.
     pub async fn start(self) -> Gateway {
         framegate::tls::install_provider();
+        check_in_process_logs();
         let dir = tempfile::tempdir().unwrap();
         self.write(dir.path());
         let config = Config::load(&dir.path().join("framegate.toml"))
@@ -298,7 +302,9 @@ impl GatewayBuilder {
     }
 }
 
-/// A running in-process gateway; it drains when dropped.
+/// A running in-process gateway; it drains when dropped, and fails the
+/// test then if a gateway in this process has printed a bad log line
+/// (see [`check_in_process_logs`]).
 pub struct Gateway {
     /// The first listener's address.
     pub addr: SocketAddr,
@@ -362,6 +368,15 @@ impl Gateway {
     pub fn stop(&mut self) -> JoinHandle<DrainReport> {
         self.stop.take().expect("stopped once").send(()).unwrap();
         self.done.take().unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // Not while the test fails already: a panic in a panic aborts.
+        if !std::thread::panicking() {
+            assert_no_bad_line();
+        }
     }
 }
 

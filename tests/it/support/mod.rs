@@ -16,6 +16,8 @@
 //!   [`same_port`] listeners for a name's addresses.
 //! - Waiting: tests await events under [`guard`]; [`eventually`] polls only
 //!   state that changes after the last event a test can see.
+//! - Logs: every line a gateway prints, in-process or binary, is JSON and
+//!   is checked ([`check_line`]); a bad one fails the test.
 
 mod backend;
 mod binary;
@@ -27,6 +29,7 @@ mod gateway;
 mod http_backend;
 mod http_client;
 mod jwt;
+mod log_check;
 mod process;
 mod servers;
 mod wait;
@@ -42,6 +45,7 @@ pub use gateway::*;
 pub use http_backend::*;
 pub use http_client::*;
 pub use jwt::*;
+pub use log_check::*;
 pub use process::*;
 pub use servers::*;
 pub use wait::*;

@@ -10,7 +10,7 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::{guard, guard_for};
+use super::{check_line, guard, guard_for};
 
 /// A child's output, line by line as it comes (read by a task of its own,
 /// so the child never blocks on a full pipe).
@@ -18,6 +18,8 @@ pub struct Lines {
     /// Whose lines, for failure messages.
     who: String,
     rx: mpsc::UnboundedReceiver<String>,
+    /// Each line is a JSON log line, checked as it is taken ([`Lines::checked`]).
+    checked: bool,
 }
 
 impl Lines {
@@ -28,6 +30,7 @@ impl Lines {
         Lines {
             who: who.to_owned(),
             rx,
+            checked: false,
         }
     }
 
@@ -44,16 +47,33 @@ impl Lines {
         Lines {
             who: who.to_owned(),
             rx,
+            checked: false,
         }
+    }
+
+    /// Every line is a JSON log line: each is checked with [`check_line`]
+    /// as it is taken, and a bad one fails the test.
+    pub fn checked(mut self) -> Lines {
+        self.checked = true;
+        self
     }
 
     /// The next line; fails the test if the output ends first.
     pub async fn next(&mut self) -> String {
         let who = &self.who;
-        self.rx
+        let line = self
+            .rx
             .recv()
             .await
-            .unwrap_or_else(|| panic!("{who}'s output ended"))
+            .unwrap_or_else(|| panic!("{who}'s output ended"));
+        self.check(&line);
+        line
+    }
+
+    fn check(&self, line: &str) {
+        if let (true, Err(why)) = (self.checked, check_line(line)) {
+            panic!("{} printed a bad log line: {why}:\n{line}", self.who);
+        }
     }
 
     /// The lines up to and including the next one containing `needle`, under [`guard`].
@@ -75,7 +95,9 @@ impl Lines {
 
     /// The lines that have arrived and not been taken yet, without waiting.
     pub fn so_far(&mut self) -> Vec<String> {
-        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+        let lines: Vec<String> = std::iter::from_fn(|| self.rx.try_recv().ok()).collect();
+        lines.iter().for_each(|l| self.check(l));
+        lines
     }
 
     /// The next line containing `needle`, under [`guard`].
