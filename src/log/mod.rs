@@ -1,6 +1,6 @@
 //! The access log: one structured line per WebSocket session when it ends,
 //! one per plain HTTP request and one per refusal; how lines look
-//! ([`format`]); and where they go ([`Access`] for access lines, standard
+//! ([`format`](mod@format)); and where they go ([`Access`] for access lines, standard
 //! error for the rest; [`init`] sets both up from `[log]`).
 //!
 //! Only the path is logged, never the query string, which is where browser

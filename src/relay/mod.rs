@@ -15,7 +15,7 @@
 //!   session adds to about once a second.
 //!
 //! Memory: a session owns no buffer while idle. Reads go into a per-thread
-//! scratch buffer and are rewritten in place by [`frame::Decoder`]; bytes a
+//! scratch buffer and are rewritten in place by [`Decoder`](crate::proto::frame::Decoder); bytes a
 //! leg cannot take yet go to that leg's `outbox`, which exists only until it
 //! drains. A direction is read only when the leg it writes to has nothing
 //! waiting, so a slow reader stops the gateway reading from the other side

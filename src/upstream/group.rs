@@ -302,10 +302,12 @@ fn log_changes(group: &str, before: &Answers, after: &Answers) {
         }
         let added = now.iter().filter(|a| !was.is_some_and(|w| w.contains(a)));
         let removed = was.map_or(0, |w| w.iter().filter(|a| !now.contains(a)).count());
+        // Cold path (an answer changed): one string, "10.0.0.5 10.0.0.6".
+        let addresses = now.iter().map(ToString::to_string).collect::<Vec<_>>();
         tracing::info!(
             upstream = group,
             name = %name,
-            addresses = ?now,
+            addresses = %addresses.join(" "),
             added = added.count(),
             removed,
             "server addresses changed: one server per address (sessions on a removed one stay)"

@@ -16,7 +16,7 @@
 //! - [`sticky`]: the cookie a `sticky_cookie` group sets to name the server
 //!   that took a client, and reads back to send it there again.
 //! - [`dial`]: TCP, then TLS with SNI for `wss://`, to a
-//!   [`Transport`](crate::stream::Transport) (`connect_timeout` for each);
+//!   [`Transport`] (`connect_timeout` for each);
 //!   [`tcp`]: which of the server's addresses, from which source address.
 //! - [`resolve`]: server names resolved in the background (never at a
 //!   dial), one task per group, run by the gateway like the probes; the
