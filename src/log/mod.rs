@@ -170,7 +170,10 @@ impl Logging {
     }
 }
 
-use crate::relay::{CloseFrame, Ending, Summary};
+use crate::{
+    proto::forwarded::IpText,
+    relay::{CloseFrame, Ending, Summary},
+};
 
 /// What the session line says about the session beyond its [`Summary`]:
 /// who, where, and over what. The token itself is never here, only its subject.
@@ -204,7 +207,7 @@ pub fn session(s: &Session<'_>, sum: &Summary) {
     let (cl, up) = (&sum.client_close, &sum.upstream_close);
     tracing::info!(
         target: "framegate::access",
-        client = %s.client,
+        client = IpText::socket(s.client).as_str(),
         host = s.host,
         route = s.route,
         path = s.path,
@@ -268,7 +271,7 @@ pub struct Request<'a> {
 pub fn request(r: &Request<'_>) {
     tracing::info!(
         target: "framegate::access",
-        client = %r.client,
+        client = IpText::socket(r.client).as_str(),
         host = r.host,
         route = r.route,
         method = r.method.as_str(),
@@ -303,7 +306,7 @@ pub struct Refusal<'a> {
 pub fn refusal(r: &Refusal<'_>) {
     tracing::info!(
         target: "framegate::access",
-        client = %r.client,
+        client = IpText::socket(r.client).as_str(),
         host = r.host,
         route = r.route,
         path = r.path,

@@ -12,7 +12,10 @@
 //!   client or the original request ([`CLIENT_CLAIMS`]): only the
 //!   gateway's own `X-Forwarded-*` and `X-Real-IP` describe the client then.
 
-use std::{io::Write, net::IpAddr};
+use std::{
+    io::Write,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
@@ -174,28 +177,83 @@ fn add_forwarding(
     };
 }
 
-/// An IP address as text, written on the stack: a header value is then
-/// the only copy made.
-struct IpText {
+/// An IP address (or a socket address) as text, written on the stack: a
+/// header value or a log field is then the only copy made. IPv4 is written
+/// digit by digit, IPv6 by its `Display`; `Display` for IPv4 costs more than
+/// the rest of building an upgrade's forwarding headers.
+pub(crate) struct IpText {
     buf: [u8; IpText::MAX],
     len: usize,
 }
 
 impl IpText {
-    /// The longest an address prints: `ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`
-    /// is 45 bytes.
-    const MAX: usize = 48;
+    /// The longest a socket address prints:
+    /// `[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%4294967295]:65535` is 64 bytes.
+    const MAX: usize = 64;
 
-    fn new(ip: IpAddr) -> Self {
-        let mut buf = [0; Self::MAX];
-        let mut w = &mut buf[..];
-        write!(w, "{ip}").expect("an IP address fits in 48 bytes");
-        let len = Self::MAX - w.len();
-        IpText { buf, len }
+    pub fn new(ip: IpAddr) -> Self {
+        let mut text = IpText {
+            buf: [0; Self::MAX],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => text.push_v4(v4),
+            IpAddr::V6(v6) => text.push_display(v6),
+        }
+        text
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    /// `ip:port`, `[ip]:port` for IPv6: what `SocketAddr` prints.
+    pub fn socket(addr: SocketAddr) -> Self {
+        let mut text = IpText {
+            buf: [0; Self::MAX],
+            len: 0,
+        };
+        match addr {
+            SocketAddr::V4(v4) => {
+                text.push_v4(*v4.ip());
+                text.push(b':');
+                text.push_number(v4.port().into());
+            }
+            SocketAddr::V6(v6) => text.push_display(v6),
+        }
+        text
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn push_v4(&mut self, ip: Ipv4Addr) {
+        for (n, octet) in ip.octets().into_iter().enumerate() {
+            if n > 0 {
+                self.push(b'.');
+            }
+            self.push_number(octet.into());
+        }
+    }
+
+    fn push_number(&mut self, n: u32) {
+        let mut digits = itoa::Buffer::new();
+        for &b in digits.format(n).as_bytes() {
+            self.push(b);
+        }
+    }
+
+    fn push_display(&mut self, v: impl std::fmt::Display) {
+        let mut w = &mut self.buf[self.len..];
+        let room = w.len();
+        write!(w, "{v}").expect("an address fits in 64 bytes");
+        self.len += room - w.len();
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("an address prints as ASCII")
     }
 }
 
@@ -278,6 +336,31 @@ mod tests {
         assert_eq!(out["forwarded"], "spoof");
         assert_eq!(out["true-client-ip"], "spoof");
         assert!(!out.contains_key("x_forwarded_for"));
+    }
+
+    #[test]
+    fn addresses_print_as_display_prints_them() {
+        for ip in [
+            "0.0.0.0",
+            "192.168.100.255",
+            "10.0.0.1",
+            "::1",
+            "2001:db8::7",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+        }
+        for addr in [
+            "127.0.0.1:0",
+            "255.255.255.255:65535",
+            "[::1]:8080",
+            "[fe80::1%4294967295]:65535",
+            "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%4294967295]:65535",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            assert_eq!(IpText::socket(addr).as_str(), addr.to_string());
+        }
     }
 
     #[test]
