@@ -118,17 +118,23 @@ pub fn end_to_end(from: HeaderMap) -> HeaderMap {
 /// [`end_to_end`], removing also every header `dropped` names.
 fn keep_end_to_end(mut headers: HeaderMap, dropped: impl Fn(&HeaderName) -> bool) -> HeaderMap {
     // Listed before any is removed, while `Connection` still names its
-    // headers; a handshake's few per-hop names fit on the stack.
-    let doomed: SmallVec<[HeaderName; 8]> = headers
-        .keys()
-        .filter(|name| {
-            PER_HOP.contains(name)
-                || upgrade::has_token(&headers, header::CONNECTION, name.as_str())
-                || name.as_str() == KEEP_ALIVE
-                || dropped(name)
-        })
-        .cloned()
-        .collect();
+    // headers (read once, not once per header); a handshake's few per-hop
+    // names fit on the stack.
+    let doomed: SmallVec<[HeaderName; 8]> = {
+        let named: SmallVec<[&[u8]; 4]> = upgrade::tokens(&headers, header::CONNECTION).collect();
+        headers
+            .keys()
+            .filter(|name| {
+                PER_HOP.contains(name)
+                    || named
+                        .iter()
+                        .any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()))
+                    || name.as_str() == KEEP_ALIVE
+                    || dropped(name)
+            })
+            .cloned()
+            .collect()
+    };
     for name in doomed {
         headers.remove(name);
     }
