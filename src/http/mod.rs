@@ -610,9 +610,8 @@ async fn upgrade_request(
         .upstream_took(connected.connect_took, connected.handshake_took);
     let subprotocol = connected.protocol.as_ref().and_then(|p| p.to_str().ok());
     let subprotocol = subprotocol.map(Box::from);
-    let headers = upgrade::accept(&up, connected.protocol, connected.headers);
     Ok((
-        head::encode_response(StatusCode::SWITCHING_PROTOCOLS, &headers, b""),
+        upgrade::accept(&up, connected.protocol.as_ref(), &connected.headers),
         Accepted {
             upstream: connected.io,
             route,

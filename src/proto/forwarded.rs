@@ -20,7 +20,10 @@ use std::{
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
-use super::upgrade;
+use super::{
+    head::{Lines, RawResponse},
+    upgrade,
+};
 
 /// The client of one request, as far as the gateway can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,21 +38,24 @@ pub struct ClientIp {
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
-/// the per-hop WebSocket handshake headers the gateway sets itself.
-const PER_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::UPGRADE,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::CONTENT_LENGTH,
-    header::SEC_WEBSOCKET_KEY,
-    header::SEC_WEBSOCKET_VERSION,
-    header::SEC_WEBSOCKET_EXTENSIONS,
-    header::SEC_WEBSOCKET_ACCEPT,
-    header::SEC_WEBSOCKET_PROTOCOL,
+/// the per-hop WebSocket handshake headers the gateway sets itself. As
+/// text: a name is compared with each, and `HeaderName::as_str` for a
+/// standard name is a lookup of its own.
+const PER_HOP: &[&str] = &[
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "content-length",
+    "keep-alive",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-accept",
+    "sec-websocket-protocol",
 ];
 
 /// Headers in which a proxy tells its backend who the client is or what
@@ -82,7 +88,6 @@ pub const CLIENT_CLAIMS: &[&str] = &[
 
 // Names as constants: inserting by `&str` would build (and allocate) a
 // `HeaderName` on every request.
-const KEEP_ALIVE: &str = "keep-alive";
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -115,6 +120,29 @@ pub fn end_to_end(from: HeaderMap) -> HeaderMap {
     keep_end_to_end(from, |_| false)
 }
 
+/// The end-to-end headers of an upstream's answer, in the order it sent
+/// them, as lines for the client's head: [`end_to_end`] without a map.
+pub fn end_to_end_lines(answer: &RawResponse) -> Lines {
+    let named: SmallVec<[&[u8]; 4]> =
+        upgrade::list_items(answer.get_all(&header::CONNECTION)).collect();
+    let mut lines = Lines::default();
+    for (name, value) in answer.headers() {
+        if !per_hop(name, &named) {
+            lines.push(name, value);
+        }
+    }
+    lines
+}
+
+/// Whether a header is per hop: one of [`PER_HOP`], or one the
+/// `Connection` header names (`named`, its items).
+fn per_hop(name: &[u8], named: &[&[u8]]) -> bool {
+    PER_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        || named.iter().any(|t| t.eq_ignore_ascii_case(name))
+}
+
 /// [`end_to_end`], removing also every header `dropped` names.
 fn keep_end_to_end(mut headers: HeaderMap, dropped: impl Fn(&HeaderName) -> bool) -> HeaderMap {
     // Listed before any is removed, while `Connection` still names its
@@ -124,14 +152,7 @@ fn keep_end_to_end(mut headers: HeaderMap, dropped: impl Fn(&HeaderName) -> bool
         let named: SmallVec<[&[u8]; 4]> = upgrade::tokens(&headers, header::CONNECTION).collect();
         headers
             .keys()
-            .filter(|name| {
-                PER_HOP.contains(name)
-                    || named
-                        .iter()
-                        .any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()))
-                    || name.as_str() == KEEP_ALIVE
-                    || dropped(name)
-            })
+            .filter(|name| per_hop(name.as_str().as_bytes(), &named) || dropped(name))
             .cloned()
             .collect()
     };
@@ -290,6 +311,19 @@ mod tests {
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(out[header::COOKIE], "a=b");
         assert_eq!(out[header::ORIGIN], "https://app.example");
+    }
+
+    #[test]
+    fn an_answers_end_to_end_lines_keep_its_order_and_lowercase_names() {
+        let wire = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+            Set-Cookie: a=1\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\n\
+            Keep-Alive: timeout=5\r\nX-App: kept\r\nSec-WebSocket-Accept: k\r\n\
+            Set-Cookie: b=2\r\n\r\n";
+        let answer = RawResponse::parse(wire.to_vec(), 16).unwrap().unwrap();
+        assert_eq!(
+            end_to_end_lines(&answer).as_bytes(),
+            b"set-cookie: a=1\r\nx-app: kept\r\nset-cookie: b=2\r\n"
+        );
     }
 
     #[test]
