@@ -99,8 +99,7 @@ async fn serve(mut tcp: TcpStream) {
         let Ok(up) = upgrade::validate(method, version, headers) else {
             return;
         };
-        let accept = upgrade::accept(&up, None, HeaderMap::new());
-        let answer = head::encode_response(StatusCode::SWITCHING_PROTOCOLS, &accept, b"");
+        let answer = upgrade::accept(&up, None, &head::Lines::default());
         if tcp.write_all(&answer).await.is_err() {
             return;
         }

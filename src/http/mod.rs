@@ -628,11 +628,10 @@ async fn upgrade_request(
     let subprotocol = subprotocol.map(Box::from);
     let mut end_to_end = connected.headers;
     if let Some(cookie) = &connected.cookie {
-        cookie.set_on(&mut end_to_end, tls);
+        cookie.set_on_101(&mut end_to_end, tls);
     }
-    let headers = upgrade::accept(&up, connected.protocol, end_to_end);
     Ok((
-        head::encode_response(StatusCode::SWITCHING_PROTOCOLS, &headers, b""),
+        upgrade::accept(&up, connected.protocol.as_ref(), &end_to_end),
         Accepted {
             upstream: connected.io,
             route,

@@ -110,6 +110,7 @@ fn open(path: &std::path::Path) -> io::Result<File> {
 pub fn init(settings: Settings) -> Result<Logging, String> {
     let filter = EnvFilter::try_new(&settings.level)
         .map_err(|e| format!("log level {:?}: {e}", settings.level))?;
+    let log_crate_max = log_crate_level(&filter);
     let sink = match &settings.access {
         Destination::Stdout | Destination::Off => Sink::Stdout,
         Destination::Stderr => Sink::Stderr,
@@ -136,6 +137,9 @@ pub fn init(settings: Settings) -> Result<Logging, String> {
         .with(rest)
         .try_init()
         .map_err(|e| e.to_string())?;
+    // After `try_init`, which set it from the subscriber's hint: the
+    // per-layer filters leave that at TRACE.
+    log::set_max_level(log_crate_max);
     Ok(Logging { level, settings })
 }
 
@@ -147,6 +151,7 @@ impl Logging {
         if new.level != self.settings.level {
             match EnvFilter::try_new(&new.level) {
                 Ok(f) => {
+                    log::set_max_level(log_crate_level(&f));
                     let _ = self.level.reload(f);
                     tracing::info!(filter = %new.level, "log level changed");
                 }
@@ -171,7 +176,26 @@ impl Logging {
     }
 }
 
-use crate::relay::{CloseFrame, Ending, Summary};
+/// The most verbose level `filter` lets through, for the `log` crate.
+/// tungstenite and rustls log through it, and tracing-log hands every call
+/// it lets through to the subscriber: tungstenite's `trace!` per frame
+/// header cost 2,000 instructions a handshake on the way to being dropped.
+fn log_crate_level(filter: &EnvFilter) -> log::LevelFilter {
+    use tracing_subscriber::filter::LevelFilter as L;
+    match filter.max_level_hint() {
+        Some(L::OFF) => log::LevelFilter::Off,
+        Some(L::ERROR) => log::LevelFilter::Error,
+        Some(L::WARN) => log::LevelFilter::Warn,
+        Some(L::INFO) => log::LevelFilter::Info,
+        Some(L::DEBUG) => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    }
+}
+
+use crate::{
+    proto::forwarded::IpText,
+    relay::{CloseFrame, Ending, Summary},
+};
 
 /// What the session line says about the session beyond its [`Summary`]:
 /// who, where, and over what. The token itself is never here, only its subject.
@@ -205,7 +229,7 @@ pub fn session(s: &Session<'_>, sum: &Summary) {
     let (cl, up) = (&sum.client_close, &sum.upstream_close);
     tracing::info!(
         target: "framegate::access",
-        client = %s.client,
+        client = IpText::socket(s.client).as_str(),
         host = s.host,
         route = s.route,
         path = s.path,
@@ -269,7 +293,7 @@ pub struct Request<'a> {
 pub fn request(r: &Request<'_>) {
     tracing::info!(
         target: "framegate::access",
-        client = %r.client,
+        client = IpText::socket(r.client).as_str(),
         host = r.host,
         route = r.route,
         method = r.method.as_str(),
@@ -307,7 +331,7 @@ pub struct Refusal<'a> {
 pub fn refusal(r: &Refusal<'_>) {
     tracing::info!(
         target: "framegate::access",
-        client = %r.client,
+        client = IpText::socket(r.client).as_str(),
         host = r.host,
         route = r.route,
         path = r.path,
@@ -504,6 +528,19 @@ mod tests {
         assert_eq!(v["filter"], "debug", "{line}");
         // Parsed into a map, a second `level` would have replaced the first.
         assert_eq!(line.matches(r#""level":"#).count(), 1, "{line}");
+    }
+
+    #[test]
+    fn the_log_crate_is_held_to_the_filters_most_verbose_level() {
+        for (level, max) in [
+            ("off", log::LevelFilter::Off),
+            ("info", log::LevelFilter::Info),
+            ("warn,framegate::access=info", log::LevelFilter::Info),
+            ("debug,framegate::access=off", log::LevelFilter::Debug),
+            ("info,tungstenite=trace", log::LevelFilter::Trace),
+        ] {
+            assert_eq!(log_crate_level(&EnvFilter::new(level)), max, "{level}");
+        }
     }
 
     #[test]

@@ -12,12 +12,18 @@
 //!   client or the original request ([`CLIENT_CLAIMS`]): only the
 //!   gateway's own `X-Forwarded-*` and `X-Real-IP` describe the client then.
 
-use std::{io::Write, net::IpAddr};
+use std::{
+    io::Write,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use smallvec::SmallVec;
 
-use super::upgrade;
+use super::{
+    head::{Lines, RawResponse},
+    upgrade,
+};
 
 /// The client of one request, as far as the gateway can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,21 +38,24 @@ pub struct ClientIp {
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus
-/// the per-hop WebSocket handshake headers the gateway sets itself.
-const PER_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::UPGRADE,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::CONTENT_LENGTH,
-    header::SEC_WEBSOCKET_KEY,
-    header::SEC_WEBSOCKET_VERSION,
-    header::SEC_WEBSOCKET_EXTENSIONS,
-    header::SEC_WEBSOCKET_ACCEPT,
-    header::SEC_WEBSOCKET_PROTOCOL,
+/// the per-hop WebSocket handshake headers the gateway sets itself. As
+/// text: a name is compared with each, and `HeaderName::as_str` for a
+/// standard name is a lookup of its own.
+const PER_HOP: &[&str] = &[
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "content-length",
+    "keep-alive",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-accept",
+    "sec-websocket-protocol",
 ];
 
 /// Headers in which a proxy tells its backend who the client is or what
@@ -79,7 +88,6 @@ pub const CLIENT_CLAIMS: &[&str] = &[
 
 // Names as constants: inserting by `&str` would build (and allocate) a
 // `HeaderName` on every request.
-const KEEP_ALIVE: &str = "keep-alive";
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -112,20 +120,42 @@ pub fn end_to_end(from: HeaderMap) -> HeaderMap {
     keep_end_to_end(from, |_| false)
 }
 
+/// The end-to-end headers of an upstream's answer, in the order it sent
+/// them, as lines for the client's head: [`end_to_end`] without a map.
+pub fn end_to_end_lines(answer: &RawResponse) -> Lines {
+    let named: SmallVec<[&[u8]; 4]> =
+        upgrade::list_items(answer.get_all(&header::CONNECTION)).collect();
+    let mut lines = Lines::default();
+    for (name, value) in answer.headers() {
+        if !per_hop(name, &named) {
+            lines.push(name, value);
+        }
+    }
+    lines
+}
+
+/// Whether a header is per hop: one of [`PER_HOP`], or one the
+/// `Connection` header names (`named`, its items).
+fn per_hop(name: &[u8], named: &[&[u8]]) -> bool {
+    PER_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        || named.iter().any(|t| t.eq_ignore_ascii_case(name))
+}
+
 /// [`end_to_end`], removing also every header `dropped` names.
 fn keep_end_to_end(mut headers: HeaderMap, dropped: impl Fn(&HeaderName) -> bool) -> HeaderMap {
     // Listed before any is removed, while `Connection` still names its
-    // headers; a handshake's few per-hop names fit on the stack.
-    let doomed: SmallVec<[HeaderName; 8]> = headers
-        .keys()
-        .filter(|name| {
-            PER_HOP.contains(name)
-                || upgrade::has_token(&headers, header::CONNECTION, name.as_str())
-                || name.as_str() == KEEP_ALIVE
-                || dropped(name)
-        })
-        .cloned()
-        .collect();
+    // headers (read once, not once per header); a handshake's few per-hop
+    // names fit on the stack.
+    let doomed: SmallVec<[HeaderName; 8]> = {
+        let named: SmallVec<[&[u8]; 4]> = upgrade::tokens(&headers, header::CONNECTION).collect();
+        headers
+            .keys()
+            .filter(|name| per_hop(name.as_str().as_bytes(), &named) || dropped(name))
+            .cloned()
+            .collect()
+    };
     for name in doomed {
         headers.remove(name);
     }
@@ -174,28 +204,83 @@ fn add_forwarding(
     };
 }
 
-/// An IP address as text, written on the stack: a header value is then
-/// the only copy made.
-struct IpText {
+/// An IP address (or a socket address) as text, written on the stack: a
+/// header value or a log field is then the only copy made. IPv4 is written
+/// digit by digit, IPv6 by its `Display`; `Display` for IPv4 costs more than
+/// the rest of building an upgrade's forwarding headers.
+pub(crate) struct IpText {
     buf: [u8; IpText::MAX],
     len: usize,
 }
 
 impl IpText {
-    /// The longest an address prints: `ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`
-    /// is 45 bytes.
-    const MAX: usize = 48;
+    /// The longest a socket address prints:
+    /// `[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%4294967295]:65535` is 64 bytes.
+    const MAX: usize = 64;
 
-    fn new(ip: IpAddr) -> Self {
-        let mut buf = [0; Self::MAX];
-        let mut w = &mut buf[..];
-        write!(w, "{ip}").expect("an IP address fits in 48 bytes");
-        let len = Self::MAX - w.len();
-        IpText { buf, len }
+    pub fn new(ip: IpAddr) -> Self {
+        let mut text = IpText {
+            buf: [0; Self::MAX],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => text.push_v4(v4),
+            IpAddr::V6(v6) => text.push_display(v6),
+        }
+        text
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    /// `ip:port`, `[ip]:port` for IPv6: what `SocketAddr` prints.
+    pub fn socket(addr: SocketAddr) -> Self {
+        let mut text = IpText {
+            buf: [0; Self::MAX],
+            len: 0,
+        };
+        match addr {
+            SocketAddr::V4(v4) => {
+                text.push_v4(*v4.ip());
+                text.push(b':');
+                text.push_number(v4.port().into());
+            }
+            SocketAddr::V6(v6) => text.push_display(v6),
+        }
+        text
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn push_v4(&mut self, ip: Ipv4Addr) {
+        for (n, octet) in ip.octets().into_iter().enumerate() {
+            if n > 0 {
+                self.push(b'.');
+            }
+            self.push_number(octet.into());
+        }
+    }
+
+    fn push_number(&mut self, n: u32) {
+        let mut digits = itoa::Buffer::new();
+        for &b in digits.format(n).as_bytes() {
+            self.push(b);
+        }
+    }
+
+    fn push_display(&mut self, v: impl std::fmt::Display) {
+        let mut w = &mut self.buf[self.len..];
+        let room = w.len();
+        write!(w, "{v}").expect("an address fits in 64 bytes");
+        self.len += room - w.len();
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("an address prints as ASCII")
     }
 }
 
@@ -226,6 +311,19 @@ mod tests {
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(out[header::COOKIE], "a=b");
         assert_eq!(out[header::ORIGIN], "https://app.example");
+    }
+
+    #[test]
+    fn an_answers_end_to_end_lines_keep_its_order_and_lowercase_names() {
+        let wire = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+            Set-Cookie: a=1\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\n\
+            Keep-Alive: timeout=5\r\nX-App: kept\r\nSec-WebSocket-Accept: k\r\n\
+            Set-Cookie: b=2\r\n\r\n";
+        let answer = RawResponse::parse(wire.to_vec(), 16).unwrap().unwrap();
+        assert_eq!(
+            end_to_end_lines(&answer).as_bytes(),
+            b"set-cookie: a=1\r\nx-app: kept\r\nset-cookie: b=2\r\n"
+        );
     }
 
     #[test]
@@ -278,6 +376,31 @@ mod tests {
         assert_eq!(out["forwarded"], "spoof");
         assert_eq!(out["true-client-ip"], "spoof");
         assert!(!out.contains_key("x_forwarded_for"));
+    }
+
+    #[test]
+    fn addresses_print_as_display_prints_them() {
+        for ip in [
+            "0.0.0.0",
+            "192.168.100.255",
+            "10.0.0.1",
+            "::1",
+            "2001:db8::7",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+        }
+        for addr in [
+            "127.0.0.1:0",
+            "255.255.255.255:65535",
+            "[::1]:8080",
+            "[fe80::1%4294967295]:65535",
+            "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%4294967295]:65535",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            assert_eq!(IpText::socket(addr).as_str(), addr.to_string());
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use http::{
     header, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode,
     Uri, Version,
 };
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::proto::{
@@ -54,10 +55,41 @@ pub struct Head<T> {
 /// with `buf` (bytes already read past an earlier head on this connection).
 async fn read<S, T>(
     io: &mut S,
+    buf: Vec<u8>,
+    limits: (usize, usize),
+    parse: impl Fn(&[u8]) -> Parsed<T>,
+) -> Result<Head<T>, HeadError>
+where
+    S: AsyncRead + Unpin,
+{
+    let (head, len, buf) = read_whole(io, buf, limits, parse).await?;
+    Ok(Head {
+        head,
+        early: after_head(buf, len),
+    })
+}
+
+/// What follows a head of `len` bytes at the start of `buf`. It moves to
+/// the front of the buffer when it is most of it (a body read with its
+/// head), else to a buffer of its own (a pipelined request, early frames;
+/// none at all when nothing followed).
+fn after_head(mut buf: Vec<u8>, len: usize) -> Vec<u8> {
+    match buf.len() - len > FIRST_READ {
+        true => {
+            buf.drain(..len);
+            buf
+        }
+        false => buf.split_off(len),
+    }
+}
+
+/// [`read`], returning the head's length and the whole buffer read.
+async fn read_whole<S, T>(
+    io: &mut S,
     mut buf: Vec<u8>,
     (first_read, max_bytes): (usize, usize),
     parse: impl Fn(&[u8]) -> Parsed<T>,
-) -> Result<Head<T>, HeadError>
+) -> Result<(T, usize, Vec<u8>), HeadError>
 where
     S: AsyncRead + Unpin,
 {
@@ -71,17 +103,7 @@ where
                 if len > max_bytes {
                     return Err(HeadError::TooLarge(max_bytes));
                 }
-                // What follows the head moves to the front of the buffer when
-                // it is most of it (a body read with its head), else to a
-                // buffer of its own (a pipelined request, early frames).
-                let early = match buf.len() - len > FIRST_READ {
-                    true => {
-                        buf.drain(..len);
-                        buf
-                    }
-                    false => buf.split_off(len),
-                };
-                return Ok(Head { head, early });
+                return Ok((head, len, buf));
             }
         }
         scanned = buf.len().saturating_sub(3);
@@ -101,9 +123,15 @@ where
 }
 
 /// Whether `buf[from..]` has the blank line that ends a head (LF or CRLF).
+/// Only the line ends are looked at, found by memchr: comparing a window at
+/// every byte cost more than parsing the head.
 fn has_blank_line(buf: &[u8], from: usize) -> bool {
     let tail = &buf[from..];
-    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+    memchr::memchr_iter(b'\n', tail).any(|at| match tail.get(at + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => tail.get(at + 2) == Some(&b'\n'),
+        _ => false,
+    })
 }
 
 /// Reads a request head; `pending` is what was read past the previous one.
@@ -139,6 +167,151 @@ pub async fn read_response<S: AsyncRead + Unpin>(
 ) -> Result<Head<Response>, HeadError> {
     let limits = (FIRST_READ, max_bytes);
     read(io, pending, limits, |buf| parse_response(buf, max_headers)).await
+}
+
+/// A response head read whole and left where it was read, its headers
+/// looked up in place. An upstream's 101 is only checked, and its
+/// end-to-end headers copied into the client's 101: a map of it (two
+/// allocations, a copy and a hash per header) would be built to be thrown
+/// away.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: StatusCode,
+    /// The head, then what was read past it.
+    buf: Vec<u8>,
+    len: usize,
+    /// Each header's name and value, as ranges of `buf`.
+    fields: SmallVec<[Field; 16]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// Reads a response head as a [`RawResponse`].
+pub async fn read_raw_response<S: AsyncRead + Unpin>(
+    io: &mut S,
+    max_bytes: usize,
+    max_headers: usize,
+) -> Result<RawResponse, HeadError> {
+    let limits = (FIRST_READ, max_bytes);
+    let parse = |buf: &[u8]| parse_raw_response(buf, max_headers);
+    let ((status, fields), len, buf) = read_whole(io, Vec::new(), limits, parse).await?;
+    Ok(RawResponse {
+        status,
+        buf,
+        len,
+        fields,
+    })
+}
+
+/// [`parse_response`], the headers left as ranges of `buf`.
+fn parse_raw_response(
+    buf: &[u8],
+    max_headers: usize,
+) -> Parsed<(StatusCode, SmallVec<[Field; 16]>)> {
+    let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_SLOTS], Vec::new());
+    let mut resp = httparse::Response::new(slots(max_headers, &mut stack, &mut heap));
+    let len = match resp.parse(buf).map_err(|e| parse_error(e, max_headers))? {
+        httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(len) => len,
+    };
+    let status = StatusCode::from_u16(resp.code.unwrap_or_default())
+        .map_err(|_| HeadError::Malformed("invalid status code"))?;
+    // httparse's slices are of `buf`; a head is far below 4 GiB.
+    let at = |s: &[u8]| {
+        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+        (start as u32, (start + s.len()) as u32)
+    };
+    let fields = resp
+        .headers
+        .iter()
+        .map(|h| Field {
+            name: at(h.name.as_bytes()),
+            value: at(h.value),
+        })
+        .collect();
+    Ok(Some(((status, fields), len)))
+}
+
+impl RawResponse {
+    /// Parses a complete response head at the start of `buf`; `None` while
+    /// it is incomplete.
+    #[cfg(test)]
+    pub fn parse(buf: Vec<u8>, max_headers: usize) -> Result<Option<RawResponse>, HeadError> {
+        let parsed = parse_raw_response(&buf, max_headers)?;
+        Ok(parsed.map(|((status, fields), len)| RawResponse {
+            status,
+            buf,
+            len,
+            fields,
+        }))
+    }
+
+    fn slice(&self, (start, end): (u32, u32)) -> &[u8] {
+        &self.buf[start as usize..end as usize]
+    }
+
+    /// Every header, name and value, in the order they came. Both are as
+    /// httparse accepted them: a name is a token, a value has no control
+    /// character but tab, exactly what `HeaderName` and `HeaderValue` take.
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields
+            .iter()
+            .map(|f| (self.slice(f.name), self.slice(f.value)))
+    }
+
+    /// The values of every `name` header, in order.
+    pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        let name = name.as_str().as_bytes();
+        self.headers()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The first `name` header's value, as `HeaderMap::get` would give it.
+    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        let name = name.as_str().as_bytes();
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The head as a map, for an answer passed on whole (a refusal).
+    pub fn to_response(&self) -> Result<Response, HeadError> {
+        let head = &self.buf[..self.len];
+        let parsed = parse_response(head, self.fields.len().max(1))?;
+        Ok(parsed.expect("a head read whole parses whole").0)
+    }
+
+    /// What was read past the head (frames behind a 101, a body's start).
+    pub fn into_early(self) -> Vec<u8> {
+        after_head(self.buf, self.len)
+    }
+}
+
+/// Header lines as a head carries them (`name: value\r\n` each), for
+/// headers passed on as they came and never looked up: an upstream 101's
+/// end-to-end headers, on their way into the client's 101.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lines(Vec<u8>);
+
+impl Lines {
+    /// Adds a header read by httparse ([`RawResponse::headers`]); the name
+    /// is written in lowercase, as a `HeaderName` is.
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        debug_assert!(!value.iter().any(|&b| b == b'\r' || b == b'\n'));
+        self.0.extend(name.iter().map(u8::to_ascii_lowercase));
+        self.0.extend_from_slice(b": ");
+        self.0.extend_from_slice(value);
+        self.0.extend_from_slice(b"\r\n");
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// Parses a complete request head at the start of `buf`; `None` while
@@ -286,14 +459,21 @@ fn header_map(headers: &[httparse::Header<'_>]) -> Result<HeaderMap, HeadError> 
 
 /// A response head and its body, ready to write.
 pub fn encode_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + 40 * headers.len() + body.len());
+    let mut out = response_line(status, 128 + 40 * headers.len() + body.len());
+    encode_headers(&mut out, headers);
+    out.extend_from_slice(body);
+    out
+}
+
+/// The start of a response head, with room for `room` bytes in all;
+/// [`header_line`] adds headers, [`end_head`] ends it.
+pub fn response_line(status: StatusCode, room: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(room);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    encode_headers(&mut out, headers);
-    out.extend_from_slice(body);
     out
 }
 
@@ -415,6 +595,24 @@ mod tests {
             request(b"GET / SPDY/3\r\n\r\n", 1024).await,
             Err(HeadError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_blank_line_ends_a_head_with_or_without_cr() {
+        for (buf, from, blank) in [
+            (&b"GET / HTTP/1.1\r\nA: 1\r\n\r\n"[..], 0, true),
+            (b"GET / HTTP/1.1\nA: 1\n\n", 0, true),
+            (b"GET / HTTP/1.1\r\nA: 1\n\r\n", 0, true),
+            (b"GET / HTTP/1.1\r\nA: 1\r\n", 0, false),
+            (b"GET / HTTP/1.1\r\nA: 1\r\n\r", 0, false),
+            (b"\r\n\r\n", 0, true),
+            (b"\n", 0, false),
+            // Only what follows `from` counts.
+            (b"A\n\nB\r\n", 3, false),
+            (b"A\r\n\r\n", 2, true),
+        ] {
+            assert_eq!(has_blank_line(buf, from), blank, "{buf:?} from {from}");
+        }
     }
 
     #[test]

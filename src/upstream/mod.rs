@@ -75,7 +75,10 @@ pub use self::{
     ws::{UpstreamRequest, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
 };
 use self::{balance::Balancer, endpoint::Endpoint, error::Phase};
-use crate::stream::{Stream, Transport};
+use crate::{
+    proto::head::Lines,
+    stream::{Stream, Transport},
+};
 
 /// How long reaching an upstream may take (from the route's policy).
 #[derive(Debug, Clone, Copy)]
@@ -97,8 +100,9 @@ pub struct Connected {
     pub io: Stream,
     /// The subprotocol the upstream chose (one the client offered).
     pub protocol: Option<HeaderValue>,
-    /// End-to-end headers of the upstream's 101 (e.g. `Set-Cookie`).
-    pub headers: HeaderMap,
+    /// End-to-end headers of the upstream's 101 (e.g. `Set-Cookie`), as
+    /// it sent them.
+    pub headers: Lines,
     /// Counts the session on its server (least connections): hold it for
     /// the session's life. It also names the server, for logs.
     pub load: InFlight,
@@ -561,7 +565,7 @@ mod tests {
         Arc,
     };
 
-    use http::StatusCode;
+    use http::{HeaderMap, StatusCode};
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::TcpListener,

@@ -34,7 +34,7 @@ use std::{fmt, fmt::Write as _, sync::Arc, time::Duration};
 use http::{header, HeaderMap, HeaderValue};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::proto::cookie;
+use crate::proto::{cookie, head::Lines};
 
 /// The cookie's `SameSite` attribute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,10 +165,11 @@ pub struct CookieToSet {
 }
 
 impl CookieToSet {
-    /// Adds the `Set-Cookie` to the 101 of an upgrade (browsers keep a
-    /// cookie set on a 101), after the backend's own.
-    pub fn set_on(&self, headers: &mut HeaderMap, tls: bool) {
-        headers.append(header::SET_COOKIE, self.cookie.header(self.server, tls));
+    /// Adds the `Set-Cookie` to the end-to-end lines of an upgrade's 101
+    /// (browsers keep a cookie set on a 101), after the backend's own.
+    pub fn set_on_101(&self, lines: &mut Lines, tls: bool) {
+        let value = self.cookie.header(self.server, tls);
+        lines.push(header::SET_COOKIE.as_str().as_bytes(), value.as_bytes());
     }
 
     /// Adds the `Set-Cookie` to a plain response, and `Cache-Control:
@@ -178,7 +179,7 @@ impl CookieToSet {
     /// other `Cache-Control` directives stay; `private` wins over `public`
     /// and `max-age` for a shared cache.
     pub fn set_on_response(&self, headers: &mut HeaderMap, tls: bool) {
-        self.set_on(headers, tls);
+        headers.append(header::SET_COOKIE, self.cookie.header(self.server, tls));
         if !kept_from_shared_caches(headers) {
             headers.append(header::CACHE_CONTROL, HeaderValue::from_static("private"));
         }
@@ -215,9 +216,11 @@ mod tests {
     }
 
     fn set_cookie(cookie: StickyCookie, tls: bool) -> String {
-        let mut h = HeaderMap::new();
-        to_set(cookie, "ws://10.0.0.5:8080").set_on(&mut h, tls);
-        h[header::SET_COOKIE].to_str().unwrap().to_owned()
+        let mut lines = Lines::default();
+        to_set(cookie, "ws://10.0.0.5:8080").set_on_101(&mut lines, tls);
+        let line = std::str::from_utf8(lines.as_bytes()).unwrap();
+        let value = line.strip_prefix("set-cookie: ").unwrap();
+        value.strip_suffix("\r\n").unwrap().to_owned()
     }
 
     /// Pinned: a change here unsticks every client of every deployed fleet.

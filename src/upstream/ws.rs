@@ -15,7 +15,7 @@ use super::{error::Refusal, Endpoint, Phase, UpstreamError};
 use crate::proto::{
     body::{self, Decoder},
     forwarded,
-    head::{self, HeadError},
+    head::{self, HeadError, Lines, RawResponse},
     upgrade,
 };
 
@@ -48,8 +48,9 @@ pub struct Handshake<S> {
     pub early: Vec<u8>,
     /// The subprotocol the server chose (one the client offered).
     pub protocol: Option<HeaderValue>,
-    /// End-to-end headers of the 101 (e.g. `Set-Cookie`).
-    pub headers: HeaderMap,
+    /// End-to-end headers of the 101 (e.g. `Set-Cookie`), in the order
+    /// the server sent them.
+    pub headers: Lines,
 }
 
 /// Runs the upgrade with `endpoint` over `io`, within `limit` from the first
@@ -86,23 +87,23 @@ where
     io.write_all(&request_head(req, endpoint.authority(), key))
         .await
         .map_err(broken)?;
-    let answer = head::read_response(&mut io, Vec::new(), MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
+    let answer = head::read_raw_response(&mut io, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
         .await
         .map_err(|e| match e {
             HeadError::Io(e) => broken(e),
             HeadError::Closed | HeadError::Truncated => broken(io::ErrorKind::UnexpectedEof.into()),
             e => UpstreamError::invalid(server, e.to_string()),
         })?;
-    let head::Response {
-        status,
-        headers: rh,
-        ..
-    } = answer.head;
-    let protocol = match check_answer(status, &rh, key, req.protocols) {
+    let protocol = match check_answer(&answer, key, req.protocols) {
         Ok(p) => p,
         Err(Bad::Invalid(why)) => return Err(UpstreamError::invalid(server, why)),
         Err(Bad::Status(status)) => {
-            let body = refusal_body(&mut io, status, &rh, answer.early).await;
+            // A refusal is passed on whole: its head as a map.
+            let rh = answer
+                .to_response()
+                .map_err(|e| UpstreamError::invalid(server, e.to_string()))?
+                .headers;
+            let body = refusal_body(&mut io, status, &rh, answer.into_early()).await;
             let mut headers = forwarded::end_to_end(rh);
             let body = match body {
                 Some(body) => body,
@@ -124,9 +125,9 @@ where
     };
     Ok(Handshake {
         io,
-        early: answer.early,
         protocol,
-        headers: forwarded::end_to_end(rh),
+        headers: forwarded::end_to_end_lines(&answer),
+        early: answer.into_early(),
     })
 }
 
@@ -198,40 +199,38 @@ enum Bad {
 /// Checks an answer to an upgrade sent with `key` offering `offered`;
 /// returns the subprotocol the server chose, if any.
 fn check_answer(
-    status: StatusCode,
-    rh: &HeaderMap,
+    rh: &RawResponse,
     key: &str,
     offered: &[String],
 ) -> Result<Option<HeaderValue>, Bad> {
-    if status != StatusCode::SWITCHING_PROTOCOLS {
-        return Err(Bad::Status(status));
+    if rh.status != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(Bad::Status(rh.status));
     }
-    if !upgrade::has_token(rh, header::UPGRADE, "websocket")
-        || !upgrade::has_token(rh, header::CONNECTION, "upgrade")
-    {
+    let has = |name, token: &str| {
+        upgrade::list_items(rh.get_all(&name)).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+    };
+    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
         return Err(Bad::Invalid(
             "101 without Upgrade: websocket and Connection: upgrade",
         ));
     }
     let expected = upgrade::accept_key(key.as_bytes());
-    if rh
-        .get(header::SEC_WEBSOCKET_ACCEPT)
-        .map(HeaderValue::as_bytes)
-        != Some(&expected[..])
-    {
+    if rh.get(&header::SEC_WEBSOCKET_ACCEPT) != Some(&expected[..]) {
         return Err(Bad::Invalid("wrong or missing Sec-WebSocket-Accept"));
     }
-    if rh.contains_key(header::SEC_WEBSOCKET_EXTENSIONS) {
+    if rh.get(&header::SEC_WEBSOCKET_EXTENSIONS).is_some() {
         return Err(Bad::Invalid("negotiated an extension that was not offered"));
     }
-    let protocol = rh.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
-    if let Some(p) = &protocol {
-        let chosen = p.to_str().unwrap_or_default();
-        if !offered.iter().any(|o| o == chosen) {
-            return Err(Bad::Invalid("chose a subprotocol the client did not offer"));
-        }
+    let Some(chosen) = rh.get(&header::SEC_WEBSOCKET_PROTOCOL) else {
+        return Ok(None);
+    };
+    // What was offered is visible ASCII (`HeaderValue::to_str`), so a
+    // value that is not matches none.
+    if !offered.iter().any(|o| o.as_bytes() == chosen) {
+        return Err(Bad::Invalid("chose a subprotocol the client did not offer"));
     }
-    Ok(protocol)
+    let chosen = HeaderValue::from_bytes(chosen).expect("httparse checked the value");
+    Ok(Some(chosen))
 }
 
 #[cfg(test)]
@@ -270,13 +269,27 @@ mod tests {
         h
     }
 
+    /// [`check_answer`] of an answer with `status` and `h`, read off the wire.
+    fn check(
+        status: StatusCode,
+        h: &HeaderMap,
+        key: &str,
+        offered: &[String],
+    ) -> Result<Option<HeaderValue>, Bad> {
+        let wire = head::encode_response(status, h, b"");
+        let rh = RawResponse::parse(wire, MAX_RESPONSE_HEADERS)
+            .unwrap()
+            .unwrap();
+        check_answer(&rh, key, offered)
+    }
+
     fn offered(p: &[&str]) -> Vec<String> {
         p.iter().map(|s| s.to_string()).collect()
     }
 
     #[test]
     fn a_valid_101_is_accepted() {
-        let ok = check_answer(StatusCode::SWITCHING_PROTOCOLS, &a_101(&[]), KEY, &[]);
+        let ok = check(StatusCode::SWITCHING_PROTOCOLS, &a_101(&[]), KEY, &[]);
         assert_eq!(ok, Ok(None));
         // Tokens are case-insensitive and may be in lists.
         let mut h = a_101(&[]);
@@ -286,7 +299,7 @@ mod tests {
             HeaderValue::from_static("keep-alive, upgrade"),
         );
         assert_eq!(
-            check_answer(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
+            check(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
             Ok(None)
         );
     }
@@ -299,7 +312,7 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE,
         ] {
             assert_eq!(
-                check_answer(status, &a_101(&[]), KEY, &[]),
+                check(status, &a_101(&[]), KEY, &[]),
                 Err(Bad::Status(status))
             );
         }
@@ -313,17 +326,11 @@ mod tests {
         for missing in [header::UPGRADE, header::CONNECTION] {
             let mut h = a_101(&[]);
             h.remove(&missing);
-            assert_eq!(
-                check_answer(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
-                not_ws
-            );
+            assert_eq!(check(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]), not_ws);
         }
         let mut h = a_101(&[]);
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
-        assert_eq!(
-            check_answer(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
-            not_ws
-        );
+        assert_eq!(check(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]), not_ws);
     }
 
     #[test]
@@ -331,22 +338,19 @@ mod tests {
         let wrong = Err(Bad::Invalid("wrong or missing Sec-WebSocket-Accept"));
         let other_key = "x3JJHMbDL1EzLkh9GBhXDw==";
         assert_eq!(
-            check_answer(StatusCode::SWITCHING_PROTOCOLS, &a_101(&[]), other_key, &[]),
+            check(StatusCode::SWITCHING_PROTOCOLS, &a_101(&[]), other_key, &[]),
             wrong
         );
         let mut h = a_101(&[]);
         h.remove(header::SEC_WEBSOCKET_ACCEPT);
-        assert_eq!(
-            check_answer(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
-            wrong
-        );
+        assert_eq!(check(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]), wrong);
     }
 
     #[test]
     fn no_extension_may_be_negotiated() {
         let h = a_101(&[("sec-websocket-extensions", "permessage-deflate")]);
         assert_eq!(
-            check_answer(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
+            check(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
             Err(Bad::Invalid("negotiated an extension that was not offered"))
         );
     }
@@ -354,7 +358,7 @@ mod tests {
     #[test]
     fn the_subprotocol_must_be_one_offered() {
         let h = a_101(&[("sec-websocket-protocol", "b")]);
-        let ok = check_answer(
+        let ok = check(
             StatusCode::SWITCHING_PROTOCOLS,
             &h,
             KEY,
@@ -363,11 +367,11 @@ mod tests {
         assert_eq!(ok, Ok(Some(HeaderValue::from_static("b"))));
         let unoffered = Err(Bad::Invalid("chose a subprotocol the client did not offer"));
         assert_eq!(
-            check_answer(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &offered(&["a"])),
+            check(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &offered(&["a"])),
             unoffered
         );
         assert_eq!(
-            check_answer(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
+            check(StatusCode::SWITCHING_PROTOCOLS, &h, KEY, &[]),
             unoffered
         );
     }
@@ -468,14 +472,8 @@ mod tests {
         let req = request(&protocols, None);
         let done = handshake(io, &endpoint, &req, LIMIT).await.unwrap();
         assert_eq!(done.protocol, Some(HeaderValue::from_static("b")));
-        assert_eq!(done.headers.get(header::SET_COOKIE).unwrap(), "s=1");
-        for hop in [
-            header::UPGRADE,
-            header::CONNECTION,
-            header::SEC_WEBSOCKET_ACCEPT,
-        ] {
-            assert!(!done.headers.contains_key(&hop), "{hop} is per hop");
-        }
+        // Only the end-to-end header, its name as a `HeaderName` writes it.
+        assert_eq!(done.headers.as_bytes(), b"set-cookie: s=1\r\n");
         assert_eq!(done.early, b"\x81\x02hi");
         drop(done.io);
         let sent = srv.await.unwrap();
