@@ -641,7 +641,7 @@ async fn upgrade_request(
             admitted,
             load: connected.load,
             drain: connected.drain,
-            host: authority.as_ref().map(|a| a.to_string().into()),
+            host: authority.as_ref().map(host::Authority::to_boxed_str),
             subprotocol,
         },
     ))
