@@ -219,8 +219,10 @@ impl Admission {
         let identity = match rules.auth.as_ref().filter(|_| kind.checks_token()) {
             None => None,
             Some(auth) => {
-                let id = auth
-                    .authenticate(headers, uri, kind.protocols())
+                // Boxed: a key fetch's state is kilobytes, which every
+                // admission (and upgrade) future would otherwise carry and
+                // move, with or without a token to check.
+                let id = Box::pin(auth.authenticate(headers, uri, kind.protocols()))
                     .await
                     .map_err(|e| e.reject())?;
                 let sessions_per_subject = limits

@@ -275,7 +275,9 @@ async fn handshake(
         let at = match locate(&request.head, client, ctx) {
             Ok(at) if plain_http(&at, &request.head) => {
                 // Tracked, so a drain waits for the request to finish.
-                let next = proxy::serve(io, request, at, client, ctx);
+                // Boxed: its state is kilobytes, which every upgrade's
+                // handshake would otherwise carry and move.
+                let next = Box::pin(proxy::serve(io, request, at, client, ctx));
                 return match ctx.sessions.track(next).await {
                     // An idle connection holds no buffer.
                     proxy::Next::KeepAlive(rest) if rest.is_empty() => {
@@ -504,7 +506,8 @@ async fn refuse(
     let limit = ctx.server.request_timeout;
     let written = timeout(limit, io.write_all(&answer)).await;
     if !keep_alive {
-        linger_close(io, limit).await;
+        // Boxed: its read buffer is not carried by every handshake.
+        Box::pin(linger_close(io, limit)).await;
     }
     keep_alive && matches!(written, Ok(Ok(())))
 }
@@ -638,7 +641,7 @@ async fn upgrade_request(
             admitted,
             load: connected.load,
             drain: connected.drain,
-            host: authority.as_ref().map(|a| a.to_string().into()),
+            host: authority.as_ref().map(host::Authority::to_boxed_str),
             subprotocol,
         },
     ))

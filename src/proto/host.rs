@@ -10,7 +10,7 @@
 //! scheme's default is dropped, so `Secure.Example.com.:443` on a TLS
 //! listener is `secure.example.com`, the same host routing knows.
 
-use std::{fmt, io::Write, net::Ipv6Addr};
+use std::{fmt, net::Ipv6Addr};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Version};
@@ -105,23 +105,27 @@ impl Authority {
 
     /// As a header value, for the forwarded `Host` and `X-Forwarded-Host`.
     pub fn header_value(&self) -> HeaderValue {
-        let mut port = [0; 6];
-        let port = match self.port {
-            Some(p) => {
-                let mut w = &mut port[..];
-                write!(w, ":{p}").expect("`:` and a u16 fit in 6 bytes");
-                let len = 6 - w.len();
-                &port[..len]
-            }
-            None => &[],
-        };
-        // Written once at its exact length, so the bytes become the value
-        // as they are: no second copy, no second allocation.
-        let mut text = Vec::with_capacity(self.host.len() + port.len());
-        text.extend_from_slice(self.host.as_bytes());
-        text.extend_from_slice(port);
-        HeaderValue::from_maybe_shared(Bytes::from(text))
+        HeaderValue::from_maybe_shared(Bytes::from(self.text().into_bytes()))
             .expect("a validated host is a valid header value")
+    }
+
+    /// As boxed text (what `Display` writes), for the access log.
+    pub fn to_boxed_str(&self) -> Box<str> {
+        self.text().into_boxed_str()
+    }
+
+    /// `host[:port]`, written once at its exact length, so that the bytes
+    /// become a header value or a box as they are: no second copy, no
+    /// shrinking reallocation, no formatting machinery.
+    fn text(&self) -> String {
+        let mut digits = itoa::Buffer::new();
+        let port = self.port.map_or("", |p| digits.format(p));
+        let colon = if port.is_empty() { "" } else { ":" };
+        let mut text = String::with_capacity(self.host.len() + colon.len() + port.len());
+        text.push_str(&self.host);
+        text.push_str(colon);
+        text.push_str(port);
+        text
     }
 }
 
@@ -220,6 +224,22 @@ mod tests {
         let plain = Authority::parse(b"a.test:443").unwrap();
         assert_eq!(plain.clone().without_default_port(false).host(), "a.test");
         assert_eq!(plain.without_default_port(false).to_string(), "a.test:443");
+    }
+
+    #[test]
+    fn the_header_value_and_the_log_text_are_what_display_writes() {
+        for raw in [
+            "a.test",
+            "a.test:8080",
+            "127.0.0.1:1",
+            "[2001:db8::1]:65535",
+            "b.test:443",
+        ] {
+            let a = Authority::parse(raw.as_bytes()).unwrap();
+            assert_eq!(a.header_value(), HeaderValue::from_str(raw).unwrap());
+            assert_eq!(&*a.to_boxed_str(), raw);
+            assert_eq!(a.to_string(), raw);
+        }
     }
 
     #[test]

@@ -346,15 +346,18 @@ impl Upstream {
         policy: &Timeouts,
         placement: Placement,
     ) -> Result<Conn, UpstreamError> {
-        let deadline = Instant::now() + policy.handshake;
+        // One clock read for the deadline, the choice and the first
+        // server's time; read again only after a server failed.
+        let mut now = Instant::now();
+        let deadline = now + policy.handshake;
         let mut last = None;
-        let servers = self.available_candidates(&placement);
+        let servers = self.available_candidates(&placement, now);
         if servers.is_empty() {
             // None up, or none at all (a name with no answer yet): 503.
             return Err(self.all_down()); // health
         }
         for server in servers {
-            let Some(left) = time_left(deadline) else {
+            let Some(left) = time_left(deadline, now) else {
                 break;
             };
             let load = self.in_flight(server); // health
@@ -376,6 +379,7 @@ impl Upstream {
                 Err(e) if fails_over(&e) => {
                     tracing::warn!(upstream = %self.name, error = %e, "server failed, trying the next one");
                     last = Some(e);
+                    now = Instant::now();
                 }
                 Err(e) => return Err(e),
             }
@@ -390,7 +394,7 @@ impl Upstream {
     /// rebalance found above their share last (rebalance.rs), so that the
     /// sessions it moves land elsewhere; one with a key always goes where
     /// its key says.
-    fn available_candidates(&self, placement: &Placement) -> Tries {
+    fn available_candidates(&self, placement: &Placement, now: Instant) -> Tries {
         let loads = |i: usize| self.load(i); // health
         let pinned = placement
             .pinned
@@ -411,7 +415,6 @@ impl Upstream {
             return servers;
         }
         // The balancer's order within each part; no further than needed.
-        let now = Instant::now();
         let mut crowded = Vec::new();
         for server in candidates {
             match self.standing(server, now) {
@@ -451,8 +454,11 @@ impl Upstream {
         policy: &Timeouts,
         placement: Placement,
     ) -> Result<Connected, UpstreamError> {
-        let deadline = Instant::now() + policy.handshake;
-        let servers = self.available_candidates(&placement);
+        // One clock read for the deadline, the choice and the first
+        // server's time; read again only after a server failed.
+        let mut now = Instant::now();
+        let deadline = now + policy.handshake;
+        let servers = self.available_candidates(&placement, now);
         if servers.is_empty() {
             // None up, or none at all (a name with no answer yet): 503.
             return Err(self.all_down()); // health
@@ -460,7 +466,7 @@ impl Upstream {
         let tries = servers.len();
         let mut last = None;
         for (n, server) in servers.into_iter().enumerate() {
-            let Some(left) = time_left(deadline) else {
+            let Some(left) = time_left(deadline, now) else {
                 break;
             };
             let endpoint = &self.endpoints[server];
@@ -476,12 +482,13 @@ impl Upstream {
             // connections does not all pick the same least-loaded server.
             let load = self.in_flight(server); // health
             let drain = self.drain_signal(server, placement.key.map(|k| k.0)); // health
-            let outcome = attempt(endpoint, &req, &limits, load, drain).await;
+            let outcome = attempt(endpoint, &req, &limits, load, drain, now).await;
             self.report(server, &outcome); // health
             match outcome {
                 Err(e) if fails_over(&e) => {
                     tracing::warn!(upstream = %self.name, error = %e, "server failed, trying the next one");
                     last = Some(e);
+                    now = Instant::now();
                 }
                 Ok(connected) => {
                     return Ok(Connected {
@@ -500,9 +507,9 @@ impl Upstream {
 /// `max_attempts` is 3) are held inline: choosing them allocates nothing.
 type Tries = SmallVec<[usize; 4]>;
 
-/// What is left before `deadline`; `None` once it has passed.
-fn time_left(deadline: Instant) -> Option<Duration> {
-    Some(deadline.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+/// What is left before `deadline` at `now`; `None` once it has passed.
+fn time_left(deadline: Instant, now: Instant) -> Option<Duration> {
+    Some(deadline.saturating_duration_since(now)).filter(|d| !d.is_zero())
 }
 
 /// Whether the upgrade request counts as idempotent when deciding if it may
@@ -533,15 +540,16 @@ fn fails_over(e: &UpstreamError) -> bool {
         )
 }
 
-/// One server: dial, then handshake.
+/// One server: dial, then handshake. `started` is when the server was
+/// chosen (the caller's clock read), from which the connect is timed.
 async fn attempt(
     endpoint: &Endpoint,
     req: &UpstreamRequest<'_>,
     policy: &Timeouts,
     load: InFlight,
     drain: crate::relay::DrainSignal,
+    started: Instant,
 ) -> Result<Connected, UpstreamError> {
-    let started = Instant::now();
     let io = dial::dial(endpoint, policy.connect).await?;
     let dialed = Instant::now();
     let done = ws::handshake(io, endpoint, req, policy.handshake).await?;
