@@ -238,9 +238,7 @@ impl Fields<'_> {
         }
         match self.format {
             Format::Text => {
-                self.rest.push(' ');
-                self.rest.push_str(field.name());
-                self.rest.push_str("=\"");
+                self.text_name(field.name());
                 self.rest.push_str(v);
                 self.rest.push('"');
             }
@@ -249,6 +247,13 @@ impl Fields<'_> {
                 self.rest.push_str(v);
             }
         }
+    }
+
+    /// ` name="`, before a text value (and its closing quote).
+    fn text_name(&mut self, name: &str) {
+        self.rest.push(' ');
+        self.rest.push_str(name);
+        self.rest.push_str("=\"");
     }
 
     /// `,"name":`, before a JSON value.
@@ -270,9 +275,7 @@ impl Visit for Fields<'_> {
         }
         match self.format {
             Format::Text => {
-                self.rest.push(' ');
-                self.rest.push_str(field.name());
-                self.rest.push_str("=\"");
+                self.text_name(field.name());
                 escape_into(self.rest, v);
                 self.rest.push('"');
             }
@@ -291,9 +294,7 @@ impl Visit for Fields<'_> {
             _ if self.left_out(field) => {}
             // Escaped as it is written: no string of its own.
             Format::Text => {
-                self.rest.push(' ');
-                self.rest.push_str(field.name());
-                self.rest.push_str("=\"");
+                self.text_name(field.name());
                 let _ = write!(Escaping(self.rest), "{v:?}");
                 self.rest.push('"');
             }

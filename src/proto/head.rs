@@ -212,6 +212,32 @@ fn parse_raw_response(
     buf: &[u8],
     max_headers: usize,
 ) -> Parsed<(StatusCode, SmallVec<[Field; 16]>)> {
+    parse_response_with(buf, max_headers, |status, resp| {
+        // httparse's slices are of `buf`; a head is far below 4 GiB.
+        let at = |s: &[u8]| {
+            let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+            (start as u32, (start + s.len()) as u32)
+        };
+        let fields = resp
+            .headers
+            .iter()
+            .map(|h| Field {
+                name: at(h.name.as_bytes()),
+                value: at(h.value),
+            })
+            .collect();
+        Ok((status, fields))
+    })
+}
+
+/// httparse's reading of a response head at the start of `buf`, and its
+/// status, handed to `build`: the one parse under [`parse_response`] and
+/// [`parse_raw_response`].
+fn parse_response_with<T>(
+    buf: &[u8],
+    max_headers: usize,
+    build: impl FnOnce(StatusCode, &httparse::Response<'_, '_>) -> Result<T, HeadError>,
+) -> Parsed<T> {
     let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_SLOTS], Vec::new());
     let mut resp = httparse::Response::new(slots(max_headers, &mut stack, &mut heap));
     let len = match resp.parse(buf).map_err(|e| parse_error(e, max_headers))? {
@@ -220,20 +246,7 @@ fn parse_raw_response(
     };
     let status = StatusCode::from_u16(resp.code.unwrap_or_default())
         .map_err(|_| HeadError::Malformed("invalid status code"))?;
-    // httparse's slices are of `buf`; a head is far below 4 GiB.
-    let at = |s: &[u8]| {
-        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
-        (start as u32, (start + s.len()) as u32)
-    };
-    let fields = resp
-        .headers
-        .iter()
-        .map(|h| Field {
-            name: at(h.name.as_bytes()),
-            value: at(h.value),
-        })
-        .collect();
-    Ok(Some(((status, fields), len)))
+    Ok(Some((build(status, &resp)?, len)))
 }
 
 impl RawResponse {
@@ -386,20 +399,13 @@ pub fn body_framing(version: Version, headers: &HeaderMap) -> Result<Framing, He
 /// Parses a response head at the start of `buf`: `None` while it is
 /// incomplete, else the head and its length.
 pub fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<Response> {
-    let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_SLOTS], Vec::new());
-    let mut resp = httparse::Response::new(slots(max_headers, &mut stack, &mut heap));
-    let len = match resp.parse(buf).map_err(|e| parse_error(e, max_headers))? {
-        httparse::Status::Partial => return Ok(None),
-        httparse::Status::Complete(len) => len,
-    };
-    let status = StatusCode::from_u16(resp.code.unwrap_or_default())
-        .map_err(|_| HeadError::Malformed("invalid status code"))?;
-    let response = Response {
-        status,
-        version: version(resp.version),
-        headers: header_map(resp.headers)?,
-    };
-    Ok(Some((response, len)))
+    parse_response_with(buf, max_headers, |status, resp| {
+        Ok(Response {
+            status,
+            version: version(resp.version),
+            headers: header_map(resp.headers)?,
+        })
+    })
 }
 
 /// Header slots up to this many live on the stack, so parsing a head under
