@@ -102,6 +102,9 @@ impl Example {
             .arg(repo(script))
             .env("FRAMEGATE_BIN", env!("CARGO_BIN_EXE_framegate"))
             .env("RUST_LOG", "info")
+            // The gateway's lines in JSON, each checked (the script's own
+            // are text).
+            .env("FRAMEGATE_LOG_FORMAT", "json")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -110,7 +113,7 @@ impl Example {
         let mut child = command.spawn().expect("bash runs the example");
         // The gateway's own lines (`listening`) go to standard error.
         let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let lines = Lines::read_both(script, out, err);
+        let lines = Lines::read_both(script, out, err).checked_objects();
         Example { child, lines }
     }
 
@@ -121,9 +124,8 @@ impl Example {
     }
 
     async fn gateway_addr(&mut self) -> SocketAddr {
-        let rest = self.after("listening addr=").await;
-        let addr = rest.split_whitespace().next().unwrap();
-        addr.trim_matches('"').parse().unwrap()
+        let line = self.lines.wait_for(r#""message":"listening""#).await;
+        fields(&line)["addr"].as_str().unwrap().parse().unwrap()
     }
 
     fn signal_group(&self, name: &str) {
@@ -148,7 +150,9 @@ impl Example {
             .await
             .unwrap();
         assert!(status.success(), "{status}");
-        self.lines.wait_for("stopped").await;
+        self.lines.wait_for(r#""message":"stopped""#).await;
+        // Checks what came after, to the end.
+        self.lines.so_far();
     }
 }
 

@@ -18,8 +18,18 @@ pub struct Lines {
     /// Whose lines, for failure messages.
     who: String,
     rx: mpsc::UnboundedReceiver<String>,
-    /// Each line is a JSON log line, checked as it is taken ([`Lines::checked`]).
-    checked: bool,
+    /// Which lines are JSON log lines, checked as they are taken.
+    checked: Checked,
+}
+
+/// Which of a child's lines are JSON log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checked {
+    None,
+    /// Every line ([`Lines::checked`]).
+    Every,
+    /// The lines that start with `{` ([`Lines::checked_objects`]).
+    Objects,
 }
 
 impl Lines {
@@ -30,7 +40,7 @@ impl Lines {
         Lines {
             who: who.to_owned(),
             rx,
-            checked: false,
+            checked: Checked::None,
         }
     }
 
@@ -47,14 +57,22 @@ impl Lines {
         Lines {
             who: who.to_owned(),
             rx,
-            checked: false,
+            checked: Checked::None,
         }
     }
 
     /// Every line is a JSON log line: each is checked with [`check_line`]
     /// as it is taken, and a bad one fails the test.
     pub fn checked(mut self) -> Lines {
-        self.checked = true;
+        self.checked = Checked::Every;
+        self
+    }
+
+    /// The lines that start with `{` are JSON log lines, checked as
+    /// [`Lines::checked`] checks every line: a script's own lines are text
+    /// beside those of the gateway it runs.
+    pub fn checked_objects(mut self) -> Lines {
+        self.checked = Checked::Objects;
         self
     }
 
@@ -71,7 +89,12 @@ impl Lines {
     }
 
     fn check(&self, line: &str) {
-        if let (true, Err(why)) = (self.checked, check_line(line)) {
+        let json = match self.checked {
+            Checked::None => false,
+            Checked::Every => true,
+            Checked::Objects => line.starts_with('{'),
+        };
+        if let (true, Err(why)) = (json, check_line(line)) {
             panic!("{} printed a bad log line: {why}:\n{line}", self.who);
         }
     }
