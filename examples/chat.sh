@@ -6,10 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source examples/lib.sh
-work=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
-trap 'exit 0' INT TERM
 exec 3< <(exec python3 examples/chat/server.py --port "${BACKEND_PORT:-9000}")
 pids+=($!)
 read -r line <&3                     # "chat backend on 127.0.0.1:PORT"

@@ -7,10 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source examples/lib.sh
-work=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
-trap 'exit 0' INT TERM
 backend="${ECHO_BACKEND_BIN:-}"
 if [[ -z "$backend" ]]; then
   cargo build --quiet --release --example echo_backend
