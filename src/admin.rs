@@ -201,6 +201,12 @@ fn answer(state: &State, req: Request<Incoming>) -> Answer {
             status(state).to_string(),
         ),
         (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", PAGE),
+        // A page elsewhere that the operator's browser has open could
+        // otherwise post here (a form or `no-cors` fetch needs no
+        // preflight), and with no token set, be obeyed.
+        (&Method::POST, _) if cross_site(&req) => {
+            text(StatusCode::FORBIDDEN, "cross-site request refused\n")
+        }
         (&Method::POST, p) => match drain_target(p) {
             Some((group, label, on)) => match state.health.admin_drain(&group, &label, on) {
                 Ok(changed) => text(
@@ -231,6 +237,21 @@ fn authorized(token: Option<&str>, req: &Request<Incoming>) -> bool {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+/// A browser's request from a page of another origin: its `Origin` does
+/// not name the host it asked. The status page's own posts are
+/// same-origin; the CLI and curl send no `Origin`.
+fn cross_site(req: &Request<Incoming>) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return false;
+    };
+    let origin = origin.as_bytes();
+    let authority = origin
+        .strip_prefix(b"http://")
+        .or_else(|| origin.strip_prefix(b"https://"));
+    let host = req.headers().get(header::HOST).map(|h| h.as_bytes());
+    authority.is_none() || authority != host
 }
 
 /// Equal without an early exit at the first difference (`subtle`); only

@@ -7,11 +7,22 @@ use toml::Spanned;
 use super::{file::AdminSection, Checker, ListenerConfig};
 
 /// The admin listener's settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AdminConfig {
     pub addr: SocketAddr,
     /// The bearer token read from `token_env` at load; `None`: no token.
     pub token: Option<String>,
+}
+
+/// Says whether there is a token, never what it is: a config printed in
+/// a log line or a panic must not carry it.
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Checker<'_> {
@@ -57,5 +68,21 @@ impl Checker<'_> {
             },
         };
         Some(AdminConfig { addr, token })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_never_printed() {
+        let config = AdminConfig {
+            addr: "127.0.0.1:9090".parse().unwrap(),
+            token: Some("s3cret-admin-token".into()),
+        };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
     }
 }

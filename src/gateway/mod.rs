@@ -77,6 +77,9 @@ struct Kept {
     pending: Arc<Pending>,
     /// Listener addresses as configured; a reload cannot change them.
     addrs: Vec<SocketAddr>,
+    /// `[admin]` as configured (address and token): read once at start,
+    /// so a reload cannot change it either.
+    admin: Option<(SocketAddr, Option<String>)>,
     /// The built-in echo backend, started once and kept across reloads.
     echo: OnceCell<SocketAddr>,
     /// Servers' health, draining states and live counts by (group, label),
@@ -109,6 +112,7 @@ impl Gateway {
             admission: Arc::default(),
             pending: Arc::default(),
             addrs: config.listeners.iter().map(|l| l.addr).collect(),
+            admin: admin_of(&config),
             echo: OnceCell::new(),
             probes: std::sync::Mutex::default(),
             known: Arc::default(),
@@ -320,10 +324,15 @@ async fn accept(
     }
 }
 
+/// What of `[admin]` the admin listener was started with.
+fn admin_of(config: &Config) -> Option<(SocketAddr, Option<String>)> {
+    config.admin.as_ref().map(|a| (a.addr, a.token.clone()))
+}
+
 impl Handle {
     /// Serves new connections with `config` from now on. Running sessions
-    /// keep their route, upstream and policy. Listener addresses cannot
-    /// change without a restart.
+    /// keep their route, upstream and policy. Listener addresses and
+    /// `[admin]` cannot change without a restart.
     pub async fn reload(&self, config: Config) -> anyhow::Result<()> {
         let addrs: Vec<_> = config.listeners.iter().map(|l| l.addr).collect();
         let kept = &self.inner.kept;
@@ -332,6 +341,12 @@ impl Handle {
             "listener addresses changed ({:?} -> {:?}); restart to apply",
             kept.addrs,
             addrs
+        );
+        // Refused rather than half applied: an operator rotating a leaked
+        // token must not be told "reloaded" while the old one still works.
+        anyhow::ensure!(
+            admin_of(&config) == kept.admin,
+            "[admin] changed (its address or token); restart to apply"
         );
         let current = kept.generation(config).await?;
         self.inner.current.store(Arc::new(current));

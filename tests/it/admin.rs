@@ -19,9 +19,14 @@ pub async fn admin(
     path: &str,
     token: Option<&str>,
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n");
+    admin_with(addr, method, path, &auth).await
+}
+
+/// [`admin`] with extra header lines (each ending in CRLF).
+async fn admin_with(addr: SocketAddr, method: &str, path: &str, extra: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\n{extra}Connection: close\r\nContent-Length: 0\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
@@ -330,6 +335,12 @@ async fn the_token_is_required_when_configured() {
     // Probes stay open: they tell nothing but alive and ready.
     assert_eq!(admin(at, "GET", "/healthz", None).await.0, 200);
     assert_eq!(admin(at, "GET", "/readyz", None).await.0, 200);
+    // A rotated token needs a restart: the reload says so, and is refused
+    // whole, rather than reporting success while the old token still works.
+    std::env::set_var("FRAMEGATE_TEST_ADMIN_TOKEN", "rotated");
+    let config = framegate::config::Config::load(&gw.dir.path().join("framegate.toml")).unwrap();
+    let refused = gw.handle().reload(config).await.unwrap_err();
+    assert!(refused.to_string().contains("[admin] changed"), "{refused}");
 }
 
 #[tokio::test]
@@ -410,7 +421,21 @@ async fn a_server_drained_through_admin_moves_its_sessions_and_undrains() {
             .0,
         404
     );
-    assert_eq!(admin(at, "POST", &path("drain"), None).await.0, 200);
+    // A page of another origin cannot drain it (no token is set here);
+    // the same origin can.
+    let evil = admin_with(
+        at,
+        "POST",
+        &path("drain"),
+        "Origin: http://evil.example\r\n",
+    )
+    .await;
+    assert_eq!(evil, (403, "cross-site request refused\n".into()));
+    let (_, after) = admin(at, "GET", "/status.json", None).await;
+    let after: serde_json::Value = serde_json::from_str(&after).unwrap();
+    assert_eq!(after["servers"][0]["draining"], false, "{after}");
+    let own = admin_with(at, "POST", &path("drain"), "Origin: http://admin\r\n").await;
+    assert_eq!(own.0, 200);
     assert_eq!(close_code(&mut client).await.0, 1012);
     // The session's end is counted with the code its client was sent.
     drop(client);
