@@ -335,7 +335,11 @@ impl Server {
             return Err(AdminDrainError::ByConfig);
         }
         self.by_admin.store(on, Ordering::Relaxed);
-        Ok(self.beacon.set_draining(on))
+        // Either flag drains, as in `set_draining`: a reload that sets
+        // `drain = true` meanwhile is not undone here.
+        Ok(self
+            .beacon
+            .set_draining(on || self.by_config.load(Ordering::Relaxed)))
     }
 
     /// Removed by a reload: its sessions move off over the last window.
@@ -1086,5 +1090,27 @@ mod tests {
         b.finish();
         assert!(!a.is_draining());
         assert!(a.available(Instant::now()));
+    }
+
+    #[test]
+    fn the_admin_drain_and_the_configs_each_hold_the_server() {
+        let reg = Registry::default();
+        let reload = |drain| {
+            let mut b = reg.begin();
+            let g = b.group("pool", &ips(&[("ws://a", drain)]), Settings::default());
+            b.finish();
+            g.servers[0].clone()
+        };
+        let a = reload(true);
+        assert!(matches!(
+            a.set_admin_drain(false),
+            Err(AdminDrainError::ByConfig)
+        ));
+        assert!(a.is_draining(), "the config's drain wins");
+        assert_eq!(a.set_admin_drain(true), Ok(false), "already draining");
+        let a = reload(false);
+        assert!(a.is_draining(), "the admin's drain outlives the config's");
+        assert_eq!(a.set_admin_drain(false), Ok(true));
+        assert!(!a.is_draining());
     }
 }
