@@ -38,7 +38,7 @@ use prometheus_client::{
 };
 
 use crate::proto::{frame::Side, reject::Reason};
-use crate::relay::{Ending, Summary, Traffic};
+use crate::relay::{gate, Ending, Summary, Traffic};
 
 /// The gateway's metrics. Families are registered once, at start.
 pub struct Metrics {
@@ -509,7 +509,7 @@ impl Metrics {
         let (who, code) = match s.ending {
             Some(Ending::Closed { by, code }) => (side(by), code),
             Some(Ending::Violation { by, code, reason }) => {
-                if reason.contains("rate exceeded") {
+                if [gate::MESSAGE_RATE_EXCEEDED, gate::BYTE_RATE_EXCEEDED].contains(&reason) {
                     h.rate_closes[index(by)].inc();
                 }
                 (side(by), Some(code))
@@ -704,5 +704,48 @@ impl Buckets {
             f64::INFINITY
         };
         Some([at(0.5), at(0.9), at(0.99)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::{Counts, LegClose};
+
+    fn ended(ending: Ending) -> Summary {
+        Summary {
+            ending: Some(ending),
+            client_to_upstream: Counts::default(),
+            upstream_to_client: Counts::default(),
+            client_close: LegClose::default(),
+            upstream_close: LegClose::default(),
+            clean: false,
+            client_rtt: None,
+            upstream_rtt: None,
+        }
+    }
+
+    #[test]
+    fn rate_limit_closes_are_counted_by_the_gates_own_reasons() {
+        let metrics = Metrics::new();
+        let route = metrics.route("/");
+        for reason in [gate::MESSAGE_RATE_EXCEEDED, gate::BYTE_RATE_EXCEEDED] {
+            metrics.session_ended(
+                &route,
+                &ended(Ending::Violation {
+                    by: Side::Client,
+                    code: 1008,
+                    reason,
+                }),
+            );
+        }
+        let other = Ending::Violation {
+            by: Side::Client,
+            code: 1009,
+            reason: "message too big",
+        };
+        metrics.session_ended(&route, &ended(other));
+        assert_eq!(metrics.hot.rate_closes[index(Side::Client)].get(), 2);
+        assert_eq!(metrics.hot.rate_closes[index(Side::Upstream)].get(), 0);
     }
 }

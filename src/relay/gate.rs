@@ -34,6 +34,10 @@ use serde::Deserialize;
 
 use crate::proto::close::{self, Verdict};
 
+/// The violations a rate limit closes a session with (the access log's
+/// `ending`); the metrics count them as rate-limit closes by these.
+pub const MESSAGE_RATE_EXCEEDED: &str = "message rate exceeded";
+pub const BYTE_RATE_EXCEEDED: &str = "byte rate exceeded";
 /// What happens to a leg that sends faster than its rate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -152,8 +156,8 @@ impl<C: Clock> Meter<C> {
     pub fn settle(&mut self) -> Decision {
         let mut wait = Duration::ZERO;
         for (bucket, what) in [
-            (&mut self.frames, "message rate exceeded"),
-            (&mut self.bytes, "byte rate exceeded"),
+            (&mut self.frames, MESSAGE_RATE_EXCEEDED),
+            (&mut self.bytes, BYTE_RATE_EXCEEDED),
         ] {
             let Some(b) = bucket else { continue };
             if let Err(w) = b.pay() {
