@@ -15,7 +15,17 @@ fn main() {
         if let Ok(head) = std::fs::read_to_string(format!("{git}/HEAD")) {
             if let Some(branch) = head.trim().strip_prefix("ref: ") {
                 let common = common_dir().unwrap_or_else(|| git.clone());
-                println!("cargo:rerun-if-changed={common}/{branch}");
+                // The branch's loose ref, or packed-refs once `git gc` packed
+                // it: a path that does not exist would make cargo rerun this
+                // script (and rebuild the crate) on every build.
+                for path in [
+                    format!("{common}/{branch}"),
+                    format!("{common}/packed-refs"),
+                ] {
+                    if std::path::Path::new(&path).exists() {
+                        println!("cargo:rerun-if-changed={path}");
+                    }
+                }
             }
         }
     }

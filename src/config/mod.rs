@@ -236,7 +236,6 @@ impl<'a> Checker<'a> {
         self.errors.push(self.source.error(at.span(), message));
     }
 
-    /// A path written in the config, relative to the config file.
     /// `[log]`: the level must parse as a filter; a file is relative to
     /// the config.
     fn log(&mut self, l: &file::LogSection) -> crate::log::Settings {
@@ -260,6 +259,7 @@ impl<'a> Checker<'a> {
         settings
     }
 
+    /// A path written in the config, relative to the config file.
     fn path(&self, p: &str) -> PathBuf {
         self.base.join(p)
     }
