@@ -311,6 +311,7 @@ async fn reload_on_sighup(
         return;
     };
     while hup.recv().await.is_some() {
+        logging.reopen();
         match Config::load(&path) {
             Err(errors) => {
                 for e in &errors.0 {
@@ -318,13 +319,16 @@ async fn reload_on_sighup(
                 }
             }
             Ok(config) => {
-                match framegate::log::from_env(config.log.clone()) {
-                    Ok(log) => logging.reload(log),
-                    Err(e) => tracing::error!(error = %e, "log settings refused"),
-                }
+                let log = framegate::log::from_env(config.log.clone());
                 log_warnings(&config);
                 match handle.reload(config).await {
                     Ok(()) => {
+                        // `[log]` goes with the rest of the config: a
+                        // refused reload does not change the level.
+                        match log {
+                            Ok(log) => logging.reload(log),
+                            Err(e) => tracing::error!(error = %e, "log settings refused"),
+                        }
                         tracing::info!(config = %path.display(), "reloaded; new connections use the new config")
                     }
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused"),

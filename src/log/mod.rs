@@ -144,9 +144,9 @@ pub fn init(settings: Settings) -> Result<Logging, String> {
 }
 
 impl Logging {
-    /// Applies a reloaded `[log]` (after the environment's overrides): the
-    /// level changes at once, an access file is reopened (logrotate's
-    /// `create`); a new format or destination needs a restart, and says so.
+    /// Applies a reloaded `[log]` (after the environment's overrides) once
+    /// the reload is taken: the level changes at once; a new format or
+    /// destination needs a restart, and says so.
     pub fn reload(&mut self, new: Settings) {
         if new.level != self.settings.level {
             match EnvFilter::try_new(&new.level) {
@@ -159,6 +159,16 @@ impl Logging {
                 Err(e) => tracing::error!(filter = %new.level, error = %e, "log level refused"),
             }
         }
+        if new.format != self.settings.format || new.access != self.settings.access {
+            tracing::warn!("[log] format and access take effect on restart");
+        }
+        self.settings.level = new.level;
+    }
+
+    /// Reopens an access file (logrotate's `create` then SIGHUP): on every
+    /// SIGHUP, whether or not the config it rereads is taken, or a rotated
+    /// file would go on being written while a broken config is on disk.
+    pub fn reopen(&self) {
         if let (Some(Sink::File(file)), Destination::File(path)) =
             (SINK.get(), &self.settings.access)
         {
@@ -169,10 +179,6 @@ impl Logging {
                 }
             }
         }
-        if new.format != self.settings.format || new.access != self.settings.access {
-            tracing::warn!("[log] format and access take effect on restart");
-        }
-        self.settings.level = new.level;
     }
 }
 

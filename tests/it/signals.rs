@@ -6,7 +6,7 @@
 use std::{collections::HashMap, path::Path, sync::Arc};
 
 use crate::support::*;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::{
     process::Command,
     sync::{mpsc, watch},
@@ -100,6 +100,50 @@ async fn sighup_with_an_invalid_config_changes_nothing() {
     let mut after = connect(gw.addr, "/").await;
     after.send(Message::text("old config")).await.unwrap();
     assert_eq!(next_msg(&mut after).await, Message::text("old config"));
+}
+
+/// Waits until `path` exists and holds a session line.
+async fn a_session_line_in(path: &Path) {
+    eventually(&format!("a session line in {}", path.display()), || {
+        std::fs::read_to_string(path).is_ok_and(|t| t.contains("session ended"))
+    })
+    .await;
+}
+
+/// One WebSocket session through `addr`, closed by the client.
+async fn one_session(addr: std::net::SocketAddr) {
+    let mut ws = connect(addr, "/").await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_msg(&mut ws).await, Message::text("hi"));
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+}
+
+#[tokio::test]
+async fn sighup_reopens_the_access_file_even_when_the_config_is_refused() {
+    let url = Backend::echo().await.url();
+    let dir = tempfile::tempdir().unwrap();
+    Gateway::builder()
+        .to(&url)
+        .log("access = \"access.log\"")
+        .write(dir.path());
+    let mut gw = Binary::start(&dir.path().join("framegate.toml"), &[]).await;
+    let (log, rotated) = (
+        dir.path().join("access.log"),
+        dir.path().join("access.log.1"),
+    );
+    one_session(gw.addr).await;
+    a_session_line_in(&log).await;
+    // logrotate: the file moved away, then SIGHUP, with a broken config on
+    // disk meanwhile.
+    std::fs::rename(&log, &rotated).unwrap();
+    write_files(dir.path(), &[("framegate.toml", "bogus = 1\n")]);
+    gw.signal("HUP");
+    gw.wait_for("reload refused").await;
+    one_session(gw.addr).await;
+    a_session_line_in(&log).await;
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert_eq!(old.matches("session ended").count(), 1, "{old}");
 }
 
 #[tokio::test]
