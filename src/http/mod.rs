@@ -273,7 +273,10 @@ async fn handshake(
         let keep_alive = upgrade::keeps_alive(request.head.version(), request.head.headers());
         let wants_ws = upgrade::has_token(request.head.headers(), header::UPGRADE, "websocket");
         let at = match locate(&request.head, client, ctx) {
-            Ok(at) if plain_http(&at, &request.head) => {
+            // Plain HTTP: no WebSocket asked for (an `Upgrade` to anything
+            // else, `h2c` say, is per hop and ignored) on a route that
+            // proxies plain requests.
+            Ok(at) if at.route.http && !wants_ws => {
                 // Tracked, so a drain waits for the request to finish.
                 // Boxed: its state is kilobytes, which every upgrade's
                 // handshake would otherwise carry and move.
@@ -393,13 +396,6 @@ async fn next_request(io: &mut Transport, ctx: &Context) -> Option<Vec<u8>> {
 /// What an idle TLS keep-alive connection reads its next request into first.
 const FIRST_TLS_READ: usize = 1024;
 
-/// Whether a located request is proxied as plain HTTP: it does not ask for
-/// a WebSocket, and its route proxies plain requests. (An `Upgrade` to
-/// anything else, `h2c` say, is per hop and ignored.)
-fn plain_http(at: &Located, req: &Request<()>) -> bool {
-    at.route.http && !upgrade::has_token(req.headers(), header::UPGRADE, "websocket")
-}
-
 /// Where a request goes: its route, by its validated host.
 struct Located {
     route: Arc<Route>,
@@ -489,7 +485,7 @@ async fn refuse(
     ctx: &Context,
 ) -> bool {
     if let Some(seen) = seen {
-        let host = seen.host.map(ToString::to_string);
+        let host = seen.host.map(host::Authority::to_boxed_str);
         crate::log::refusal(&crate::log::Refusal {
             what: seen.what,
             client: seen.client,

@@ -98,7 +98,7 @@ pub async fn serve(
     // No status reached the client (it left, or the exchange broke): a 5xx.
     ctx.metrics
         .http_request(outcome.status.unwrap_or(0), started.elapsed());
-    let host = at.authority.as_ref().map(ToString::to_string);
+    let host = at.authority.as_ref().map(host::Authority::to_boxed_str);
     crate::log::request(&crate::log::Request {
         client: peer.addr,
         host: host.as_deref(),
