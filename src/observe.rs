@@ -12,9 +12,11 @@
 //! `frames` and `bytes` families read that at scrape time. The rest of a
 //! session's record (the one the access log gets) is added once, when it
 //! ends. A route's handles are resolved when its config generation is built
-//! ([`Metrics::route`]), so an upgrade or a session end touches a few
-//! atomics and hashes no label set. A refusal or a plain request looks its
-//! counter up by a small enum key (status class, reason).
+//! ([`Metrics::route`]), so an upgrade touches a few atomics and hashes no
+//! label set; a session end hashes one, its close code's (side and code
+//! bucket, under the family's read lock: once per session, never per
+//! frame). A refusal looks its counter up by its status and reason, a plain
+//! request by its status class (an array index).
 
 use std::{
     collections::BTreeMap,
