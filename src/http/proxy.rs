@@ -51,7 +51,7 @@ use crate::{
         upgrade,
     },
     route::Route,
-    stream::Transport,
+    stream::{ack::Prompt, Transport},
     upstream::{Conn, CookieToSet, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
 };
 
@@ -162,6 +162,11 @@ async fn exchange(
     // A refusal can keep the connection only if no body follows the head.
     let bodiless = framing == Framing::None;
     let keep_if_refused = client_keeps && bodiless;
+    if !bodiless {
+        // A client may hold its body back until its head is acknowledged
+        // (Nagle's algorithm): that ACK goes now, not with the answer.
+        io.ack_promptly();
+    }
 
     if framing == Framing::Chunked && !only_chunked(&req_headers) {
         let reject = Reject::new(

@@ -15,9 +15,20 @@ use crate::stream::Transport;
 /// in the background, never here), from the group's source addresses
 /// ([`tcp::connect`]), within `limit`; the TLS handshake then has a
 /// `limit` of its own.
-pub async fn dial(endpoint: &Endpoint, limit: Duration) -> Result<Transport, UpstreamError> {
+///
+/// `upgrade`: the caller writes an upgrade request at once
+/// ([`super::ws::handshake`], which then makes ACKs prompt again), so on
+/// plain TCP the ACK of the server's SYN-ACK may ride on it. Not over TLS,
+/// whose handshake is an exchange of several flights, nor for plain HTTP,
+/// whose connections live on in the pool.
+pub async fn dial(
+    endpoint: &Endpoint,
+    limit: Duration,
+    upgrade: bool,
+) -> Result<Transport, UpstreamError> {
     let server = endpoint.label();
-    let tcp = timeout(limit, tcp::connect(endpoint))
+    let hold_ack = upgrade && endpoint.tls().is_none();
+    let tcp = timeout(limit, tcp::connect(endpoint, hold_ack))
         .await
         .map_err(|_| UpstreamError::timeout(server, Phase::Connect, limit))?
         .map_err(|e| UpstreamError::unreachable(server, Phase::Connect, e))?;
@@ -76,7 +87,7 @@ mod tests {
             s.read_exact(&mut buf).await.unwrap();
             buf
         });
-        let mut io = dial(&e, LIMIT).await.unwrap();
+        let mut io = dial(&e, LIMIT, false).await.unwrap();
         let Transport::Left(tcp) = &io else {
             panic!("a ws:// server must be plain TCP")
         };
@@ -118,7 +129,7 @@ mod tests {
             tls.read_exact(&mut buf).await.unwrap();
             (sni, buf)
         });
-        let mut io = dial(&e, LIMIT).await.unwrap();
+        let mut io = dial(&e, LIMIT, false).await.unwrap();
         assert!(
             matches!(io, Transport::Right(_)),
             "a wss:// server must be TLS"
@@ -134,7 +145,7 @@ mod tests {
     async fn a_refused_connection_is_unreachable_and_safe_to_retry() {
         let (closed, _held) = closed_port().await;
         let e = endpoint(closed, false);
-        let err = dial(&e, LIMIT).await.unwrap_err();
+        let err = dial(&e, LIMIT, false).await.unwrap_err();
         assert!(
             matches!(&err, UpstreamError::Unreachable { source, .. }
                 if source.kind() == std::io::ErrorKind::ConnectionRefused),
@@ -158,7 +169,7 @@ mod tests {
         let _queued = TcpStream::connect(addr).await.unwrap();
         let e = endpoint(addr, false);
         let limit = Duration::from_millis(200);
-        let err = dial(&e, limit).await.unwrap_err();
+        let err = dial(&e, limit, false).await.unwrap_err();
         assert!(
             matches!(
                 err,
@@ -184,7 +195,7 @@ mod tests {
             let _ = s.read(&mut buf).await;
             let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
         });
-        let err = dial(&e, LIMIT).await.unwrap_err();
+        let err = dial(&e, LIMIT, false).await.unwrap_err();
         assert!(matches!(err, UpstreamError::Tls { .. }), "{err:?}");
         assert_eq!(err.phase(), Phase::Tls);
         assert_eq!(err.retry(), Retry::Safe);
@@ -201,7 +212,7 @@ mod tests {
         let e = endpoint(listener.local_addr().unwrap(), true);
         let held = tokio::spawn(async move { listener.accept().await.unwrap() });
         let limit = Duration::from_millis(200);
-        let err = dial(&e, limit).await.unwrap_err();
+        let err = dial(&e, limit, false).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("{} did not complete TLS within 200ms", e.label())

@@ -230,7 +230,7 @@ impl Conn {
     /// broke before answering.
     async fn redial(&self, connect: Duration) -> Result<Conn, UpstreamError> {
         let up = &self.upstream;
-        let dialed = dial::dial(self.endpoint(), connect).await;
+        let dialed = dial::dial(self.endpoint(), connect, false).await;
         up.report(self.server, &dialed); // health
         Ok(Conn {
             io: dialed?,
@@ -372,7 +372,7 @@ impl Upstream {
             if let Some(io) = self.pool.take(server) {
                 return Ok(conn(io, true));
             }
-            let dialed = dial::dial(&self.endpoints[server], policy.connect.min(left)).await;
+            let dialed = dial::dial(&self.endpoints[server], policy.connect.min(left), false).await;
             self.report(server, &dialed); // health
             match dialed {
                 Ok(io) => return Ok(conn(io, false)),
@@ -550,7 +550,7 @@ async fn attempt(
     drain: crate::relay::DrainSignal,
     started: Instant,
 ) -> Result<Connected, UpstreamError> {
-    let io = dial::dial(endpoint, policy.connect).await?;
+    let io = dial::dial(endpoint, policy.connect, true).await?;
     let dialed = Instant::now();
     let done = ws::handshake(io, endpoint, req, policy.handshake).await?;
     load.session_opened(); // health

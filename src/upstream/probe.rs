@@ -61,7 +61,7 @@ pub fn spawn(group: &Arc<Group>, stop: CancellationToken) {
 
 /// One probe of one server: whether it passed.
 async fn once(endpoint: &Endpoint, probe: &Probe) -> bool {
-    let Ok(mut io) = dial::dial(endpoint, probe.timeout).await else {
+    let Ok(mut io) = dial::dial(endpoint, probe.timeout, false).await else {
         return false;
     };
     match &probe.kind {

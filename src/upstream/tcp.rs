@@ -38,20 +38,27 @@ impl Sources {
 }
 
 /// Connects to `endpoint`'s address from the group's source addresses. The
-/// caller bounds it with the connect timeout.
-pub async fn connect(endpoint: &Endpoint) -> io::Result<TcpStream> {
-    connect_from(endpoint.addr(), endpoint.sources()).await
+/// caller bounds it with the connect timeout. With `hold_ack`, the kernel
+/// may hold back the ACK of the server's SYN-ACK until the first bytes sent
+/// carry it ([`crate::stream::ack`]): for a caller that writes at once and
+/// then makes ACKs prompt again.
+pub async fn connect(endpoint: &Endpoint, hold_ack: bool) -> io::Result<TcpStream> {
+    connect_from(endpoint.addr(), endpoint.sources(), hold_ack).await
 }
 
 /// Connects to `addr` from the next source address of its family (IPv4 or
 /// IPv6; sources of the other family are skipped), moving on to the next
 /// source while one has no port left or is not configured on this host.
 /// Without sources of its family, the kernel picks the source as usual.
-async fn connect_from(addr: SocketAddr, sources: &Sources) -> io::Result<TcpStream> {
+async fn connect_from(
+    addr: SocketAddr,
+    sources: &Sources,
+    hold_ack: bool,
+) -> io::Result<TcpStream> {
     let family = |ip: &&IpAddr| ip.is_ipv4() == addr.is_ipv4();
     let n = sources.ips.iter().filter(family).count();
     if n == 0 {
-        return TcpStream::connect(addr).await;
+        return socket(addr.ip(), hold_ack)?.connect(addr).await;
     }
     let start = sources.next.fetch_add(1, Ordering::Relaxed) % n;
     let mut last = None;
@@ -63,7 +70,7 @@ async fn connect_from(addr: SocketAddr, sources: &Sources) -> io::Result<TcpStre
         .skip(start)
         .take(n)
     {
-        match bound(ip, addr).await {
+        match bound(ip, addr, hold_ack).await {
             Ok(tcp) => return Ok(tcp),
             // Ports used up from this source (at bind or, with
             // IP_BIND_ADDRESS_NO_PORT, at connect), or the IP is not on
@@ -86,14 +93,23 @@ fn exhausted(e: &io::Error) -> bool {
 }
 
 /// A connection to `addr` from the source IP `ip` (its port chosen by the kernel).
-async fn bound(ip: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+async fn bound(ip: IpAddr, addr: SocketAddr, hold_ack: bool) -> io::Result<TcpStream> {
+    let socket = socket(ip, hold_ack)?;
+    no_port_at_bind(&socket);
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
+
+/// A socket of `ip`'s family, its SYN-ACK's ACK held back if asked.
+fn socket(ip: IpAddr, hold_ack: bool) -> io::Result<TcpSocket> {
     let socket = match ip {
         IpAddr::V4(_) => TcpSocket::new_v4()?,
         IpAddr::V6(_) => TcpSocket::new_v6()?,
     };
-    no_port_at_bind(&socket);
-    socket.bind(SocketAddr::new(ip, 0))?;
-    socket.connect(addr).await
+    if hold_ack {
+        crate::stream::ack::delay(&socket);
+    }
+    Ok(socket)
 }
 
 /// `IP_BIND_ADDRESS_NO_PORT` (Linux 4.2+): `bind((ip, 0))` then reserves no
@@ -134,7 +150,7 @@ mod tests {
         e.set_sources(sources);
         let mut seen = Vec::new();
         for _ in 0..n {
-            let tcp = connect(&e).await.unwrap();
+            let tcp = connect(&e, false).await.unwrap();
             let (_, peer) = listener.accept().await.unwrap();
             assert_eq!(tcp.local_addr().unwrap().ip(), peer.ip());
             seen.push(peer.ip());
@@ -171,5 +187,19 @@ mod tests {
         assert!(seen
             .iter()
             .all(|ip| *ip == "127.0.0.5".parse::<IpAddr>().unwrap()));
+    }
+
+    /// Only a connection whose caller writes at once asks for the
+    /// SYN-ACK's ACK to be held back (the kernel then sends it with the
+    /// first bytes, and reports quick ACKs again once connected).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_first_ack_is_held_only_when_asked() {
+        let quick = |s: &TcpSocket| socket2::SockRef::from(s).tcp_quickack().unwrap();
+        for ip in ["127.0.0.1", "::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(!quick(&socket(ip, true).unwrap()));
+            assert!(quick(&socket(ip, false).unwrap()));
+        }
     }
 }

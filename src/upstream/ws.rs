@@ -12,11 +12,14 @@ use tokio::{
 };
 
 use super::{error::Refusal, Endpoint, Phase, UpstreamError};
-use crate::proto::{
-    body::{self, Decoder},
-    forwarded,
-    head::{self, HeadError, Lines, RawResponse},
-    upgrade,
+use crate::{
+    proto::{
+        body::{self, Decoder},
+        forwarded,
+        head::{self, HeadError, Lines, RawResponse},
+        upgrade,
+    },
+    stream::ack::Prompt,
 };
 
 /// The largest refusal body passed on to the client (a JSON error, a
@@ -63,7 +66,7 @@ pub async fn handshake<S>(
     limit: Duration,
 ) -> Result<Handshake<S>, UpstreamError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Prompt + Unpin,
 {
     timeout(limit, exchange(io, endpoint, req))
         .await
@@ -76,7 +79,7 @@ async fn exchange<S>(
     req: &UpstreamRequest<'_>,
 ) -> Result<Handshake<S>, UpstreamError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Prompt + Unpin,
 {
     let server = endpoint.label();
     // The connection broke (or closed) after it was reached: reported as
@@ -87,6 +90,8 @@ where
     io.write_all(&request_head(req, endpoint.authority(), key))
         .await
         .map_err(broken)?;
+    // The request carried the ACK the dial may have held back (`dial`).
+    io.ack_promptly();
     let answer = head::read_raw_response(&mut io, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
         .await
         .map_err(|e| match e {
