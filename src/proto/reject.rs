@@ -243,7 +243,17 @@ mod tests {
 
     #[test]
     fn every_reason_has_its_own_snake_case_label_and_the_readme_lists_it() {
-        assert_eq!(Reason::ALL.len(), Reason::UpstreamRefused as usize + 1);
+        // The enum's variants, counted in this file's source: a variant
+        // added anywhere (after the last one too) and not to `ALL` fails.
+        let source = include_str!("reject.rs");
+        let body = &source[source.find("pub enum Reason {").unwrap()..];
+        let body = &body[..body.find("\n}").unwrap()];
+        let variants = body
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.ends_with(',') && l.starts_with(|c: char| c.is_ascii_uppercase()))
+            .count();
+        assert_eq!(variants, Reason::ALL.len(), "a variant is missing from ALL");
         let readme = include_str!("../../README.md");
         let mut labels = Vec::new();
         for (i, reason) in Reason::ALL.into_iter().enumerate() {
