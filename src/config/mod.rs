@@ -295,6 +295,16 @@ impl<'a> Checker<'a> {
             );
         }
         let policy_dir = self.path(file.policy_dir.get_ref());
+        // Only a `policy_dir` the config names: without one, no `policies/`
+        // is the intended way to run on the built-in default policy.
+        if file.policy_dir.span() != (0..0) && !policy_dir.is_dir() {
+            let message = format!(
+                "policy_dir {} is not a directory: routes on the `default` policy get the built-in one",
+                policy_dir.display()
+            );
+            let warning = self.source.error(file.policy_dir.span(), message);
+            self.warnings.push(warning);
+        }
         // The listener sets of the routes checked so far, by host and path,
         // with the line of each route's `path` (or its table) for the clash.
         let mut seen: HashMap<_, Vec<(Bound, usize)>> = HashMap::new();

@@ -649,6 +649,27 @@ fn the_default_policy_needs_no_file() {
     assert_reported(&stderr, "framegate.toml:8:", "policy `strict`: no file");
 }
 
+/// A `policy_dir` the config names but that is not there is a warning: the
+/// routes would quietly run on the built-in default policy.
+#[test]
+fn a_named_policy_dir_that_is_not_there_is_a_warning() {
+    let config = format!("policy_dir = \"polices\"\n{GOOD}");
+    let (ok, _, stderr) = check("framegate.toml", &[("framegate.toml", &config)]);
+    assert!(ok, "a warning does not refuse: {stderr}");
+    assert_reported(
+        &stderr,
+        "warning: framegate.toml:1:",
+        "polices is not a directory: routes on the `default` policy get the built-in one",
+    );
+    // Where it is, nothing is said.
+    let config = format!("policy_dir = \"policies\"\n{GOOD}");
+    let (ok, _, stderr) = check(
+        "framegate.toml",
+        &[("framegate.toml", &config), ("policies/default.toml", "")],
+    );
+    assert!(ok && stderr.is_empty(), "{stderr}");
+}
+
 /// The shipped echo example, copied with its policies and run from another
 /// directory: its `policy_dir` is found beside the config, not in the
 /// working directory, and its page and echo answer.
