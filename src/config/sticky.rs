@@ -7,11 +7,11 @@ use std::{sync::Arc, time::Duration};
 use serde::Deserialize;
 
 use super::{file::UpstreamSection, units::Leeway, Checker};
-use crate::upstream::{KeySource, SameSite, StickyCookie};
+use crate::upstream::{CookieKey, KeySource, SameSite, StickyCookie};
 
 /// `sticky_cookie = "fg_srv"`, or `sticky_cookie = { name = "fg_srv",
 /// path = "/", domain = "example.com", max_age = "1h", secure = true,
-/// http_only = true, same_site = "lax" }`.
+/// http_only = true, same_site = "lax", key_env = "FRAMEGATE_STICKY_KEY" }`.
 #[derive(Debug, Default)]
 pub struct StickyCookieSection {
     /// The cookie's name (letters, digits and `!#$%&'*+-.^_`|~`).
@@ -29,6 +29,9 @@ pub struct StickyCookieSection {
     pub http_only: Option<bool>,
     /// `"lax"` (when omitted), `"strict"` or `"none"`.
     pub same_site: Option<String>,
+    /// The environment variable holding the key of the cookie's values
+    /// (at least 16 bytes); unkeyed when omitted.
+    pub key_env: Option<String>,
 }
 
 /// Written by hand, for the same reason as [`super::file::OneOrMany`].
@@ -44,6 +47,7 @@ impl<'de> Deserialize<'de> for StickyCookieSection {
             secure: Option<bool>,
             http_only: Option<bool>,
             same_site: Option<String>,
+            key_env: Option<String>,
         }
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
@@ -70,6 +74,7 @@ impl<'de> Deserialize<'de> for StickyCookieSection {
                     secure: t.secure,
                     http_only: t.http_only,
                     same_site: t.same_site,
+                    key_env: t.key_env,
                 })
             }
         }
@@ -87,7 +92,7 @@ impl Checker<'_> {
         source: Option<&KeySource>,
     ) -> Option<Arc<StickyCookie>> {
         let at = u.sticky_cookie.as_ref()?;
-        let cookie = match check(at.get_ref()) {
+        let cookie = match check(at.get_ref(), |var| std::env::var_os(var)) {
             Ok(c) => c,
             Err(msg) => {
                 self.err(at, format!("upstream `{name}`: sticky_cookie {msg}"));
@@ -119,10 +124,28 @@ impl Checker<'_> {
     }
 }
 
+/// The smallest key `key_env` may hold: 128 bits.
+const MIN_KEY: usize = 16;
+
 /// The cookie as written, or what is wrong with it (after
-/// `sticky_cookie `).
-fn check(s: &StickyCookieSection) -> Result<StickyCookie, String> {
+/// `sticky_cookie `). `env` reads the key's variable.
+fn check(
+    s: &StickyCookieSection,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<StickyCookie, String> {
     let mut c = StickyCookie::named(&s.name);
+    if let Some(var) = &s.key_env {
+        let key = env(var).map(std::ffi::OsString::into_encoded_bytes);
+        match key {
+            Some(key) if key.len() >= MIN_KEY => c.key = Some(CookieKey::new(&key)),
+            // The value is never printed, only its variable's name.
+            _ => {
+                return Err(format!(
+                    "key_env: environment variable {var} is unset or shorter than {MIN_KEY} bytes"
+                ))
+            }
+        }
+    }
     if s.name.is_empty() || !s.name.bytes().all(is_token) {
         return Err(format!(
             "name `{}` is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
@@ -188,6 +211,32 @@ fn is_token(b: u8) -> bool {
 mod tests {
     use super::*;
 
+    fn no_env(_: &str) -> Option<std::ffi::OsString> {
+        None
+    }
+
+    /// A key is read from its variable; one unset or too short is refused
+    /// by the variable's name, never its value.
+    #[test]
+    fn a_key_comes_from_its_variable() {
+        let keyed = StickyCookieSection {
+            key_env: Some("STICKY_KEY".into()),
+            ..named("fg_srv")
+        };
+        let env =
+            |value: &'static str| move |var: &str| (var == "STICKY_KEY").then(|| value.into());
+        let c = check(&keyed, env("sixteen bytes ok")).unwrap();
+        assert_eq!(c.key, Some(CookieKey::new(b"sixteen bytes ok")));
+        for short in ["", "fifteen bytes!!"] {
+            let e = check(&keyed, env(short)).unwrap_err();
+            assert_eq!(
+                e,
+                "key_env: environment variable STICKY_KEY is unset or shorter than 16 bytes"
+            );
+        }
+        assert!(check(&keyed, no_env).is_err());
+    }
+
     fn named(name: &str) -> StickyCookieSection {
         StickyCookieSection {
             name: name.into(),
@@ -197,7 +246,10 @@ mod tests {
 
     #[test]
     fn a_name_alone_takes_the_defaults() {
-        assert_eq!(check(&named("fg_srv")), Ok(StickyCookie::named("fg_srv")));
+        assert_eq!(
+            check(&named("fg_srv"), no_env),
+            Ok(StickyCookie::named("fg_srv"))
+        );
     }
 
     #[test]
@@ -210,9 +262,10 @@ mod tests {
             secure: Some(true),
             http_only: Some(false),
             same_site: Some("None".into()),
+            key_env: None,
         };
         assert_eq!(
-            check(&s),
+            check(&s, no_env),
             Ok(StickyCookie {
                 name: "SRV".into(),
                 path: "/chat".into(),
@@ -221,13 +274,14 @@ mod tests {
                 secure: Some(true),
                 http_only: false,
                 same_site: SameSite::None,
+                key: None,
             })
         );
     }
 
     #[test]
     fn what_a_browser_would_not_take_is_refused() {
-        let bad = |s: StickyCookieSection| check(&s).unwrap_err();
+        let bad = |s: StickyCookieSection| check(&s, no_env).unwrap_err();
         for name in ["", "a b", "a;b", "a=b", "srv\u{e9}", "(x)"] {
             assert!(
                 bad(named(name)).contains("is not a cookie name"),
@@ -260,6 +314,6 @@ mod tests {
             ..named("__Host-srv")
         };
         assert!(bad(host("/chat")).contains("path = \"/\""));
-        assert!(check(&host("/")).is_ok());
+        assert!(check(&host("/"), no_env).is_ok());
     }
 }

@@ -71,7 +71,7 @@ pub use self::{
     group::{Group, GroupSpec},
     health::InFlight,
     pool::PoolLimits,
-    sticky::{CookieToSet, SameSite, ServerId, StickyCookie},
+    sticky::{CookieKey, CookieToSet, SameSite, ServerId, StickyCookie},
     ws::{UpstreamRequest, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
 };
 use self::{balance::Balancer, endpoint::Endpoint, error::Phase};
@@ -277,7 +277,13 @@ impl Upstream {
             name,
             pool: pool::Pool::new(endpoints.len(), pool),
             health: health::Group::standalone(endpoints.iter().map(Endpoint::label)),
-            ids: endpoints.iter().map(|e| ServerId::of(e.label())).collect(),
+            ids: {
+                let key = balance.sticky.as_deref().and_then(|c| c.key.as_ref());
+                endpoints
+                    .iter()
+                    .map(|e| ServerId::of(e.label(), key))
+                    .collect()
+            },
             endpoints,
             balance: balancer,
             source: balance.source,
@@ -889,7 +895,7 @@ mod tests {
     fn pinned_to(url: &str) -> Placement {
         Placement {
             key: None,
-            pinned: Some(ServerId::of(url)),
+            pinned: Some(ServerId::of(url, None)),
         }
     }
 
@@ -917,7 +923,7 @@ mod tests {
         for placement in [Placement::default(), unknown] {
             let c = up.connect(request(), &POLICY, placement).await.unwrap();
             let set = c.cookie.expect("a cookie to set");
-            assert_eq!(set.server, ServerId::of(c.load.label()));
+            assert_eq!(set.server, ServerId::of(c.load.label(), None));
         }
     }
 
@@ -934,7 +940,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(c.load.label(), live_url);
-        assert_eq!(c.cookie.unwrap().server, ServerId::of(&live_url));
+        assert_eq!(c.cookie.unwrap().server, ServerId::of(&live_url, None));
         // With one attempt, the cookie's server is the only one tried.
         let ((dead, _held), (live, _)) = (closed_port().await, server(Behaviour::Accept).await);
         let once = sticky(vec![dead, live], 1);

@@ -9,9 +9,11 @@
 //!   the server's label (its URL as written; for each address of a name,
 //!   the URL and the address). Every gateway with the same `servers` (and
 //!   the same answers for their names) writes and reads the same values
-//!   without talking; the value names no address. Like nginx Plus's (an MD5
-//!   of the address) it is a hash, not a secret: someone who guesses an
-//!   internal URL can check the guess against it.
+//!   without talking; the value names no address. Unkeyed, like nginx
+//!   Plus's (an MD5 of the address), it is a hash, not a secret: someone who
+//!   guesses an internal URL can check the guess against it. With a key
+//!   (`key_env`) it is the first 8 bytes of HMAC-SHA256(key, label) instead,
+//!   which only gateways holding the key can compute.
 //! - **Reading**: the first cookie of the name (RFC 6265 §5.4: the longest
 //!   path first, then the oldest; [`cookie::get`]). A value that is not 16
 //!   lower-case hex digits, or names no server of the group now, is no
@@ -63,6 +65,24 @@ pub struct StickyCookie {
     /// `HttpOnly`; on by default (no script needs to read it).
     pub http_only: bool,
     pub same_site: SameSite,
+    /// The key of the ids (`key_env`); `None`: unkeyed.
+    pub key: Option<CookieKey>,
+}
+
+/// A sticky cookie's key, read from the environment at load; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CookieKey(Arc<[u8]>);
+
+impl CookieKey {
+    pub fn new(key: &[u8]) -> Self {
+        CookieKey(key.into())
+    }
+}
+
+impl fmt::Debug for CookieKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl StickyCookie {
@@ -77,6 +97,7 @@ impl StickyCookie {
             secure: None,
             http_only: true,
             same_site: SameSite::Lax,
+            key: None,
         }
     }
 
@@ -125,9 +146,17 @@ impl StickyCookie {
 pub struct ServerId(u64);
 
 impl ServerId {
-    /// The id of the server with this label.
-    pub fn of(label: &str) -> Self {
-        ServerId(xxh3_64(label.as_bytes()))
+    /// The id of the server with this label, keyed or not.
+    pub fn of(label: &str, key: Option<&CookieKey>) -> Self {
+        match key {
+            None => ServerId(xxh3_64(label.as_bytes())),
+            Some(CookieKey(key)) => {
+                let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+                let tag = aws_lc_rs::hmac::sign(&key, label.as_bytes());
+                let first: [u8; 8] = tag.as_ref()[..8].try_into().expect("a SHA-256 tag");
+                ServerId(u64::from_be_bytes(first))
+            }
+        }
     }
 
     /// A cookie value as an id: exactly 16 lower-case hex digits, as
@@ -211,7 +240,7 @@ mod tests {
     fn to_set(cookie: StickyCookie, label: &str) -> CookieToSet {
         CookieToSet {
             cookie: Arc::new(cookie),
-            server: ServerId::of(label),
+            server: ServerId::of(label, None),
         }
     }
 
@@ -226,15 +255,37 @@ mod tests {
     /// Pinned: a change here unsticks every client of every deployed fleet.
     #[test]
     fn ids_are_stable_hex_of_the_label() {
-        let id = ServerId::of("ws://10.0.0.5:8080");
+        let id = ServerId::of("ws://10.0.0.5:8080", None);
         assert_eq!(id, ServerId(xxh3_64(b"ws://10.0.0.5:8080")));
         assert_eq!(id.to_string().len(), 16);
         assert_eq!(ServerId::parse(id.to_string().as_bytes()), Some(id));
         assert_eq!(ServerId(0xab).to_string(), "00000000000000ab");
-        assert_ne!(id, ServerId::of("ws://10.0.0.6:8080"));
-        assert_eq!(ServerId::of("ws://a:1").to_string(), PINNED_ID);
+        assert_ne!(id, ServerId::of("ws://10.0.0.6:8080", None));
+        assert_eq!(ServerId::of("ws://a:1", None).to_string(), PINNED_ID);
     }
     const PINNED_ID: &str = "c89135728bb4dbc2";
+
+    /// Keyed: the first 8 bytes of HMAC-SHA256(key, label), as Python's
+    /// `hmac` computes them; another key gives another id, and the key is
+    /// never printed.
+    #[test]
+    fn keyed_ids_are_an_hmac_of_the_label() {
+        let key = CookieKey::new(b"a fleet-wide sticky key");
+        let id = ServerId::of("ws://a:1", Some(&key));
+        assert_eq!(id.to_string(), "9ce85e7bc1fea2ca");
+        assert_ne!(id, ServerId::of("ws://a:1", None));
+        assert_ne!(
+            id,
+            ServerId::of("ws://a:1", Some(&CookieKey::new(b"another key, 16+ bytes")))
+        );
+        let mut cookie = StickyCookie::named("fg_srv");
+        cookie.key = Some(key);
+        let printed = format!("{cookie:?}");
+        assert!(
+            printed.contains("<redacted>") && !printed.contains("fleet"),
+            "{printed}"
+        );
+    }
 
     #[test]
     fn anything_but_16_lower_hex_digits_is_no_id() {
@@ -261,7 +312,7 @@ mod tests {
     #[test]
     fn the_request_names_a_server_by_its_first_cookie() {
         let c = StickyCookie::named("fg_srv");
-        let id = ServerId::of("ws://a:1");
+        let id = ServerId::of("ws://a:1", None);
         let h = with_cookie(&format!("theme=dark; fg_srv={id}; fg_srv=0000000000000001"));
         assert_eq!(c.requested(&h), Some(id));
         // The first is garbage: no id, even with a valid one after it.
@@ -283,7 +334,7 @@ mod tests {
     #[test]
     fn the_default_cookie_is_a_lax_http_only_session_cookie() {
         let c = StickyCookie::named("fg_srv");
-        let id = ServerId::of("ws://10.0.0.5:8080");
+        let id = ServerId::of("ws://10.0.0.5:8080", None);
         assert_eq!(
             set_cookie(c.clone(), false),
             format!("fg_srv={id}; Path=/; HttpOnly; SameSite=Lax")
@@ -304,8 +355,9 @@ mod tests {
             secure: Some(false),
             http_only: false,
             same_site: SameSite::Strict,
+            key: None,
         };
-        let id = ServerId::of("ws://10.0.0.5:8080");
+        let id = ServerId::of("ws://10.0.0.5:8080", None);
         assert_eq!(
             set_cookie(c.clone(), true),
             format!(

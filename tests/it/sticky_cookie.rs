@@ -203,6 +203,61 @@ async fn two_gateways_set_the_same_cookie_and_follow_each_others() {
     }
 }
 
+/// With `key_env`, a server's value is the first 8 bytes of
+/// HMAC-SHA256(key, label): gateways with the key agree and follow each
+/// other's, and the unkeyed value (which anyone can compute from a guessed
+/// URL) names nothing.
+#[tokio::test]
+async fn keyed_gateways_agree_on_an_hmac_and_ignore_the_unkeyed_value() {
+    const KEY: &str = "a fleet-wide key of 32 bytes ...";
+    std::env::set_var("FRAMEGATE_TEST_STICKY_KEY", KEY);
+    let fleet = fleet(&["a", "b", "c"]).await;
+    let keyed = |balance: &'static str| {
+        Gateway::builder()
+            .route(route("/", "app"))
+            .upstream_with(
+                "app",
+                &fleet.urls(),
+                &format!(
+                    "sticky_cookie = {{ name = \"fg_srv\", key_env = \"FRAMEGATE_TEST_STICKY_KEY\" }}\n{balance}"
+                ),
+            )
+            .start()
+    };
+    let (one, two) = (keyed("balance = \"least_conn\"").await, keyed("").await);
+    let hmac = |url: &str| {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, KEY.as_bytes());
+        let tag = aws_lc_rs::hmac::sign(&key, url.as_bytes());
+        tag.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let names: BTreeMap<String, String> = ["a", "b", "c"]
+        .into_iter()
+        .zip(fleet.urls())
+        .map(|(n, u)| (n.to_owned(), u))
+        .collect();
+    for gw in [&one, &two] {
+        for _ in 0..3 {
+            let (name, set) = with_cookie(gw, None).await;
+            assert_eq!(
+                pair(&set.expect("a cookie")),
+                format!("fg_srv={}", hmac(&names[&name]))
+            );
+        }
+    }
+    for (name, url) in &names {
+        let cookie = format!("fg_srv={}", hmac(url));
+        assert_eq!(with_cookie(&one, Some(&cookie)).await, (name.clone(), None));
+        assert_eq!(with_cookie(&two, Some(&cookie)).await, (name.clone(), None));
+        // The unkeyed value names no server here: the balance places the
+        // request and the answer sets the keyed value.
+        let (_, set) = with_cookie(&one, Some(&format!("fg_srv={}", id(url)))).await;
+        assert!(set.is_some_and(|s| !s.contains(&id(url))));
+    }
+}
+
 /// The cookie's server refuses connections: the next candidate takes the
 /// client and the 101 names it; the new cookie then sticks.
 #[tokio::test]
@@ -451,6 +506,16 @@ servers = ["ws://127.0.0.1:9001"]
     let unknown = format!("{head}sticky_cookie = {{ name = \"srv\", expires = \"1h\" }}\n");
     let stderr = check_refused(&unknown);
     assert_reported(&stderr, &at(&unknown, "expires"), "unknown field `expires`");
+    // The `check` child does not have it: refused by the variable's name.
+    let unkeyed = format!(
+        "{head}sticky_cookie = {{ name = \"srv\", key_env = \"FRAMEGATE_TEST_NO_SUCH_KEY\" }}\n"
+    );
+    let stderr = check_refused(&unkeyed);
+    assert_reported(
+        &stderr,
+        &at(&unkeyed, "key_env"),
+        "key_env: environment variable FRAMEGATE_TEST_NO_SUCH_KEY is unset or shorter than 16 bytes",
+    );
 
     let bad = format!(
         r#"{head}sticky_cookie = "a b"
