@@ -154,8 +154,8 @@ impl Socket for tokio::io::DuplexStream {}
 /// upstream's SYN-ACK on the upgrade request. Clearing `TCP_QUICKACK`
 /// lets the kernel hold the ACK back (at most its delayed-ACK timeout, 40 ms
 /// or so, should nothing be sent). HAProxy does this on its HTTP listeners;
-/// on a handshake it saves two of the 23 packets on loopback, about 4 µs of
-/// kernel time.
+/// on a proxied handshake it saves two of the 23 packets on loopback, and
+/// the backend's accept and first read come in one wake-up.
 ///
 /// Best effort: a socket that refuses it only sends the ACKs as before.
 /// Other systems keep their defaults.
