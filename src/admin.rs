@@ -32,6 +32,7 @@ pub mod client;
 
 use crate::{
     observe::{Metrics, ServerLabels, Totals},
+    proto::host::Authority,
     shutdown::Sessions,
     upstream::health::{AdminDrainError, Registry},
 };
@@ -203,8 +204,9 @@ fn answer(state: &State, req: Request<Incoming>) -> Answer {
         (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", PAGE),
         // A page elsewhere that the operator's browser has open could
         // otherwise post here (a form or `no-cors` fetch needs no
-        // preflight), and with no token set, be obeyed.
-        (&Method::POST, _) if cross_site(&req) => {
+        // preflight), and with no token set, be obeyed; with no token, a
+        // page of a name rebound to this address (DNS rebinding) too.
+        (&Method::POST, _) if cross_site(&req, state.token.is_none()) => {
             text(StatusCode::FORBIDDEN, "cross-site request refused\n")
         }
         (&Method::POST, p) => match drain_target(p) {
@@ -241,8 +243,11 @@ fn authorized(token: Option<&str>, req: &Request<Incoming>) -> bool {
 
 /// A browser's request from a page of another origin: its `Origin` does
 /// not name the host it asked. The status page's own posts are
-/// same-origin; the CLI and curl send no `Origin`.
-fn cross_site(req: &Request<Incoming>) -> bool {
+/// same-origin; the CLI and curl send no `Origin`. With `by_address`, a
+/// browser's request must also have asked for the listener by address or
+/// as `localhost`: a rebinding page's name resolves here, and its `Origin`
+/// and `Host` agree.
+fn cross_site(req: &Request<Incoming>, by_address: bool) -> bool {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return false;
     };
@@ -251,7 +256,13 @@ fn cross_site(req: &Request<Incoming>) -> bool {
         .strip_prefix(b"http://")
         .or_else(|| origin.strip_prefix(b"https://"));
     let host = req.headers().get(header::HOST).map(|h| h.as_bytes());
-    authority.is_none() || authority != host
+    let named = || {
+        host.and_then(|h| Authority::parse(h).ok()).is_none_or(|a| {
+            let host = a.host().trim_start_matches('[').trim_end_matches(']');
+            host != "localhost" && host.parse::<std::net::IpAddr>().is_err()
+        })
+    };
+    authority.is_none() || authority != host || (by_address && named())
 }
 
 /// Equal without an early exit at the first difference (`subtle`); only

@@ -316,7 +316,11 @@ impl Server {
 
     /// Sets the draining state from the config; returns whether it changed.
     fn set_draining(&self, on: bool, window: Option<Duration>) -> bool {
-        *self.window() = window;
+        // Held while the beacon is set: a reload and the admin interface
+        // each store their flag and set the beacon from both under it, so
+        // neither can undo the other's drain in between.
+        let mut serial = self.window();
+        *serial = window;
         self.by_config.store(on, Ordering::Relaxed);
         self.beacon
             .set_draining(on || self.by_admin.load(Ordering::Relaxed))
@@ -331,12 +335,11 @@ impl Server {
     /// Drains or undrains it at runtime (the admin interface). The config's
     /// `drain = true` wins: such a server cannot be undrained here.
     pub fn set_admin_drain(&self, on: bool) -> Result<bool, AdminDrainError> {
+        let _serial = self.window(); // as in `set_draining`
         if !on && self.by_config.load(Ordering::Relaxed) {
             return Err(AdminDrainError::ByConfig);
         }
         self.by_admin.store(on, Ordering::Relaxed);
-        // Either flag drains, as in `set_draining`: a reload that sets
-        // `drain = true` meanwhile is not undone here.
         Ok(self
             .beacon
             .set_draining(on || self.by_config.load(Ordering::Relaxed)))
@@ -657,8 +660,8 @@ impl Building<'_> {
 impl Upstream {
     /// Whether server `index` may take a new session now. The candidate
     /// loops skip servers for which this is false.
-    pub(super) fn available(&self, index: usize) -> bool {
-        self.health.servers[index].available(Instant::now())
+    pub(super) fn available(&self, index: usize, now: Instant) -> bool {
+        self.health.servers[index].available(now)
     }
 
     /// [`Server::standing`] of server `index`.
