@@ -494,7 +494,8 @@ where
         }
         let mut acted = false;
         while let Some(due) = self.state.life.due(now) {
-            acted = true;
+            // A publish touches no socket: nothing for the pumps to redo.
+            acted |= !matches!(due, Due::Publish);
             self.act(due);
         }
         if acted {

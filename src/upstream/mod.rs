@@ -405,7 +405,7 @@ impl Upstream {
         let pinned = placement
             .pinned
             .and_then(|id| self.ids.iter().position(|&s| s == id))
-            .filter(|&server| self.available(server)); // health
+            .filter(|&server| self.available(server, now)); // health
         let mut servers: Tries = pinned.into_iter().collect();
         let candidates = self
             .balance
@@ -415,7 +415,7 @@ impl Upstream {
             let left = self.max_attempts - servers.len();
             servers.extend(
                 candidates
-                    .filter(|&server| self.available(server))
+                    .filter(|&server| self.available(server, now))
                     .take(left),
             );
             return servers;
@@ -941,12 +941,13 @@ mod tests {
             .unwrap();
         assert_eq!(c.load.label(), live_url);
         assert_eq!(c.cookie.unwrap().server, ServerId::of(&live_url, None));
-        // With one attempt, the cookie's server is the only one tried.
+        // With one attempt, the cookie's server is the only one tried: the
+        // balance alone would have gone to the live server, listed first.
         let ((dead, _held), (live, _)) = (closed_port().await, server(Behaviour::Accept).await);
-        let once = sticky(vec![dead, live], 1);
-        let first = once.endpoints[0].label().to_owned();
+        let once = sticky(vec![live, dead], 1);
+        let pinned = once.endpoints[1].label().to_owned();
         assert!(once
-            .connect(request(), &POLICY, pinned_to(&first))
+            .connect(request(), &POLICY, pinned_to(&pinned))
             .await
             .is_err());
     }
