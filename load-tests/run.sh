@@ -44,24 +44,6 @@ if [ "$ws$http" = 00 ]; then
   exit 2
 fi
 
-# Every closed session leaves TIME_WAIT sockets, at most
-# net.ipv4.tcp_max_tw_buckets of them; a close while the table is full skips
-# TIME_WAIT, which costs the kernel less. A loaded host that churns
-# connections lives with a full table, but a run that fills and drains one
-# charges whichever target comes first after it, by up to 20% per
-# handshake. So the run goes into a network namespace of its own (its own
-# loopback, its own TCP settings) whose table holds nothing: every close is
-# the steady state's. Without the rights for that (root), the table is
-# filled before each round's handshakes instead (fill_time_wait).
-if [ -z "${FRAMEGATE_LOADTEST_NETNS:-}" ] && unshare -n true 2> /dev/null; then
-  exec unshare -n env FRAMEGATE_LOADTEST_NETNS=1 "$0" "$@"
-fi
-if [ -n "${FRAMEGATE_LOADTEST_NETNS:-}" ]; then
-  ip link set lo up
-  sysctl -qw net.ipv4.tcp_max_tw_buckets=0
-  echo "load-tests: in a network namespace of their own, with no TIME_WAIT table"
-fi
-
 # Other processes on the machine only ever make a run slower, so each
 # measurement is repeated `rounds` times (targets interleaved) and the table
 # keeps the best round of each.
@@ -102,6 +84,26 @@ haproxy_bin=$(command -v haproxy)
 (cd "$repo" && cargo build --release --quiet --bin framegate --example loadgen --example echo_backend \
   --example http_backend)
 bin="${CARGO_TARGET_DIR:-$repo/target}/release"
+
+# Every closed session leaves TIME_WAIT sockets, at most
+# net.ipv4.tcp_max_tw_buckets of them; a close while the table is full skips
+# TIME_WAIT, which costs the kernel less. A loaded host that churns
+# connections lives with a full table, but a run that fills and drains one
+# charges whichever target comes first after it, by up to 20% per
+# handshake. So the run goes into a network namespace of its own (its own
+# loopback, its own TCP settings) whose table holds nothing: every close is
+# the steady state's. Without the rights for that (root), the table is
+# filled before each round's handshakes instead (fill_time_wait). After the
+# installs and the build: the namespace has no network but its loopback.
+if [ -z "${FRAMEGATE_LOADTEST_NETNS:-}" ] && unshare -n true 2> /dev/null; then
+  exec unshare -n env FRAMEGATE_LOADTEST_NETNS=1 "$0" "$@"
+fi
+if [ -n "${FRAMEGATE_LOADTEST_NETNS:-}" ]; then
+  ip link set lo up
+  sysctl -qw net.ipv4.tcp_max_tw_buckets=0
+  echo "load-tests: in a network namespace of their own, with no TIME_WAIT table"
+fi
+
 loadgen=(taskset -c 1 "$bin/examples/loadgen")
 httpload=(taskset -c 1 python3 "$here/httpload.py")
 

@@ -204,3 +204,29 @@ pub mod ack {
     #[cfg(not(target_os = "linux"))]
     fn set_quickack<S: std::os::fd::AsFd>(_: &S, _: bool) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{ack::Prompt, Either, Transport};
+
+    /// A client whose ACKs the listener delayed gets prompt ones again:
+    /// what a plain request with a body asks for (http/proxy.rs).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_transport_acks_promptly_again() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        super::ack::delay(&listener);
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let quick = |t: &Transport| match t {
+            Either::Left(tcp) => socket2::SockRef::from(tcp).tcp_quickack().unwrap(),
+            Either::Right(_) => unreachable!(),
+        };
+        let transport: Transport = Either::Left(accepted);
+        assert!(!quick(&transport));
+        transport.ack_promptly();
+        assert!(quick(&transport));
+    }
+}

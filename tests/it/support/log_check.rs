@@ -149,6 +149,7 @@ const REFUSAL: Documented = &[
     ("path", Text, false),
     ("status", Count, true),
     ("reason", Text, true),
+    ("cause", Text, true),
 ];
 
 /// An access line is one of the four the README documents, with their fields.
@@ -321,7 +322,7 @@ impl BadLines {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"{"timestamp":"2026-11-28T12:39:50.568681Z","level":"INFO","target":"framegate::access","message":"upgrade refused","client":"127.0.0.1:48362","host":"gw.example","path":"/nowhere","status":404,"reason":"no route for this host and path"}"#;
+    const GOOD: &str = r#"{"timestamp":"2026-11-28T12:39:50.568681Z","level":"INFO","target":"framegate::access","message":"upgrade refused","client":"127.0.0.1:48362","host":"gw.example","path":"/nowhere","status":404,"reason":"no route for this host and path","cause":"no_route"}"#;
 
     #[test]
     fn the_check_passes_a_good_line_and_fails_each_broken_one() {
