@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 pub mod client;
 
 use crate::{
+    log::Secret,
     observe::{Metrics, ServerLabels, Totals},
     proto::host::Authority,
     shutdown::Sessions,
@@ -54,7 +55,7 @@ pub struct State {
     pub health: Arc<Registry>,
     pub sessions: Arc<Sessions>,
     pub ready: Arc<AtomicBool>,
-    pub token: Option<String>,
+    pub token: Option<Secret<String>>,
     ring: Mutex<VecDeque<(Instant, Totals)>>,
     /// Held by a `/metrics` scrape while it rebuilds and renders; holds
     /// the gate event counts the counters were last brought up to.
@@ -68,7 +69,7 @@ impl State {
         health: Arc<Registry>,
         sessions: Arc<Sessions>,
         ready: Arc<AtomicBool>,
-        token: Option<String>,
+        token: Option<Secret<String>>,
         admission: Arc<crate::admission::Shared>,
     ) -> Self {
         State {
@@ -165,7 +166,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Answer {
 fn answer(state: &State, req: Request<Incoming>) -> Answer {
     let path = req.uri().path().to_owned();
     let open = matches!(path.as_str(), "/healthz" | "/readyz" | "/");
-    if !open && !authorized(state.token.as_deref(), &req) {
+    if !open && !authorized(state.token.as_ref().map(|t| t.expose().as_str()), &req) {
         let mut r = text(StatusCode::UNAUTHORIZED, "bearer token required\n");
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

@@ -5,24 +5,14 @@ use std::net::SocketAddr;
 use toml::Spanned;
 
 use super::{file::AdminSection, Checker, ListenerConfig};
+use crate::log::Secret;
 
 /// The admin listener's settings.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub addr: SocketAddr,
     /// The bearer token read from `token_env` at load; `None`: no token.
-    pub token: Option<String>,
-}
-
-/// Says whether there is a token, never what it is: a config printed in
-/// a log line or a panic must not carry it.
-impl std::fmt::Debug for AdminConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminConfig")
-            .field("addr", &self.addr)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    pub token: Option<Secret<String>>,
 }
 
 impl Checker<'_> {
@@ -54,7 +44,7 @@ impl Checker<'_> {
         let token = match &a.token_env {
             None => None,
             Some(var) => match std::env::var(var.get_ref()) {
-                Ok(t) if !t.is_empty() => Some(t),
+                Ok(t) if !t.is_empty() => Some(Secret::new(t)),
                 _ => {
                     self.err(
                         var,
@@ -79,7 +69,7 @@ mod tests {
     fn the_token_is_never_printed() {
         let config = AdminConfig {
             addr: "127.0.0.1:9090".parse().unwrap(),
-            token: Some("s3cret-admin-token".into()),
+            token: Some(Secret::new("s3cret-admin-token".into())),
         };
         let printed = format!("{config:?}");
         assert!(!printed.contains("s3cret"), "{printed}");

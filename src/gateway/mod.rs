@@ -31,6 +31,7 @@ use crate::{
     admin,
     config::{Config, UpstreamServers},
     echo, http, listener,
+    log::Secret,
     observe::Metrics,
     route::{Route, Routes},
     shutdown::{DrainReport, Sessions},
@@ -79,7 +80,7 @@ struct Kept {
     addrs: Vec<SocketAddr>,
     /// `[admin]` as configured (address and token): read once at start,
     /// so a reload cannot change it either.
-    admin: Option<(SocketAddr, Option<String>)>,
+    admin: Option<(SocketAddr, Option<Secret<String>>)>,
     /// The built-in echo backend, started once and kept across reloads.
     echo: OnceCell<SocketAddr>,
     /// Servers' health, draining states and live counts by (group, label),
@@ -325,7 +326,7 @@ async fn accept(
 }
 
 /// What of `[admin]` the admin listener was started with.
-fn admin_of(config: &Config) -> Option<(SocketAddr, Option<String>)> {
+fn admin_of(config: &Config) -> Option<(SocketAddr, Option<Secret<String>>)> {
     config.admin.as_ref().map(|a| (a.addr, a.token.clone()))
 }
 

@@ -26,6 +26,29 @@ use tracing_subscriber::{
 
 pub use format::{escape_into, needs_escape, Format};
 
+/// A value that must never reach a log line or a panic message (a token,
+/// a key): its `Debug` says `<redacted>`, it has no `Display`, and where it
+/// is used it is read with [`Secret::expose`]. A config holding one can be
+/// printed whole.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// The target of access lines: the ones [`Access`] writes.
 pub const ACCESS: &str = "framegate::access";
 

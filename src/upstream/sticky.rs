@@ -36,6 +36,7 @@ use std::{fmt, fmt::Write as _, sync::Arc, time::Duration};
 use http::{header, HeaderMap, HeaderValue};
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::log::Secret;
 use crate::proto::{cookie, head::Lines};
 
 /// The cookie's `SameSite` attribute.
@@ -70,18 +71,12 @@ pub struct StickyCookie {
 }
 
 /// A sticky cookie's key, read from the environment at load; never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct CookieKey(Arc<[u8]>);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieKey(Secret<Arc<[u8]>>);
 
 impl CookieKey {
     pub fn new(key: &[u8]) -> Self {
-        CookieKey(key.into())
-    }
-}
-
-impl fmt::Debug for CookieKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
+        CookieKey(Secret::new(key.into()))
     }
 }
 
@@ -151,7 +146,7 @@ impl ServerId {
         match key {
             None => ServerId(xxh3_64(label.as_bytes())),
             Some(CookieKey(key)) => {
-                let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+                let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key.expose());
                 let tag = aws_lc_rs::hmac::sign(&key, label.as_bytes());
                 let first: [u8; 8] = tag.as_ref()[..8].try_into().expect("a SHA-256 tag");
                 ServerId(u64::from_be_bytes(first))

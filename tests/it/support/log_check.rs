@@ -27,6 +27,9 @@ use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilte
 /// The fields of one checked line, by name.
 pub type Fields = Map<String, Value>;
 
+/// The keys every line starts with, in this order.
+const FIRST: [&str; 4] = ["timestamp", "level", "target", "message"];
+
 /// The fields of a JSON log line; fails the test if the line is not one
 /// the formatter promises (see [`check_line`]).
 pub fn fields(line: &str) -> Fields {
@@ -39,14 +42,13 @@ pub fn fields(line: &str) -> Fields {
 /// or invisible character (each is escaped); no stand-in for an absent
 /// value (`null`, `""`, `"-"`, a negative number); no tracing-log `log.*`
 /// fields (the target already names the crate); and an access line has its
-/// documented fields with their types.
+/// documented fields with their types, and no others.
 pub fn check_line(line: &str) -> Result<Fields, String> {
     if let Some(c) = line.chars().find(|&c| framegate::log::needs_escape(c)) {
         return Err(format!("a raw {c:?} (U+{:04X})", c as u32));
     }
     let Object { keys, fields } =
         serde_json::from_str(line).map_err(|e| format!("not one JSON object: {e}"))?;
-    const FIRST: [&str; 4] = ["timestamp", "level", "target", "message"];
     if keys.len() < 4 || keys[..4] != FIRST {
         return Err(format!("keys {keys:?}: the first four are not {FIRST:?}"));
     }
@@ -152,7 +154,8 @@ const REFUSAL: Documented = &[
     ("cause", Text, true),
 ];
 
-/// An access line is one of the four the README documents, with their fields.
+/// An access line is one of the four the README documents, with their
+/// fields and no others.
 fn check_access(fields: &Fields) -> Result<(), String> {
     let documented = match fields["message"].as_str() {
         Some("session ended") => SESSION,
@@ -160,6 +163,13 @@ fn check_access(fields: &Fields) -> Result<(), String> {
         Some("upgrade refused" | "request refused") => REFUSAL,
         other => return Err(format!("an access line with message {other:?}")),
     };
+    if let Some(key) = fields
+        .keys()
+        .filter(|k| !FIRST.contains(&k.as_str()))
+        .find(|k| documented.iter().all(|(name, _, _)| name != k))
+    {
+        return Err(format!("{key}: not a documented field of this line"));
+    }
     for &(name, kind, required) in documented {
         let ok = match (fields.get(name), kind) {
             (None, _) => !required,
@@ -363,6 +373,10 @@ mod tests {
             (
                 broken(r#","client""#, r#","log.file":"src/x.rs","client""#),
                 "log.file",
+            ),
+            (
+                broken(r#","client""#, r#","user_agent":"curl","client""#),
+                "user_agent: not a documented field",
             ),
         ] {
             let err = check_line(&line).expect_err(&line);
