@@ -11,7 +11,8 @@ use crate::upstream::{CookieKey, KeySource, SameSite, StickyCookie};
 
 /// `sticky_cookie = "fg_srv"`, or `sticky_cookie = { name = "fg_srv",
 /// path = "/", domain = "example.com", max_age = "1h", secure = true,
-/// http_only = true, same_site = "lax", key_env = "FRAMEGATE_STICKY_KEY" }`.
+/// http_only = true, same_site = "lax", key_env = "FRAMEGATE_STICKY_KEY" }`
+/// (or `key_env = ["NEW_KEY", "OLD_KEY"]` while a key is rotated).
 #[derive(Debug, Default)]
 pub struct StickyCookieSection {
     /// The cookie's name (letters, digits and `!#$%&'*+-.^_`|~`).
@@ -29,9 +30,10 @@ pub struct StickyCookieSection {
     pub http_only: Option<bool>,
     /// `"lax"` (when omitted), `"strict"` or `"none"`.
     pub same_site: Option<String>,
-    /// The environment variable holding the key of the cookie's values
-    /// (at least 16 bytes); unkeyed when omitted.
-    pub key_env: Option<String>,
+    /// The environment variables holding the keys of the cookie's values
+    /// (at least 16 bytes each): the first signs, every one is accepted;
+    /// unkeyed when omitted.
+    pub key_env: Option<Vec<String>>,
 }
 
 /// Written by hand, for the same reason as [`super::file::OneOrMany`].
@@ -47,7 +49,7 @@ impl<'de> Deserialize<'de> for StickyCookieSection {
             secure: Option<bool>,
             http_only: Option<bool>,
             same_site: Option<String>,
-            key_env: Option<String>,
+            key_env: Option<Names>,
         }
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
@@ -74,8 +76,30 @@ impl<'de> Deserialize<'de> for StickyCookieSection {
                     secure: t.secure,
                     http_only: t.http_only,
                     same_site: t.same_site,
-                    key_env: t.key_env,
+                    key_env: t.key_env.map(|n| n.0),
                 })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `"VAR"` or `["VAR", ...]`.
+struct Names(Vec<String>);
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Names;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a variable name or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Names, E> {
+                Ok(Names(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Names, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(Names)
             }
         }
         d.deserialize_any(V)
@@ -124,7 +148,7 @@ impl Checker<'_> {
     }
 }
 
-/// The smallest key `key_env` may hold: 128 bits.
+/// The smallest key a `key_env` variable may hold: 128 bits.
 const MIN_KEY: usize = 16;
 
 /// The cookie as written, or what is wrong with it (after
@@ -134,10 +158,14 @@ fn check(
     env: impl Fn(&str) -> Option<std::ffi::OsString>,
 ) -> Result<StickyCookie, String> {
     let mut c = StickyCookie::named(&s.name);
-    if let Some(var) = &s.key_env {
+    let vars = s.key_env.as_deref().unwrap_or_default();
+    if s.key_env.is_some() && vars.is_empty() {
+        return Err("key_env: name at least one variable (omit it for no key)".into());
+    }
+    for var in vars {
         let key = env(var).map(std::ffi::OsString::into_encoded_bytes);
         match key {
-            Some(key) if key.len() >= MIN_KEY => c.key = Some(CookieKey::new(&key)),
+            Some(key) if key.len() >= MIN_KEY => c.keys.push(CookieKey::new(&key)),
             // The value is never printed, only its variable's name.
             _ => {
                 return Err(format!(
@@ -220,13 +248,13 @@ mod tests {
     #[test]
     fn a_key_comes_from_its_variable() {
         let keyed = StickyCookieSection {
-            key_env: Some("STICKY_KEY".into()),
+            key_env: Some(vec!["STICKY_KEY".into()]),
             ..named("fg_srv")
         };
         let env =
             |value: &'static str| move |var: &str| (var == "STICKY_KEY").then(|| value.into());
         let c = check(&keyed, env("sixteen bytes ok")).unwrap();
-        assert_eq!(c.key, Some(CookieKey::new(b"sixteen bytes ok")));
+        assert_eq!(c.keys, [CookieKey::new(b"sixteen bytes ok")]);
         for short in ["", "fifteen bytes!!"] {
             let e = check(&keyed, env(short)).unwrap_err();
             assert_eq!(
@@ -235,6 +263,35 @@ mod tests {
             );
         }
         assert!(check(&keyed, no_env).is_err());
+    }
+
+    /// While a key is rotated, several: the first signs, each is read, in
+    /// order; an empty list is refused, not taken for no key.
+    #[test]
+    fn keys_in_rotation_are_read_in_order() {
+        let t: toml::Table = toml::from_str(
+            r#"a = { name = "s", key_env = "NEW" }
+               b = { name = "s", key_env = ["NEW", "OLD"] }
+               c = { name = "s", key_env = [] }"#,
+        )
+        .unwrap();
+        let section = |k: &str| StickyCookieSection::deserialize(t[k].clone()).unwrap();
+        let env = |var: &str| match var {
+            "NEW" => Some("the new key, 16+ bytes".into()),
+            "OLD" => Some("the old key, 16+ bytes".into()),
+            _ => None,
+        };
+        let new = CookieKey::new(b"the new key, 16+ bytes");
+        let old = CookieKey::new(b"the old key, 16+ bytes");
+        assert_eq!(
+            check(&section("a"), env).unwrap().keys,
+            std::slice::from_ref(&new)
+        );
+        assert_eq!(check(&section("b"), env).unwrap().keys, [new, old]);
+        assert_eq!(
+            check(&section("c"), env).unwrap_err(),
+            "key_env: name at least one variable (omit it for no key)"
+        );
     }
 
     fn named(name: &str) -> StickyCookieSection {
@@ -274,7 +331,7 @@ mod tests {
                 secure: Some(true),
                 http_only: false,
                 same_site: SameSite::None,
-                key: None,
+                keys: Vec::new(),
             })
         );
     }

@@ -71,7 +71,7 @@ pub use self::{
     group::{Group, GroupSpec},
     health::InFlight,
     pool::PoolLimits,
-    sticky::{CookieKey, CookieToSet, SameSite, ServerId, StickyCookie},
+    sticky::{CookieKey, CookieToSet, SameSite, ServerId, ServerIds, StickyCookie},
     ws::{UpstreamRequest, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
 };
 use self::{balance::Balancer, endpoint::Endpoint, error::Phase};
@@ -186,7 +186,7 @@ pub struct Upstream {
     source: Option<KeySource>,
     /// The group's sticky cookie, and each server's id in it.
     sticky: Option<Arc<StickyCookie>>,
-    ids: Vec<ServerId>,
+    ids: ServerIds,
     max_attempts: usize,
     /// Sessions moved per second at most (rebalance.rs).
     rebalance: Option<NonZeroU32>,
@@ -277,13 +277,10 @@ impl Upstream {
             name,
             pool: pool::Pool::new(endpoints.len(), pool),
             health: health::Group::standalone(endpoints.iter().map(Endpoint::label)),
-            ids: {
-                let key = balance.sticky.as_deref().and_then(|c| c.key.as_ref());
-                endpoints
-                    .iter()
-                    .map(|e| ServerId::of(e.label(), key))
-                    .collect()
-            },
+            ids: ServerIds::new(
+                endpoints.iter().map(Endpoint::label),
+                balance.sticky.as_deref().map_or(&[], |c| &c.keys),
+            ),
             endpoints,
             balance: balancer,
             source: balance.source,
@@ -334,7 +331,7 @@ impl Upstream {
     /// without a sticky cookie, or when the request's cookie named it.
     fn cookie_to_set(&self, placement: &Placement, server: usize) -> Option<CookieToSet> {
         let cookie = self.sticky.as_ref()?;
-        let id = self.ids[server];
+        let id = self.ids.of(server);
         (placement.pinned != Some(id)).then(|| CookieToSet {
             cookie: cookie.clone(),
             server: id,
@@ -404,7 +401,7 @@ impl Upstream {
         let loads = |i: usize| self.load(i); // health
         let pinned = placement
             .pinned
-            .and_then(|id| self.ids.iter().position(|&s| s == id))
+            .and_then(|id| self.ids.server(id))
             .filter(|&server| self.available(server, now)); // health
         let mut servers: Tries = pinned.into_iter().collect();
         let candidates = self

@@ -13,7 +13,10 @@
 //!   Plus's (an MD5 of the address), it is a hash, not a secret: someone who
 //!   guesses an internal URL can check the guess against it. With a key
 //!   (`key_env`) it is the first 8 bytes of HMAC-SHA256(key, label) instead,
-//!   which only gateways holding the key can compute.
+//!   which only gateways holding the key can compute. While a key is
+//!   rotated, several: the first signs, every one is accepted, and a value
+//!   under an older key is answered with one under the first
+//!   ([`ServerIds`]), as nginx's `ssl_session_ticket_key` takes its keys.
 //! - **Reading**: the first cookie of the name (RFC 6265 §5.4: the longest
 //!   path first, then the oldest; [`cookie::get`]). A value that is not 16
 //!   lower-case hex digits, or names no server of the group now, is no
@@ -66,8 +69,10 @@ pub struct StickyCookie {
     /// `HttpOnly`; on by default (no script needs to read it).
     pub http_only: bool,
     pub same_site: SameSite,
-    /// The key of the ids (`key_env`); `None`: unkeyed.
-    pub key: Option<CookieKey>,
+    /// The keys of the ids (`key_env`): the first signs the cookies set,
+    /// each is accepted in a cookie received (a key in rotation); none:
+    /// unkeyed.
+    pub keys: Vec<CookieKey>,
 }
 
 /// A sticky cookie's key, read from the environment at load; never printed.
@@ -92,7 +97,7 @@ impl StickyCookie {
             secure: None,
             http_only: true,
             same_site: SameSite::Lax,
-            key: None,
+            keys: Vec::new(),
         }
     }
 
@@ -133,6 +138,39 @@ impl StickyCookie {
         });
         // Name, path and domain were checked at load to be header-safe.
         HeaderValue::try_from(v).expect("a checked cookie is a valid header value")
+    }
+}
+
+/// Each server's id, under every key the cookie accepts.
+#[derive(Debug, Clone)]
+pub struct ServerIds {
+    /// By key, then by server: the signing key's (or the unkeyed ids)
+    /// first, then each older key's.
+    by_key: Vec<Vec<ServerId>>,
+}
+
+impl ServerIds {
+    /// The ids of the servers with these labels, in order, under `keys`
+    /// (unkeyed when there are none).
+    pub fn new<'a>(labels: impl Iterator<Item = &'a str> + Clone, keys: &[CookieKey]) -> Self {
+        let under = |key| labels.clone().map(|l| ServerId::of(l, key)).collect();
+        let by_key = match keys {
+            [] => vec![under(None)],
+            keys => keys.iter().map(|k| under(Some(k))).collect(),
+        };
+        ServerIds { by_key }
+    }
+
+    /// The id a cookie set now names `server` by.
+    pub fn of(&self, server: usize) -> ServerId {
+        self.by_key[0][server]
+    }
+
+    /// The server `id` names, under any of the keys.
+    pub fn server(&self, id: ServerId) -> Option<usize> {
+        self.by_key
+            .iter()
+            .find_map(|ids| ids.iter().position(|&s| s == id))
     }
 }
 
@@ -274,12 +312,33 @@ mod tests {
             ServerId::of("ws://a:1", Some(&CookieKey::new(b"another key, 16+ bytes")))
         );
         let mut cookie = StickyCookie::named("fg_srv");
-        cookie.key = Some(key);
+        cookie.keys.push(key);
         let printed = format!("{cookie:?}");
         assert!(
             printed.contains("<redacted>") && !printed.contains("fleet"),
             "{printed}"
         );
+    }
+
+    /// During a key's rotation a cookie under either key names its
+    /// server, and the ids set are the first key's.
+    #[test]
+    fn ids_under_an_older_key_still_name_their_server() {
+        let (new, old) = (
+            CookieKey::new(b"the new key, 16+ bytes"),
+            CookieKey::new(b"the old key, 16+ bytes"),
+        );
+        let labels = ["ws://a:1", "ws://b:1"];
+        let ids = ServerIds::new(labels.iter().copied(), &[new.clone(), old.clone()]);
+        for (server, label) in labels.iter().enumerate() {
+            assert_eq!(ids.of(server), ServerId::of(label, Some(&new)));
+            assert_eq!(ids.server(ServerId::of(label, Some(&new))), Some(server));
+            assert_eq!(ids.server(ServerId::of(label, Some(&old))), Some(server));
+            assert_eq!(ids.server(ServerId::of(label, None)), None);
+        }
+        let unkeyed = ServerIds::new(labels.iter().copied(), &[]);
+        assert_eq!(unkeyed.of(1), ServerId::of("ws://b:1", None));
+        assert_eq!(unkeyed.server(ServerId::of("ws://b:1", Some(&new))), None);
     }
 
     #[test]
@@ -350,7 +409,7 @@ mod tests {
             secure: Some(false),
             http_only: false,
             same_site: SameSite::Strict,
-            key: None,
+            keys: Vec::new(),
         };
         let id = ServerId::of("ws://10.0.0.5:8080", None);
         assert_eq!(

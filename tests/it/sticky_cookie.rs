@@ -225,14 +225,7 @@ async fn keyed_gateways_agree_on_an_hmac_and_ignore_the_unkeyed_value() {
             .start()
     };
     let (one, two) = (keyed("balance = \"least_conn\"").await, keyed("").await);
-    let hmac = |url: &str| {
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, KEY.as_bytes());
-        let tag = aws_lc_rs::hmac::sign(&key, url.as_bytes());
-        tag.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let hmac = |url: &str| keyed_id(KEY, url);
     let names: BTreeMap<String, String> = ["a", "b", "c"]
         .into_iter()
         .zip(fleet.urls())
@@ -255,6 +248,48 @@ async fn keyed_gateways_agree_on_an_hmac_and_ignore_the_unkeyed_value() {
         // request and the answer sets the keyed value.
         let (_, set) = with_cookie(&one, Some(&format!("fg_srv={}", id(url)))).await;
         assert!(set.is_some_and(|s| !s.contains(&id(url))));
+    }
+}
+
+/// A keyed server id: the first 8 bytes of HMAC-SHA256(key, url), in hex.
+fn keyed_id(key: &str, url: &str) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key.as_bytes());
+    let tag = aws_lc_rs::hmac::sign(&key, url.as_bytes());
+    tag.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A key in rotation (`key_env = [NEW, OLD]`): a cookie under the old key
+/// still reaches its server, and the answer replaces it with the new key's
+/// value; the new value sticks without a `Set-Cookie`.
+#[tokio::test]
+async fn a_rotated_keys_old_values_are_followed_and_replaced() {
+    const NEW: &str = "the new fleet-wide key, 32 bytes";
+    const OLD: &str = "the old fleet-wide key, 32 bytes";
+    std::env::set_var("FRAMEGATE_TEST_STICKY_NEW", NEW);
+    std::env::set_var("FRAMEGATE_TEST_STICKY_OLD", OLD);
+    let fleet = fleet(&["a", "b", "c"]).await;
+    let gw = Gateway::builder()
+        .route(route("/", "app"))
+        .upstream_with(
+            "app",
+            &fleet.urls(),
+            "sticky_cookie = { name = \"fg_srv\", key_env = [\"FRAMEGATE_TEST_STICKY_NEW\", \"FRAMEGATE_TEST_STICKY_OLD\"] }",
+        )
+        .start()
+        .await;
+    for (name, url) in ["a", "b", "c"].into_iter().zip(fleet.urls()) {
+        let old = format!("fg_srv={}", keyed_id(OLD, &url));
+        let new = format!("fg_srv={}", keyed_id(NEW, &url));
+        // Three times each: round robin alone would reach all three servers.
+        for _ in 0..3 {
+            let (reached, set) = with_cookie(&gw, Some(&old)).await;
+            assert_eq!(reached, name);
+            assert_eq!(pair(&set.expect("the new key's value")), new);
+            assert_eq!(with_cookie(&gw, Some(&new)).await, (name.to_owned(), None));
+        }
     }
 }
 
