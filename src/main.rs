@@ -14,12 +14,12 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 /// times (~12 KiB); its three boxed futures (1.4–3.3 KiB) are above glibc's
 /// per-thread cache (1,032 bytes), and glibc took ~9,400 instructions per
 /// handshake in its slow paths (`_int_malloc`, `_int_free`,
-/// `malloc_consolidate`); jemalloc takes ~1,400 (callgrind: 78,900 → 71,000 per handshake). In
-/// the load tests: an idle session 2.8 KiB (3.1), an idle HTTP keep-alive
-/// connection 1.6 KiB (1.9), the CPU per plain request −11% at 100 B and
-/// −24% at 16 KiB, for 1.1 MiB more at start. mimalloc, tried before, cut
-/// the CPU per request about as much but cost 10 MiB at start and 0.3 KiB per
-/// idle session.
+/// `malloc_consolidate`); jemalloc takes ~1,400 (callgrind: 78,900 →
+/// 71,000 per handshake). In the load tests: an idle session 2.8 KiB
+/// (3.1), an idle HTTP keep-alive connection 1.6 KiB (1.9), the CPU per
+/// plain request −12% at 100 B and −24% at 16 KiB, for 1.1 MiB more at
+/// start. mimalloc, tried before, cut the CPU per request about as much
+/// but cost 10 MiB at start and 0.3 KiB per idle session.
 #[cfg(target_os = "linux")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

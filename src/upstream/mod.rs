@@ -71,10 +71,10 @@ pub use self::{
     group::{Group, GroupSpec},
     health::InFlight,
     pool::PoolLimits,
-    sticky::{CookieKey, CookieToSet, SameSite, ServerId, ServerIds, StickyCookie},
+    sticky::{CookieKey, CookieToSet, SameSite, ServerId, StickyCookie},
     ws::{UpstreamRequest, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS},
 };
-use self::{balance::Balancer, endpoint::Endpoint, error::Phase};
+use self::{balance::Balancer, endpoint::Endpoint, error::Phase, sticky::ServerIds};
 use crate::{
     proto::head::Lines,
     stream::{Stream, Transport},
