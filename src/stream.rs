@@ -179,12 +179,6 @@ pub mod ack {
         fn ack_promptly(&self);
     }
 
-    impl Prompt for tokio::net::TcpStream {
-        fn ack_promptly(&self) {
-            prompt(self);
-        }
-    }
-
     impl Prompt for super::Transport {
         fn ack_promptly(&self) {
             match self {

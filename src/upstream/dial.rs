@@ -27,7 +27,7 @@ pub async fn dial(
     upgrade: bool,
 ) -> Result<Transport, UpstreamError> {
     let server = endpoint.label();
-    let hold_ack = upgrade && endpoint.tls().is_none();
+    let hold_ack = upgrade && may_hold_ack(endpoint);
     let tcp = timeout(limit, tcp::connect(endpoint, hold_ack))
         .await
         .map_err(|_| UpstreamError::timeout(server, Phase::Connect, limit))?
@@ -43,6 +43,14 @@ pub async fn dial(
         .map_err(|_| UpstreamError::timeout(server, Phase::Tls, limit))?
         .map_err(|e| UpstreamError::tls(server, e))?;
     Ok(Transport::Right(Box::new(TlsStream::Client(tls))))
+}
+
+/// Whether a dial for an upgrade to `endpoint` holds back the ACK of its
+/// SYN-ACK: on plain TCP only. [`super::ws`] makes ACKs prompt again after
+/// its request only then: over TLS there is nothing to undo (a probe's
+/// plain dial, which held nothing either, pays one `setsockopt`).
+pub fn may_hold_ack(endpoint: &Endpoint) -> bool {
+    endpoint.tls().is_none()
 }
 
 #[cfg(test)]

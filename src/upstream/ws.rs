@@ -11,7 +11,7 @@ use tokio::{
     time::timeout,
 };
 
-use super::{error::Refusal, Endpoint, Phase, UpstreamError};
+use super::{dial, error::Refusal, Endpoint, Phase, UpstreamError};
 use crate::{
     proto::{
         body::{self, Decoder},
@@ -90,8 +90,10 @@ where
     io.write_all(&request_head(req, endpoint.authority(), key))
         .await
         .map_err(broken)?;
-    // The request carried the ACK the dial may have held back (`dial`).
-    io.ack_promptly();
+    // The request carried the ACK the dial may have held back.
+    if dial::may_hold_ack(endpoint) {
+        io.ack_promptly();
+    }
     let answer = head::read_raw_response(&mut io, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
         .await
         .map_err(|e| match e {
@@ -246,7 +248,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::upstream::{error::Retry, ServerSpec};
+    use crate::{
+        stream::Transport,
+        upstream::{error::Retry, ServerSpec},
+    };
 
     // The RFC 6455 example key and its accept value.
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -426,7 +431,7 @@ mod tests {
     /// (`None`: hang up without answering); returns the request it read.
     async fn server(
         answer: impl FnOnce(&str) -> Option<Vec<u8>> + Send + 'static,
-    ) -> (Endpoint, TcpStream, tokio::task::JoinHandle<String>) {
+    ) -> (Endpoint, Transport, tokio::task::JoinHandle<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let endpoint = Endpoint::fixed(&ServerSpec::plain(addr));
@@ -453,7 +458,7 @@ mod tests {
             }
             got
         });
-        let io = TcpStream::connect(addr).await.unwrap();
+        let io = Transport::Left(TcpStream::connect(addr).await.unwrap());
         (endpoint, io, task)
     }
 
@@ -557,7 +562,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let endpoint = Endpoint::fixed(&ServerSpec::plain(addr));
-        let io = TcpStream::connect(addr).await.unwrap();
+        let io = Transport::Left(TcpStream::connect(addr).await.unwrap());
         let _held = listener.accept().await.unwrap();
         let limit = Duration::from_millis(200);
         let err = handshake(io, &endpoint, &request(&[], None), limit)
