@@ -383,6 +383,33 @@ fn cpu_seconds(pids: &[u32]) -> anyhow::Result<f64> {
     Ok(ticks as f64 / 100.0)
 }
 
+/// How many times the threads of `pids` went to sleep (voluntary context
+/// switches): a proxy that runs out of work waits in `epoll_wait`, and the
+/// next packet for it must wake its core. Where the load generator's core
+/// is the bottleneck (run.sh's handshakes), those wake-ups are paid there
+/// too, so the fewer a proxy's sleeps, the higher its rate, whatever its
+/// CPU per handshake (load-tests/README.md).
+fn sleeps(pids: &[u32]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("reading /proc/{pid}/task"))?;
+        for task in tasks {
+            // A thread may end between the listing and the read.
+            let Ok(status) = std::fs::read_to_string(task?.path().join("status")) else {
+                continue;
+            };
+            total += status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .context("no voluntary_ctxt_switches")?
+                .trim()
+                .parse::<u64>()?;
+        }
+    }
+    Ok(total)
+}
+
 /// Sum of VmRSS of `pids`, in KiB.
 fn rss_kib(pids: &[u32]) -> anyhow::Result<u64> {
     let mut total = 0;
@@ -694,33 +721,33 @@ async fn handshakes(a: HandshakeArgs) -> anyhow::Result<()> {
         });
     }
     tokio::time::sleep(Duration::from_secs_f64(a.timing.warmup)).await;
-    let (d0, e0, c0, t0) = (
+    let (d0, e0, c0, s0, t0) = (
         done.load(Ordering::Relaxed),
         errors.load(Ordering::Relaxed),
         cpu_seconds(&a.timing.cpu_pid)?,
+        sleeps(&a.timing.cpu_pid)?,
         Instant::now(),
     );
     tokio::time::sleep(Duration::from_secs_f64(a.timing.secs)).await;
-    let (count, errs, cpu) = (
+    let (count, errs, cpu, slept) = (
         done.load(Ordering::Relaxed) - d0,
         errors.load(Ordering::Relaxed) - e0,
         cpu_seconds(&a.timing.cpu_pid)? - c0,
+        sleeps(&a.timing.cpu_pid)?.saturating_sub(s0),
     );
     let rate = count as f64 / t0.elapsed().as_secs_f64();
-    let us_each = if count > 0 {
-        cpu * 1e6 / count as f64
-    } else {
-        0.0
-    };
+    let each = |v: f64| if count > 0 { v / count as f64 } else { 0.0 };
+    let (us_each, sleeps_each) = (each(cpu * 1e6), each(slept as f64));
     report(
         format!(
             "handshakes: {} workers: {rate:.0} sessions/s (connect + upgrade + close), \
-             {errs} errors, watched CPU {cpu:.2}s = {us_each:.1} µs per session",
+             {errs} errors, watched CPU {cpu:.2}s = {us_each:.1} µs per session, \
+             {sleeps_each:.2} sleeps per session",
             a.workers
         ),
         format!(
             "mode=handshakes workers={} count={count} errors={errs} per_s={rate:.0} \
-             cpu_s={cpu:.2} cpu_us_each={us_each:.1}",
+             cpu_s={cpu:.2} cpu_us_each={us_each:.1} sleeps_each={sleeps_each:.3}",
             a.workers
         ),
     );

@@ -9,7 +9,10 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use tokio::net::{TcpSocket, TcpStream};
+use socket2::{Domain, Socket, Type};
+#[cfg(target_os = "linux")]
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 
 use super::Endpoint;
 
@@ -58,7 +61,7 @@ async fn connect_from(
     let family = |ip: &&IpAddr| ip.is_ipv4() == addr.is_ipv4();
     let n = sources.ips.iter().filter(family).count();
     if n == 0 {
-        return socket(addr.ip(), hold_ack)?.connect(addr).await;
+        return connect_socket(socket(addr.ip(), hold_ack)?, addr).await;
     }
     let start = sources.next.fetch_add(1, Ordering::Relaxed) % n;
     let mut last = None;
@@ -96,20 +99,57 @@ fn exhausted(e: &io::Error) -> bool {
 async fn bound(ip: IpAddr, addr: SocketAddr, hold_ack: bool) -> io::Result<TcpStream> {
     let socket = socket(ip, hold_ack)?;
     no_port_at_bind(&socket);
-    socket.bind(SocketAddr::new(ip, 0))?;
-    socket.connect(addr).await
+    socket.bind(&SocketAddr::new(ip, 0).into())?;
+    connect_socket(socket, addr).await
 }
 
-/// A socket of `ip`'s family, its SYN-ACK's ACK held back if asked.
-fn socket(ip: IpAddr, hold_ack: bool) -> io::Result<TcpSocket> {
-    let socket = match ip {
-        IpAddr::V4(_) => TcpSocket::new_v4()?,
-        IpAddr::V6(_) => TcpSocket::new_v6()?,
-    };
+/// A non-blocking TCP socket of `ip`'s family, its SYN-ACK's ACK held back
+/// if asked.
+fn socket(ip: IpAddr, hold_ack: bool) -> io::Result<Socket> {
+    let domain = Domain::for_address(SocketAddr::new(ip, 0));
+    // Non-blocking from `socket` itself where the kernel takes the flag there.
+    #[cfg(target_os = "linux")]
+    let socket = Socket::new(domain, Type::STREAM.nonblocking(), None)?;
+    #[cfg(not(target_os = "linux"))]
+    let socket = Socket::new(domain, Type::STREAM, None)?;
+    #[cfg(not(target_os = "linux"))]
+    socket.set_nonblocking(true)?;
     if hold_ack {
         crate::stream::ack::delay(&socket);
     }
     Ok(socket)
+}
+
+/// Connects `socket` to `addr`: what tokio's `TcpSocket::connect` does,
+/// less its `getsockopt(SO_ERROR)` after every connect. Written out for
+/// that one system call in every upgrade's twenty-odd (HAProxy makes
+/// none). The socket's error is only read when readiness says the connect
+/// failed: a refused or timed-out connect reports the write side closed
+/// (`EPOLLHUP`, or `EPOLLERR` with or without `EPOLLOUT`, as mio reads
+/// them), a made one only writable.
+#[cfg(target_os = "linux")]
+async fn connect_socket(socket: Socket, addr: SocketAddr) -> io::Result<TcpStream> {
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(socket.into())?;
+    let ready = stream.ready(Interest::WRITABLE).await?;
+    if ready.is_write_closed() || ready.is_error() {
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+    }
+    Ok(stream)
+}
+
+/// Elsewhere tokio's connect, as it is.
+#[cfg(not(target_os = "linux"))]
+async fn connect_socket(socket: Socket, addr: SocketAddr) -> io::Result<TcpStream> {
+    tokio::net::TcpSocket::from_std_stream(socket.into())
+        .connect(addr)
+        .await
 }
 
 /// `IP_BIND_ADDRESS_NO_PORT` (Linux 4.2+): `bind((ip, 0))` then reserves no
@@ -118,7 +158,7 @@ fn socket(ip: IpAddr, hold_ack: bool) -> io::Result<TcpSocket> {
 /// would hold ~28k connections in all, not ~28k per backend address.
 /// Best effort: without it connections still work, only fewer of them fit.
 #[cfg(target_os = "linux")]
-fn no_port_at_bind(socket: &TcpSocket) {
+fn no_port_at_bind(socket: &Socket) {
     use nix::sys::socket::{setsockopt, sockopt::IpBindAddressNoPort};
     if let Err(e) = setsockopt(socket, IpBindAddressNoPort, &true) {
         tracing::debug!(error = %e, "cannot set IP_BIND_ADDRESS_NO_PORT");
@@ -126,7 +166,7 @@ fn no_port_at_bind(socket: &TcpSocket) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn no_port_at_bind(_: &TcpSocket) {}
+fn no_port_at_bind(_: &Socket) {}
 
 #[cfg(test)]
 mod tests {
@@ -189,13 +229,31 @@ mod tests {
             .all(|ip| *ip == "127.0.0.5".parse::<IpAddr>().unwrap()));
     }
 
+    /// The socket's error is read only when readiness says the connect
+    /// failed: a refusal must still come back as one, whether the kernel
+    /// picked the source or a configured one was bound.
+    #[tokio::test]
+    async fn a_refused_connect_is_an_error_from_any_source() {
+        // Bound, never listening: refused, and no other test can take the port.
+        let held = socket("127.0.0.1".parse().unwrap(), false).unwrap();
+        held.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let addr = held.local_addr().unwrap().as_socket().unwrap();
+        for sources in [ips(&[]), ips(&["127.0.0.6"])] {
+            let mut e = Endpoint::fixed(&ServerSpec::plain(addr));
+            e.set_sources(sources);
+            let err = connect(&e, true).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+        }
+    }
+
     /// Only a connection whose caller writes at once asks for the
     /// SYN-ACK's ACK to be held back (the kernel then sends it with the
     /// first bytes, and reports quick ACKs again once connected).
     #[cfg(target_os = "linux")]
     #[test]
     fn the_first_ack_is_held_only_when_asked() {
-        let quick = |s: &TcpSocket| socket2::SockRef::from(s).tcp_quickack().unwrap();
+        let quick = |s: &Socket| s.tcp_quickack().unwrap();
         for ip in ["127.0.0.1", "::1"] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(!quick(&socket(ip, true).unwrap()));
