@@ -6,7 +6,8 @@ Each results line is `target scenario key=value...`, the `result` line of
 one loadgen or httpload.py run; `_took WORKLOAD secs=N` lines give each
 workload's duration. A measurement repeated over rounds keeps its best value
 (highest rate, lowest CPU or latency): other load on the machine only ever
-makes a run worse. A target with no result where it should have one (it
+makes a run worse. A key that describes a round (FROM_ROUND_OF) comes from
+the round that gave the best value of the key it goes with. A target with no result where it should have one (it
 failed) shows n/a; – is a cell that does not apply (no proxy CPU for direct,
 a scenario the target is not run in).
 Usage: table.py RESULTS ROUNDS COMMAND
@@ -31,6 +32,10 @@ HTTP_SIZES = [("http100", "100 B"), ("http16k", "16 KiB")]
 # Keys where more is better; for every other key less is better.
 HIGHER = {"msgs_per_s", "per_s", "msgs", "count", "conns", "req_per_s", "up_mib_per_s",
           "down_mib_per_s", "requests"}
+# Keys that describe a round rather than rank it: each is kept from the
+# round whose value of the key it is paired with was best (the sleeps that
+# went with the handshake rate shown, not the fewest of any round).
+FROM_ROUND_OF = {"sleeps_each": "per_s"}
 
 
 def load(path):
@@ -50,6 +55,11 @@ def load(path):
                     best[k] = v
                 else:
                     best[k] = max(best[k], v) if k in HIGHER else min(best[k], v)
+    for key, every in rounds.items():
+        for k, by in FROM_ROUND_OF.items():
+            if k in every and by in every:
+                ranking = every[by]
+                results[key][k] = every[k][ranking.index(max(ranking))]
     return results, rounds
 
 

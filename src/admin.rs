@@ -258,10 +258,8 @@ fn cross_site(req: &Request<Incoming>, by_address: bool) -> bool {
         .or_else(|| origin.strip_prefix(b"https://"));
     let host = req.headers().get(header::HOST).map(|h| h.as_bytes());
     let named = || {
-        host.and_then(|h| Authority::parse(h).ok()).is_none_or(|a| {
-            let host = a.host().trim_start_matches('[').trim_end_matches(']');
-            host != "localhost" && host.parse::<std::net::IpAddr>().is_err()
-        })
+        host.and_then(|h| Authority::parse(h).ok())
+            .is_none_or(|a| !a.is_address() && a.host() != "localhost")
     };
     authority.is_none() || authority != host || (by_address && named())
 }

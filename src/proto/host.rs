@@ -10,7 +10,10 @@
 //! scheme's default is dropped, so `Secure.Example.com.:443` on a TLS
 //! listener is `secure.example.com`, the same host routing knows.
 
-use std::{fmt, net::Ipv6Addr};
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Version};
@@ -101,6 +104,11 @@ impl Authority {
 
     pub fn port(&self) -> Option<u16> {
         self.port
+    }
+
+    /// The host is an address (`[IPv6]` or dotted IPv4), not a name.
+    pub fn is_address(&self) -> bool {
+        self.host.starts_with('[') || self.host.parse::<Ipv4Addr>().is_ok()
     }
 
     /// As a header value, for the forwarded `Host` and `X-Forwarded-Host`.
@@ -201,6 +209,21 @@ pub fn of_request(
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn an_address_is_told_from_a_name() {
+        for (raw, address) in [
+            ("127.0.0.1:9090", true),
+            ("[::1]:9090", true),
+            ("[2001:db8::1]", true),
+            ("localhost:9090", false),
+            ("admin", false),
+            ("127.0.0.1.example", false),
+        ] {
+            let a = Authority::parse(raw.as_bytes()).unwrap();
+            assert_eq!(a.is_address(), address, "{raw}");
+        }
+    }
 
     fn parse(raw: &str) -> Result<String, HostError> {
         Authority::parse(raw.as_bytes()).map(|a| a.to_string())

@@ -47,8 +47,9 @@ pub async fn dial(
 
 /// Whether a dial for an upgrade to `endpoint` holds back the ACK of its
 /// SYN-ACK: on plain TCP only. [`super::ws`] makes ACKs prompt again after
-/// its request only then: over TLS there is nothing to undo (a probe's
-/// plain dial, which held nothing either, pays one `setsockopt`).
+/// its request only then (over TLS there is nothing to undo), so every
+/// caller of its handshake dials with `upgrade`: the gateway's upgrades and
+/// the WebSocket probes.
 pub fn may_hold_ack(endpoint: &Endpoint) -> bool {
     endpoint.tls().is_none()
 }

@@ -61,7 +61,9 @@ pub fn spawn(group: &Arc<Group>, stop: CancellationToken) {
 
 /// One probe of one server: whether it passed.
 async fn once(endpoint: &Endpoint, probe: &Probe) -> bool {
-    let Ok(mut io) = dial::dial(endpoint, probe.timeout, false).await else {
+    // A WebSocket probe writes its upgrade at once, as a client's does.
+    let upgrade = matches!(probe.kind, ProbeKind::WebSocket { .. });
+    let Ok(mut io) = dial::dial(endpoint, probe.timeout, upgrade).await else {
         return false;
     };
     match &probe.kind {
