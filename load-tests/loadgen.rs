@@ -706,21 +706,42 @@ async fn handshakes(a: HandshakeArgs) -> anyhow::Result<()> {
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let close = client_frame(CLOSE, &1000u16.to_be_bytes());
-    let end = Instant::now() + Duration::from_secs_f64(a.timing.warmup + a.timing.secs);
-    for w in 0..a.workers {
-        let (url, done, errors, close) = (url.clone(), done.clone(), errors.clone(), close.clone());
-        tokio::spawn(async move {
-            let mut n = w;
-            while Instant::now() < end {
-                match one_session(&url, url.source(n), &close).await {
-                    Ok(()) => done.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
-                };
-                n += a.workers;
-            }
-        });
-    }
-    tokio::time::sleep(Duration::from_secs_f64(a.timing.warmup)).await;
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(a.timing.warmup);
+    let end = measure_from + Duration::from_secs_f64(a.timing.secs);
+    // Each worker keeps its own histogram of the upgrades it started in the
+    // measured seconds (connect to a checked 101), merged when all are done:
+    // nothing is shared per session on the core the generator is bound by.
+    let workers: Vec<_> = (0..a.workers)
+        .map(|w| {
+            let (url, done, errors, close) =
+                (url.clone(), done.clone(), errors.clone(), close.clone());
+            tokio::spawn(async move {
+                let mut upgrades = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+                let mut n = w;
+                loop {
+                    let began = Instant::now();
+                    if began >= end {
+                        break;
+                    }
+                    match one_session(&url, url.source(n), &close).await {
+                        Ok(upgraded) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                            if began >= measure_from {
+                                upgrades.record(upgraded.as_nanos() as u64)?;
+                            }
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    n += a.workers;
+                }
+                anyhow::Ok(upgrades)
+            })
+        })
+        .collect();
+    tokio::time::sleep_until(measure_from.into()).await;
     let (d0, e0, c0, s0, t0) = (
         done.load(Ordering::Relaxed),
         errors.load(Ordering::Relaxed),
@@ -728,7 +749,7 @@ async fn handshakes(a: HandshakeArgs) -> anyhow::Result<()> {
         sleeps(&a.timing.cpu_pid)?,
         Instant::now(),
     );
-    tokio::time::sleep(Duration::from_secs_f64(a.timing.secs)).await;
+    tokio::time::sleep_until(end.into()).await;
     let (count, errs, cpu, slept) = (
         done.load(Ordering::Relaxed) - d0,
         errors.load(Ordering::Relaxed) - e0,
@@ -736,19 +757,29 @@ async fn handshakes(a: HandshakeArgs) -> anyhow::Result<()> {
         sleeps(&a.timing.cpu_pid)?.saturating_sub(s0),
     );
     let rate = count as f64 / t0.elapsed().as_secs_f64();
+    let mut upgrades = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    for w in workers {
+        upgrades.add(w.await??)?;
+    }
+    let us = |q: f64| upgrades.value_at_quantile(q) as f64 / 1000.0;
     let each = |v: f64| if count > 0 { v / count as f64 } else { 0.0 };
     let (us_each, sleeps_each) = (each(cpu * 1e6), each(slept as f64));
     report(
         format!(
             "handshakes: {} workers: {rate:.0} sessions/s (connect + upgrade + close), \
              {errs} errors, watched CPU {cpu:.2}s = {us_each:.1} µs per session, \
-             {sleeps_each:.2} sleeps per session",
-            a.workers
+             {sleeps_each:.2} sleeps per session; connect to 101 p50 {:.1} µs, p99 {:.1} µs",
+            a.workers,
+            us(0.5),
+            us(0.99)
         ),
         format!(
             "mode=handshakes workers={} count={count} errors={errs} per_s={rate:.0} \
-             cpu_s={cpu:.2} cpu_us_each={us_each:.1} sleeps_each={sleeps_each:.3}",
-            a.workers
+             cpu_s={cpu:.2} cpu_us_each={us_each:.1} sleeps_each={sleeps_each:.3} \
+             upgrade_p50_us={:.1} upgrade_p99_us={:.1}",
+            a.workers,
+            us(0.5),
+            us(0.99)
         ),
     );
     std::process::exit(0);
@@ -756,9 +787,12 @@ async fn handshakes(a: HandshakeArgs) -> anyhow::Result<()> {
 
 /// One whole session: connect, upgrade, send a close frame, and read until
 /// the server closes TCP (servers close first, so the TIME_WAIT state stays
-/// on their side, not on the generator's ports).
-async fn one_session(url: &Url, source: Option<IpAddr>, close: &[u8]) -> anyhow::Result<()> {
+/// on their side, not on the generator's ports). Returns how long the
+/// upgrade took, from before the connect to the checked 101.
+async fn one_session(url: &Url, source: Option<IpAddr>, close: &[u8]) -> anyhow::Result<Duration> {
+    let began = Instant::now();
     let (mut s, _) = connect(url, source).await?;
+    let upgraded = began.elapsed();
     s.write_all(close).await?;
     let mut buf = [0u8; 256];
     tokio::time::timeout(Duration::from_secs(5), async {
@@ -766,5 +800,6 @@ async fn one_session(url: &Url, source: Option<IpAddr>, close: &[u8]) -> anyhow:
         anyhow::Ok(())
     })
     .await
-    .context("the server did not close within 5 s")?
+    .context("the server did not close within 5 s")??;
+    Ok(upgraded)
 }

@@ -34,8 +34,9 @@ HIGHER = {"msgs_per_s", "per_s", "msgs", "count", "conns", "req_per_s", "up_mib_
           "down_mib_per_s", "requests"}
 # Keys that describe a round rather than rank it: each is kept from the
 # round whose value of the key it is paired with was best (the sleeps that
-# went with the handshake rate shown, not the fewest of any round).
-FROM_ROUND_OF = {"sleeps_each": "per_s"}
+# went with the handshake rate shown, not the fewest of any round; the
+# upgrade times of that round, which its rate sets).
+FROM_ROUND_OF = {"sleeps_each": "per_s", "upgrade_p50_us": "per_s", "upgrade_p99_us": "per_s"}
 
 
 def load(path):
@@ -124,6 +125,10 @@ def ws_table(r, every, took, rounds, command):
         with_direct=False)
     row("proxy sleeps per handshake", lambda v: f"{v:.2f}", "sleeps_each", "handshakes", False,
         with_direct=False)
+    row("connect to 101 p50 (µs), 32 at a time", lambda v: f"{v:.0f}", "upgrade_p50_us",
+        "handshakes", True)
+    row("connect to 101 p99 (µs), 32 at a time", lambda v: f"{v:.0f}", "upgrade_p99_us",
+        "handshakes", True)
     row("RTT p50 (µs)", lambda v: f"{v:.1f}", "p50_us", "latency", True)
     row("RTT p99 (µs)", lambda v: f"{v:.1f}", "p99_us", "latency", True)
 
@@ -250,6 +255,13 @@ def check(r, target):
         if fs is not None and hs is not None:
             line += f" (proxy sleeps per handshake {fs:.2f} vs HAProxy's {hs:.2f})"
         out.append(line)
+    # The issue's other handshake figure: the tail of the upgrade time,
+    # against direct's, for framegate and for HAProxy.
+    direct = get(r, "direct", "handshakes", "upgrade_p99_us")
+    fg, hap = (get(r, t, "handshakes", "upgrade_p99_us") for t in (target, "haproxy"))
+    if direct and fg is not None and hap is not None:
+        out.append(f"connect to 101 p99 ≤ HAProxy's: {fg / direct:.2f}× direct vs HAProxy's "
+                   f"{hap / direct:.2f}× — {verdict(fg <= hap)}")
     for key, label in (("p50_us", "p50"), ("p99_us", "p99")):
         fg, ng = get(r, target, "latency", key), get(r, "nginx", "latency", key)
         if fg is not None and ng:

@@ -33,7 +33,7 @@
 
 use std::sync::Arc;
 
-use http::{header, HeaderMap, HeaderValue, Request, StatusCode, Version};
+use http::{header, HeaderValue, Request, StatusCode, Version};
 use tokio::{io::AsyncWriteExt, time::Instant};
 
 use super::{
@@ -45,7 +45,7 @@ use crate::{
     proto::{
         body::{only_chunked, response_framing, Decoder, Framing},
         forwarded,
-        head::{self, Head, HeadError},
+        head::{self, Head, HeadError, RawResponse},
         host,
         reject::{Reason, Reject},
         upgrade,
@@ -317,7 +317,7 @@ async fn exchange(
             }
             Err(Failure::Upstream(e)) => Err(Broken::Write(e)),
             Ok(()) => {
-                let read = head::read_response(
+                let read = head::read_raw_response(
                     &mut up.io,
                     Vec::with_capacity(FIRST_RESPONSE_READ),
                     MAX_RESPONSE_HEAD,
@@ -464,7 +464,7 @@ struct Exchanged<'q, 'r> {
 async fn respond<'r>(
     io: &mut Transport,
     mut up: Conn,
-    mut answer: Head<head::Response>,
+    mut answer: RawResponse,
     x: Exchanged<'_, 'r>,
     ctx: &Context,
 ) -> (Next, Option<Outcome>) {
@@ -480,13 +480,15 @@ async fn respond<'r>(
     };
     // Interim answers: 100 was the gateway's to send (the backend never
     // saw `Expect`); others (103 Early Hints) go on to an HTTP/1.1 client.
-    while answer.head.status.is_informational() {
-        let status = answer.head.status;
+    while answer.status.is_informational() {
+        let status = answer.status;
         let error = if status == StatusCode::SWITCHING_PROTOCOLS {
             Some("upstream answered 101 to a plain request".to_owned())
         } else {
-            let headers = forwarded::end_to_end(std::mem::take(&mut answer.head.headers));
-            let interim = head::encode_response(status, &headers, b"");
+            let lines = forwarded::end_to_end_lines(&answer);
+            let mut interim = head::response_line(status, 64 + lines.as_bytes().len());
+            interim.extend_from_slice(lines.as_bytes());
+            head::end_head(&mut interim);
             if status != StatusCode::CONTINUE && req.version() == Version::HTTP_11 {
                 if let Err(e) = io.write_all(&interim).await {
                     return (
@@ -495,9 +497,9 @@ async fn respond<'r>(
                     );
                 }
             }
-            let read = head::read_response(
+            let read = head::read_raw_response(
                 &mut up.io,
-                answer.early,
+                answer.into_early(),
                 MAX_RESPONSE_HEAD,
                 MAX_RESPONSE_HEADERS,
             );
@@ -514,11 +516,7 @@ async fn respond<'r>(
         drop(up);
         return bad_gateway(io, ctx, failed).await;
     }
-    let Head {
-        head: mut resp,
-        early,
-    } = answer;
-    let framing = match response_framing(req.method(), resp.status, &resp.headers) {
+    let framing = match response_framing(req.method(), answer.status, &answer) {
         Ok(f) => f,
         Err(e) => {
             let error = Some(e.to_string());
@@ -534,10 +532,13 @@ async fn respond<'r>(
     let keep =
         x.client_keeps && !ctx.sessions.is_draining() && (chunked_out || framing.is_delimited());
     // Whether the backend lets this connection carry another request.
-    let upstream_keeps = resp.version == Version::HTTP_11
-        && !upgrade::has_token(&resp.headers, header::CONNECTION, "close");
+    let upstream_keeps = answer.version == Version::HTTP_11
+        && !upgrade::list_items(answer.get_all(&header::CONNECTION))
+            .any(|t| t.eq_ignore_ascii_case(b"close"));
     let cookie = up.cookie.as_ref().map(|c| (c, x.tls));
-    let head = response_head(&mut resp, framing, chunked_out, keep, cookie);
+    let head = response_head(&answer, framing, chunked_out, keep, cookie);
+    let status = answer.status.as_u16();
+    let early = answer.into_early();
     let mut sink = Sink::new(io, head, chunked_out, idle);
     let copied = body::copy(
         &mut up.io,
@@ -548,7 +549,6 @@ async fn respond<'r>(
         idle,
     )
     .await;
-    let status = resp.status.as_u16();
     let copied = match copied {
         Ok(c) => c,
         Err(e) => {
@@ -590,42 +590,44 @@ async fn bad_gateway(
     (Next::Close, Some(outcome))
 }
 
-/// The client-facing head: the backend's end-to-end headers, with the
-/// sticky cookie to set (and whether the client came over TLS), framed for
-/// this client.
+/// The client-facing head: the backend's end-to-end headers as it sent
+/// them, with the sticky cookie to set (and whether the client came over
+/// TLS), framed for this client.
 fn response_head(
-    resp: &mut head::Response,
+    resp: &RawResponse,
     framing: Framing,
     chunked_out: bool,
     keep: bool,
     cookie: Option<(&CookieToSet, bool)>,
 ) -> Vec<u8> {
-    let declared = resp.headers.get(header::CONTENT_LENGTH).cloned();
-    let mut h: HeaderMap = forwarded::end_to_end(std::mem::take(&mut resp.headers));
+    let mut lines = forwarded::end_to_end_lines(resp);
     if let Some((cookie, tls)) = cookie {
-        cookie.set_on_response(&mut h, tls);
+        cookie.set_on_response(&mut lines, resp, tls);
     }
+    let mut out = head::response_line(resp.status, 128 + lines.as_bytes().len());
+    out.extend_from_slice(lines.as_bytes());
     match framing {
         Framing::Length(n) => {
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
-        _ if chunked_out => {
-            h.insert(
-                header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
+            let mut digits = itoa::Buffer::new();
+            head::header_line(
+                &mut out,
+                &header::CONTENT_LENGTH,
+                digits.format(n).as_bytes(),
             );
         }
+        _ if chunked_out => head::header_line(&mut out, &header::TRANSFER_ENCODING, b"chunked"),
         // A response to HEAD, or a 304, states the length of the body it
         // does not carry.
         Framing::None => {
-            if let Some(n) = declared {
-                h.insert(header::CONTENT_LENGTH, n);
+            if let Some(n) = resp.get(&header::CONTENT_LENGTH) {
+                head::header_line(&mut out, &header::CONTENT_LENGTH, n);
             }
         }
         Framing::Chunked | Framing::UntilClose => {}
     }
     if !keep {
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        head::header_line(&mut out, &header::CONNECTION, b"close");
     }
-    head::encode_response(resp.status, &h, b"")
+    head::end_head(&mut out);
+    out
 }

@@ -16,7 +16,21 @@
 
 use std::ops::Range;
 
-use http::{header, HeaderMap, Method, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+
+/// A head's headers, looked up by name: a map, or a response head read in
+/// place (`head::RawResponse`), so that the framing checks below are the
+/// same code whichever way a head was read.
+pub trait Fields {
+    /// The values of every `name` header, in the order they came.
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]>;
+}
+
+impl Fields for HeaderMap {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+}
 
 /// How a body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,10 +86,10 @@ pub const MAX_LINE: usize = 4096;
 pub const MAX_TRAILERS: usize = 16 * 1024;
 
 /// The one `Content-Length` that all of a message's values agree on, if any.
-pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BodyError> {
+pub fn content_length(headers: &impl Fields) -> Result<Option<u64>, BodyError> {
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
+    for value in headers.values(&header::CONTENT_LENGTH) {
+        for item in value.split(|&b| b == b',') {
             let item = item.trim_ascii();
             let n = (!item.is_empty() && item.len() <= 18 && item.iter().all(u8::is_ascii_digit))
                 .then(|| std::str::from_utf8(item).ok()?.parse::<u64>().ok())
@@ -91,13 +105,13 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BodyError> {
 }
 
 /// Whether the last transfer coding is `chunked`.
-pub fn ends_in_chunked(headers: &HeaderMap) -> bool {
+pub fn ends_in_chunked(headers: &impl Fields) -> bool {
     headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .values(&header::TRANSFER_ENCODING)
+        .flat_map(|v| v.split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .rfind(|t| !t.is_empty())
+        .filter(|t| !t.is_empty())
+        .last()
         .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
 }
 
@@ -105,11 +119,10 @@ pub fn ends_in_chunked(headers: &HeaderMap) -> bool {
 /// chunked and re-frames the body; any other coding (`gzip`, say) it would
 /// drop on the way, and the recipient would take the coded bytes for the
 /// content.
-pub fn only_chunked(headers: &HeaderMap) -> bool {
+pub fn only_chunked(headers: &impl Fields) -> bool {
     let mut codings = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .values(&header::TRANSFER_ENCODING)
+        .flat_map(|v| v.split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty());
     matches!(
@@ -127,7 +140,7 @@ pub fn only_chunked(headers: &HeaderMap) -> bool {
 pub fn response_framing(
     method: &Method,
     status: StatusCode,
-    headers: &HeaderMap,
+    headers: &impl Fields,
 ) -> Result<Framing, BodyError> {
     if method == Method::HEAD
         || status.is_informational()
@@ -137,7 +150,8 @@ pub fn response_framing(
         return Ok(Framing::None);
     }
     let length = content_length(headers)?;
-    match (headers.contains_key(header::TRANSFER_ENCODING), length) {
+    let has_te = headers.values(&header::TRANSFER_ENCODING).next().is_some();
+    match (has_te, length) {
         (true, Some(_)) => Err(BodyError::LengthAndEncoding),
         (true, None) if only_chunked(headers) => Ok(Framing::Chunked),
         (true, None) => Err(BodyError::OtherCoding),

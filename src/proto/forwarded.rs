@@ -125,7 +125,9 @@ pub fn end_to_end(from: HeaderMap) -> HeaderMap {
 pub fn end_to_end_lines(answer: &RawResponse) -> Lines {
     let named: SmallVec<[&[u8]; 4]> =
         upgrade::list_items(answer.get_all(&header::CONNECTION)).collect();
-    let mut lines = Lines::default();
+    // Room for every line as it came, and a few the gateway adds (a cookie,
+    // the framing): the lines are never grown piece by piece.
+    let mut lines = Lines::with_capacity(answer.head_len() + 128);
     for (name, value) in answer.headers() {
         if !per_hop(name, &named) {
             lines.push(name, value);

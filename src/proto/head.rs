@@ -3,7 +3,7 @@
 //! [`super::body`]'s. Whatever follows the head on the socket is returned as
 //! early data: a body's start, a pipelined request, or the relay's frames.
 
-use std::io;
+use std::{io, mem::MaybeUninit};
 
 use bytes::BytesMut;
 use http::{
@@ -170,13 +170,14 @@ pub async fn read_response<S: AsyncRead + Unpin>(
 }
 
 /// A response head read whole and left where it was read, its headers
-/// looked up in place. An upstream's 101 is only checked, and its
-/// end-to-end headers copied into the client's 101: a map of it (two
-/// allocations, a copy and a hash per header) would be built to be thrown
-/// away.
+/// looked up in place. An upstream's 101 is only checked, and a plain
+/// response's framing; their end-to-end headers are copied into the
+/// client's head as they came: a map (two allocations, a copy and a hash
+/// per header) would be built to be thrown away.
 #[derive(Debug)]
 pub struct RawResponse {
     pub status: StatusCode,
+    pub version: Version,
     /// The head, then what was read past it.
     buf: Vec<u8>,
     len: usize,
@@ -190,17 +191,20 @@ struct Field {
     value: (u32, u32),
 }
 
-/// Reads a response head as a [`RawResponse`].
+/// Reads a response head as a [`RawResponse`]; `pending` as for
+/// [`read_response`].
 pub async fn read_raw_response<S: AsyncRead + Unpin>(
     io: &mut S,
+    pending: Vec<u8>,
     max_bytes: usize,
     max_headers: usize,
 ) -> Result<RawResponse, HeadError> {
     let limits = (FIRST_READ, max_bytes);
     let parse = |buf: &[u8]| parse_raw_response(buf, max_headers);
-    let ((status, fields), len, buf) = read_whole(io, Vec::new(), limits, parse).await?;
+    let ((status, version, fields), len, buf) = read_whole(io, pending, limits, parse).await?;
     Ok(RawResponse {
         status,
+        version,
         buf,
         len,
         fields,
@@ -211,7 +215,7 @@ pub async fn read_raw_response<S: AsyncRead + Unpin>(
 fn parse_raw_response(
     buf: &[u8],
     max_headers: usize,
-) -> Parsed<(StatusCode, SmallVec<[Field; 16]>)> {
+) -> Parsed<(StatusCode, Version, SmallVec<[Field; 16]>)> {
     parse_response_with(buf, max_headers, |status, resp| {
         // httparse's slices are of `buf`; a head is far below 4 GiB.
         let at = |s: &[u8]| {
@@ -226,7 +230,7 @@ fn parse_raw_response(
                 value: at(h.value),
             })
             .collect();
-        Ok((status, fields))
+        Ok((status, version(resp.version), fields))
     })
 }
 
@@ -238,9 +242,13 @@ fn parse_response_with<T>(
     max_headers: usize,
     build: impl FnOnce(StatusCode, &httparse::Response<'_, '_>) -> Result<T, HeadError>,
 ) -> Parsed<T> {
-    let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_SLOTS], Vec::new());
-    let mut resp = httparse::Response::new(slots(max_headers, &mut stack, &mut heap));
-    let len = match resp.parse(buf).map_err(|e| parse_error(e, max_headers))? {
+    let (mut stack, mut heap) = ([const { MaybeUninit::uninit() }; STACK_SLOTS], Vec::new());
+    let mut resp = httparse::Response::new(&mut []);
+    let slots = slots(max_headers, &mut stack, &mut heap);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, slots)
+        .map_err(|e| parse_error(e, max_headers))?;
+    let len = match parsed {
         httparse::Status::Partial => return Ok(None),
         httparse::Status::Complete(len) => len,
     };
@@ -255,12 +263,18 @@ impl RawResponse {
     #[cfg(test)]
     pub fn parse(buf: Vec<u8>, max_headers: usize) -> Result<Option<RawResponse>, HeadError> {
         let parsed = parse_raw_response(&buf, max_headers)?;
-        Ok(parsed.map(|((status, fields), len)| RawResponse {
+        Ok(parsed.map(|((status, version, fields), len)| RawResponse {
             status,
+            version,
             buf,
             len,
             fields,
         }))
+    }
+
+    /// The head's length on the wire, its blank line included.
+    pub fn head_len(&self) -> usize {
+        self.len
     }
 
     fn slice(&self, (start, end): (u32, u32)) -> &[u8] {
@@ -305,6 +319,12 @@ impl RawResponse {
     }
 }
 
+impl body::Fields for RawResponse {
+    fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> {
+        self.get_all(name)
+    }
+}
+
 /// Header lines as a head carries them (`name: value\r\n` each), for
 /// headers passed on as they came and never looked up: an upstream 101's
 /// end-to-end headers, on their way into the client's 101.
@@ -312,11 +332,17 @@ impl RawResponse {
 pub struct Lines(Vec<u8>);
 
 impl Lines {
+    pub fn with_capacity(bytes: usize) -> Lines {
+        Lines(Vec::with_capacity(bytes))
+    }
+
     /// Adds a header read by httparse ([`RawResponse::headers`]); the name
     /// is written in lowercase, as a `HeaderName` is.
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
         debug_assert!(!value.iter().any(|&b| b == b'\r' || b == b'\n'));
-        self.0.extend(name.iter().map(u8::to_ascii_lowercase));
+        let at = self.0.len();
+        self.0.extend_from_slice(name);
+        self.0[at..].make_ascii_lowercase();
         self.0.extend_from_slice(b": ");
         self.0.extend_from_slice(value);
         self.0.extend_from_slice(b"\r\n");
@@ -332,9 +358,13 @@ impl Lines {
 /// ([`target::normalize`]), and its body framing has been checked
 /// ([`body_framing`]), so nothing after this sees the raw forms.
 pub fn parse_request(buf: &[u8], max_headers: usize) -> Parsed<Request<()>> {
-    let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_SLOTS], Vec::new());
-    let mut req = httparse::Request::new(slots(max_headers, &mut stack, &mut heap));
-    let len = match req.parse(buf).map_err(|e| parse_error(e, max_headers))? {
+    let (mut stack, mut heap) = ([const { MaybeUninit::uninit() }; STACK_SLOTS], Vec::new());
+    let mut req = httparse::Request::new(&mut []);
+    let slots = slots(max_headers, &mut stack, &mut heap);
+    let parsed = httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, slots)
+        .map_err(|e| parse_error(e, max_headers))?;
+    let len = match parsed {
         httparse::Status::Partial => return Ok(None),
         httparse::Status::Complete(len) => len,
     };
@@ -412,16 +442,19 @@ pub fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<Response> {
 /// the usual limits allocates nothing but the result.
 const STACK_SLOTS: usize = 128;
 
-/// `max` of httparse's header slots: on the stack when few enough.
+/// `max` of httparse's header slots: on the stack when few enough. Left
+/// uninitialised (httparse writes a slot before it hands it back):
+/// initialising them cost more than parsing a short head (a slot is 32
+/// bytes, and up to 100 are offered).
 fn slots<'s, 'b>(
     max: usize,
-    stack: &'s mut [httparse::Header<'b>; STACK_SLOTS],
-    heap: &'s mut Vec<httparse::Header<'b>>,
-) -> &'s mut [httparse::Header<'b>] {
+    stack: &'s mut [MaybeUninit<httparse::Header<'b>>; STACK_SLOTS],
+    heap: &'s mut Vec<MaybeUninit<httparse::Header<'b>>>,
+) -> &'s mut [MaybeUninit<httparse::Header<'b>>] {
     if max <= STACK_SLOTS {
         &mut stack[..max]
     } else {
-        *heap = vec![httparse::EMPTY_HEADER; max];
+        heap.resize_with(max, MaybeUninit::uninit);
         heap
     }
 }
@@ -444,10 +477,16 @@ fn version(minor: Option<u8>) -> Version {
     }
 }
 
+/// Headers the gateway may add to a request's map on its way upstream
+/// (`X-Forwarded-*`, `X-Real-IP`, framing, admission's): room for them from
+/// the start, since growing a map rehashes it (three times a request, when
+/// the map was sized for the client's headers alone).
+const ADDED_UPSTREAM: usize = 8;
+
 /// The parsed headers as a map. Every value is a slice of one shared
 /// buffer: one allocation per head, not one per header.
 fn header_map(headers: &[httparse::Header<'_>]) -> Result<HeaderMap, HeadError> {
-    let mut map = HeaderMap::with_capacity(headers.len());
+    let mut map = HeaderMap::with_capacity(headers.len() + ADDED_UPSTREAM);
     let mut values = BytesMut::with_capacity(headers.iter().map(|h| h.value.len()).sum());
     for h in headers {
         values.extend_from_slice(h.value);

@@ -40,7 +40,7 @@ use http::{header, HeaderMap, HeaderValue};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::log::Secret;
-use crate::proto::{cookie, head::Lines};
+use crate::proto::{body::Fields, cookie, head::Lines};
 
 /// The cookie's `SameSite` attribute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,10 +240,13 @@ impl CookieToSet {
     /// every client (which would put them all on one server). A backend's
     /// other `Cache-Control` directives stay; `private` wins over `public`
     /// and `max-age` for a shared cache.
-    pub fn set_on_response(&self, headers: &mut HeaderMap, tls: bool) {
-        headers.append(header::SET_COOKIE, self.cookie.header(self.server, tls));
-        if !kept_from_shared_caches(headers) {
-            headers.append(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    /// `lines` are the end-to-end headers of `answer` on their way to the
+    /// client.
+    pub fn set_on_response(&self, lines: &mut Lines, answer: &impl Fields, tls: bool) {
+        let value = self.cookie.header(self.server, tls);
+        lines.push(header::SET_COOKIE.as_str().as_bytes(), value.as_bytes());
+        if !kept_from_shared_caches(answer) {
+            lines.push(header::CACHE_CONTROL.as_str().as_bytes(), b"private");
         }
     }
 }
@@ -251,11 +254,10 @@ impl CookieToSet {
 /// Whether a response's `Cache-Control` already keeps it out of shared
 /// caches: a `private` (unqualified: `private="x"` covers only `x`) or
 /// `no-store` directive.
-fn kept_from_shared_caches(headers: &HeaderMap) -> bool {
+fn kept_from_shared_caches(headers: &impl Fields) -> bool {
     headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .values(&header::CACHE_CONTROL)
+        .flat_map(|v| v.split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
         .any(|d| d.eq_ignore_ascii_case(b"private") || d.eq_ignore_ascii_case(b"no-store"))
 }
@@ -441,14 +443,19 @@ mod tests {
             for v in values {
                 h.append(header::CACHE_CONTROL, HeaderValue::from_static(v));
             }
-            set.set_on_response(&mut h, false);
-            let all = |name| -> Vec<String> {
-                h.get_all(name)
-                    .iter()
-                    .map(|v| v.to_str().unwrap().to_owned())
+            let mut lines = Lines::default();
+            for (name, value) in &h {
+                lines.push(name.as_str().as_bytes(), value.as_bytes());
+            }
+            set.set_on_response(&mut lines, &h, false);
+            let text = std::str::from_utf8(lines.as_bytes()).unwrap();
+            let all = |name: &str| -> Vec<String> {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+                    .map(str::to_owned)
                     .collect()
             };
-            (all(header::SET_COOKIE), all(header::CACHE_CONTROL))
+            (all("set-cookie"), all("cache-control"))
         };
         let (cookies, cc) = with(&[]);
         assert_eq!(cookies.len(), 2, "the backend's cookie stays: {cookies:?}");

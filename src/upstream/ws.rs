@@ -94,13 +94,16 @@ where
     if dial::may_hold_ack(endpoint) {
         io.ack_promptly();
     }
-    let answer = head::read_raw_response(&mut io, MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
-        .await
-        .map_err(|e| match e {
-            HeadError::Io(e) => broken(e),
-            HeadError::Closed | HeadError::Truncated => broken(io::ErrorKind::UnexpectedEof.into()),
-            e => UpstreamError::invalid(server, e.to_string()),
-        })?;
+    let answer =
+        head::read_raw_response(&mut io, Vec::new(), MAX_RESPONSE_HEAD, MAX_RESPONSE_HEADERS)
+            .await
+            .map_err(|e| match e {
+                HeadError::Io(e) => broken(e),
+                HeadError::Closed | HeadError::Truncated => {
+                    broken(io::ErrorKind::UnexpectedEof.into())
+                }
+                e => UpstreamError::invalid(server, e.to_string()),
+            })?;
     let protocol = match check_answer(&answer, key, req.protocols) {
         Ok(p) => p,
         Err(Bad::Invalid(why)) => return Err(UpstreamError::invalid(server, why)),
