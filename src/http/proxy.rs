@@ -485,9 +485,7 @@ async fn respond<'r>(
         let error = if status == StatusCode::SWITCHING_PROTOCOLS {
             Some("upstream answered 101 to a plain request".to_owned())
         } else {
-            let lines = forwarded::end_to_end_lines(&answer);
-            let mut interim = head::response_line(status, 64 + lines.as_bytes().len());
-            interim.extend_from_slice(lines.as_bytes());
+            let mut interim = head::response_with(status, &forwarded::end_to_end_lines(&answer));
             head::end_head(&mut interim);
             if status != StatusCode::CONTINUE && req.version() == Version::HTTP_11 {
                 if let Err(e) = io.write_all(&interim).await {
@@ -604,8 +602,7 @@ fn response_head(
     if let Some((cookie, tls)) = cookie {
         cookie.set_on_response(&mut lines, resp, tls);
     }
-    let mut out = head::response_line(resp.status, 128 + lines.as_bytes().len());
-    out.extend_from_slice(lines.as_bytes());
+    let mut out = head::response_with(resp.status, &lines);
     match framing {
         Framing::Length(n) => {
             let mut digits = itoa::Buffer::new();
@@ -630,4 +627,53 @@ fn response_head(
     }
     head::end_head(&mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(wire: &[u8]) -> RawResponse {
+        let mut io = wire;
+        head::read_raw_response(&mut io, Vec::new(), 4096, 16)
+            .await
+            .unwrap()
+    }
+
+    fn text(head: Vec<u8>) -> String {
+        String::from_utf8(head).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_client_head_keeps_the_end_to_end_lines_in_order_and_is_framed_afresh() {
+        let resp = answer(
+            b"HTTP/1.1 200 OK\r\nX-B: 1\r\nConnection: keep-alive, X-Secret\r\n\
+              Content-Length: 5\r\nX-Secret: s\r\nSet-Cookie: a=1\r\nX-A: 2\r\n\r\nhello",
+        )
+        .await;
+        let head = response_head(&resp, Framing::Length(5), false, true, None);
+        assert_eq!(
+            text(head),
+            "HTTP/1.1 200 OK\r\nx-b: 1\r\nset-cookie: a=1\r\nx-a: 2\r\ncontent-length: 5\r\n\r\n"
+        );
+        // Re-framed chunked for an HTTP/1.1 client that is then let go.
+        let resp =
+            answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: e\r\n\r\n").await;
+        let head = response_head(&resp, Framing::Chunked, true, false, None);
+        assert_eq!(
+            text(head),
+            "HTTP/1.1 200 OK\r\netag: e\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bodiless_answer_states_the_length_it_was_declared() {
+        let resp =
+            answer(b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\nContent-Length: 42\r\n\r\n").await;
+        let head = response_head(&resp, Framing::None, false, true, None);
+        assert_eq!(text(head), "HTTP/1.1 200 OK\r\ncontent-length: 42\r\n\r\n");
+        let resp = answer(b"HTTP/1.1 304 Not Modified\r\nETag: e\r\n\r\n").await;
+        let head = response_head(&resp, Framing::None, false, true, None);
+        assert_eq!(text(head), "HTTP/1.1 304 Not Modified\r\netag: e\r\n\r\n");
+    }
 }

@@ -522,6 +522,14 @@ pub fn response_line(status: StatusCode, room: usize) -> Vec<u8> {
     out
 }
 
+/// The start of a response head carrying `lines`, with room for a few
+/// more ([`header_line`]; [`end_head`] ends it).
+pub fn response_with(status: StatusCode, lines: &Lines) -> Vec<u8> {
+    let mut out = response_line(status, 128 + lines.as_bytes().len());
+    out.extend_from_slice(lines.as_bytes());
+    out
+}
+
 /// A request head for `method` and `target`.
 pub fn encode_request<'a>(
     method: &Method,
@@ -607,6 +615,24 @@ mod tests {
         assert_eq!(got.head.version(), Version::HTTP_11);
         assert_eq!(got.head.headers().get_all("a").iter().count(), 2);
         assert_eq!(got.early, b"\x81\x00");
+    }
+
+    #[test]
+    fn more_headers_than_the_stack_holds_are_parsed_from_the_heap() {
+        let n = STACK_SLOTS + 10;
+        let lines: String = (0..n).map(|i| format!("H{i}: v{i}\r\n")).collect();
+        let wire = format!("GET / HTTP/1.1\r\n{lines}\r\n");
+        let (req, len) = parse_request(wire.as_bytes(), n).unwrap().unwrap();
+        assert_eq!(len, wire.len());
+        assert_eq!(req.headers().len(), n);
+        assert_eq!(req.headers()[format!("h{}", n - 1)], format!("v{}", n - 1));
+        let wire = format!("HTTP/1.1 200 OK\r\n{lines}\r\n");
+        let (resp, _) = parse_response(wire.as_bytes(), n).unwrap().unwrap();
+        assert_eq!(resp.headers.len(), n);
+        assert!(matches!(
+            parse_response(wire.as_bytes(), n - 1),
+            Err(HeadError::TooManyHeaders(_))
+        ));
     }
 
     #[tokio::test]
