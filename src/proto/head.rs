@@ -242,19 +242,17 @@ fn parse_response_with<T>(
     max_headers: usize,
     build: impl FnOnce(StatusCode, &httparse::Response<'_, '_>) -> Result<T, HeadError>,
 ) -> Parsed<T> {
-    let (mut stack, mut heap) = ([const { MaybeUninit::uninit() }; STACK_SLOTS], Vec::new());
-    let mut resp = httparse::Response::new(&mut []);
-    let slots = slots(max_headers, &mut stack, &mut heap);
-    let parsed = httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, buf, slots)
-        .map_err(|e| parse_error(e, max_headers))?;
-    let len = match parsed {
-        httparse::Status::Partial => return Ok(None),
-        httparse::Status::Complete(len) => len,
-    };
-    let status = StatusCode::from_u16(resp.code.unwrap_or_default())
-        .map_err(|_| HeadError::Malformed("invalid status code"))?;
-    Ok(Some((build(status, &resp)?, len)))
+    with_slots(max_headers, |slots| {
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, slots);
+        let Some(len) = complete(parsed, max_headers)? else {
+            return Ok(None);
+        };
+        let status = StatusCode::from_u16(resp.code.unwrap_or_default())
+            .map_err(|_| HeadError::Malformed("invalid status code"))?;
+        Ok(Some((build(status, &resp)?, len)))
+    })
 }
 
 impl RawResponse {
@@ -358,16 +356,19 @@ impl Lines {
 /// ([`target::normalize`]), and its body framing has been checked
 /// ([`body_framing`]), so nothing after this sees the raw forms.
 pub fn parse_request(buf: &[u8], max_headers: usize) -> Parsed<Request<()>> {
-    let (mut stack, mut heap) = ([const { MaybeUninit::uninit() }; STACK_SLOTS], Vec::new());
-    let mut req = httparse::Request::new(&mut []);
-    let slots = slots(max_headers, &mut stack, &mut heap);
-    let parsed = httparse::ParserConfig::default()
-        .parse_request_with_uninit_headers(&mut req, buf, slots)
-        .map_err(|e| parse_error(e, max_headers))?;
-    let len = match parsed {
-        httparse::Status::Partial => return Ok(None),
-        httparse::Status::Complete(len) => len,
-    };
+    with_slots(max_headers, |slots| {
+        let mut req = httparse::Request::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_request_with_uninit_headers(&mut req, buf, slots);
+        let Some(len) = complete(parsed, max_headers)? else {
+            return Ok(None);
+        };
+        request_from(&req, len)
+    })
+}
+
+/// [`parse_request`]'s result from httparse's complete reading, `len` bytes long.
+fn request_from(req: &httparse::Request<'_, '_>, len: usize) -> Parsed<Request<()>> {
     let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
         .map_err(|_| HeadError::Malformed("invalid method"))?;
     let target = target::normalize(req.path.unwrap_or_default().as_bytes())?;
@@ -442,20 +443,32 @@ pub fn parse_response(buf: &[u8], max_headers: usize) -> Parsed<Response> {
 /// the usual limits allocates nothing but the result.
 const STACK_SLOTS: usize = 128;
 
-/// `max` of httparse's header slots: on the stack when few enough. Left
-/// uninitialised (httparse writes a slot before it hands it back):
-/// initialising them cost more than parsing a short head (a slot is 32
-/// bytes, and up to 100 are offered).
-fn slots<'s, 'b>(
+/// Runs `parse` with `max` of httparse's header slots: on the stack when
+/// few enough. Left uninitialised (httparse writes a slot before it hands
+/// it back): initialising them cost more than parsing a short head (a slot
+/// is 32 bytes, and up to 100 are offered).
+fn with_slots<'b, R>(
     max: usize,
-    stack: &'s mut [MaybeUninit<httparse::Header<'b>>; STACK_SLOTS],
-    heap: &'s mut Vec<MaybeUninit<httparse::Header<'b>>>,
-) -> &'s mut [MaybeUninit<httparse::Header<'b>>] {
+    parse: impl FnOnce(&mut [MaybeUninit<httparse::Header<'b>>]) -> R,
+) -> R {
+    let mut stack = [const { MaybeUninit::uninit() }; STACK_SLOTS];
     if max <= STACK_SLOTS {
-        &mut stack[..max]
+        parse(&mut stack[..max])
     } else {
+        let mut heap = Vec::new();
         heap.resize_with(max, MaybeUninit::uninit);
-        heap
+        parse(&mut heap)
+    }
+}
+
+/// A head's length from httparse's answer; `None` while it is incomplete.
+fn complete(
+    parsed: httparse::Result<usize>,
+    max_headers: usize,
+) -> Result<Option<usize>, HeadError> {
+    match parsed.map_err(|e| parse_error(e, max_headers))? {
+        httparse::Status::Partial => Ok(None),
+        httparse::Status::Complete(len) => Ok(Some(len)),
     }
 }
 
