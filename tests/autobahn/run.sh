@@ -37,11 +37,26 @@ trap cleanup EXIT
 
 # Prints N distinct free ports (all held open until every one is chosen).
 # Only for a peer that cannot bind port 0 itself (wstest): the port is free
-# when printed, not when the peer binds it, so start_server retries.
+# when printed, not when the peer binds it, so start_server retries. The
+# ports are drawn from below the kernel's ephemeral range: a port bind(0)
+# hands out is one the first leg's thousands of connections (and their
+# TIME_WAIT entries) may take or hold by the time wstest binds it, while
+# nothing takes a port below that range unless it asks for it by number.
 free_ports() {
-  python3 -c 'import socket,sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks: s.bind(("127.0.0.1", 0))
+  python3 -c 'import random,socket,sys
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+below = range(max(1024, low - 12000), low)
+socks = []
+for _ in range(1000):
+    if len(socks) == int(sys.argv[1]):
+        break
+    s = socket.socket()
+    try:
+        # Where no range is left below the ephemeral one, the kernel picks.
+        s.bind(("127.0.0.1", random.choice(below) if len(below) >= 1000 else 0))
+        socks.append(s)
+    except OSError:
+        s.close()
 print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 }
 # Port finders, called as FINDER PID LOG: each prints the port process PID
