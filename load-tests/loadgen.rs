@@ -559,6 +559,11 @@ async fn pump(
 /// A round trip (or the upgrade) that takes longer means the target is stuck.
 const ROUND_TRIP_LIMIT: Duration = Duration::from_secs(5);
 
+/// A histogram of durations in nanoseconds, 1 ns to 60 s, to 3 digits.
+fn nanos() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000_000, 3)?)
+}
+
 async fn latency(a: LatencyArgs) -> anyhow::Result<()> {
     let url = Url::parse(&a.target)?;
     let frame = data_frame(a.size);
@@ -570,7 +575,7 @@ async fn latency(a: LatencyArgs) -> anyhow::Result<()> {
     }
     let mut counter = Counter::default();
     let mut buf = vec![0u8; 64 * 1024];
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut hist = nanos()?;
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(a.timing.warmup);
     let end = measure_from + Duration::from_secs_f64(a.timing.secs);
@@ -717,7 +722,7 @@ async fn handshakes(a: HandshakeArgs) -> anyhow::Result<()> {
             let (url, done, errors, close) =
                 (url.clone(), done.clone(), errors.clone(), close.clone());
             tokio::spawn(async move {
-                let mut upgrades = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+                let mut upgrades = nanos()?;
                 let mut n = w;
                 loop {
                     let began = Instant::now();
@@ -757,7 +762,7 @@ async fn handshakes(a: HandshakeArgs) -> anyhow::Result<()> {
         sleeps(&a.timing.cpu_pid)?.saturating_sub(s0),
     );
     let rate = count as f64 / t0.elapsed().as_secs_f64();
-    let mut upgrades = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut upgrades = nanos()?;
     for w in workers {
         upgrades.add(w.await??)?;
     }

@@ -531,8 +531,7 @@ async fn respond<'r>(
         x.client_keeps && !ctx.sessions.is_draining() && (chunked_out || framing.is_delimited());
     // Whether the backend lets this connection carry another request.
     let upstream_keeps = answer.version == Version::HTTP_11
-        && !upgrade::list_items(answer.get_all(&header::CONNECTION))
-            .any(|t| t.eq_ignore_ascii_case(b"close"));
+        && !upgrade::has_token(&answer, header::CONNECTION, "close");
     let cookie = up.cookie.as_ref().map(|c| (c, x.tls));
     let head = response_head(&answer, framing, chunked_out, keep, cookie);
     let status = answer.status.as_u16();
@@ -663,6 +662,15 @@ mod tests {
         assert_eq!(
             text(head),
             "HTTP/1.1 200 OK\r\netag: e\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        // A repeated header stays where each line came, not grouped by name.
+        let resp =
+            answer(b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-A: 2\r\nSet-Cookie: b=2\r\n\r\n")
+                .await;
+        let head = response_head(&resp, Framing::Length(0), false, true, None);
+        assert_eq!(
+            text(head),
+            "HTTP/1.1 200 OK\r\nset-cookie: a=1\r\nx-a: 2\r\nset-cookie: b=2\r\ncontent-length: 0\r\n\r\n"
         );
     }
 

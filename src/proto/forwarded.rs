@@ -123,8 +123,7 @@ pub fn end_to_end(from: HeaderMap) -> HeaderMap {
 /// The end-to-end headers of an upstream's answer, in the order it sent
 /// them, as lines for the client's head: [`end_to_end`] without a map.
 pub fn end_to_end_lines(answer: &RawResponse) -> Lines {
-    let named: SmallVec<[&[u8]; 4]> =
-        upgrade::list_items(answer.get_all(&header::CONNECTION)).collect();
+    let named: SmallVec<[&[u8]; 4]> = upgrade::tokens(answer, &header::CONNECTION).collect();
     // Room for every line as it came, and a few the gateway adds (a cookie,
     // the framing): the lines are never grown piece by piece.
     let mut lines = Lines::with_capacity(answer.head_len() + 128);
@@ -151,7 +150,7 @@ fn keep_end_to_end(mut headers: HeaderMap, dropped: impl Fn(&HeaderName) -> bool
     // headers (read once, not once per header); a handshake's few per-hop
     // names fit on the stack.
     let doomed: SmallVec<[HeaderName; 8]> = {
-        let named: SmallVec<[&[u8]; 4]> = upgrade::tokens(&headers, header::CONNECTION).collect();
+        let named: SmallVec<[&[u8]; 4]> = upgrade::tokens(&headers, &header::CONNECTION).collect();
         headers
             .keys()
             .filter(|name| per_hop(name.as_str().as_bytes(), &named) || dropped(name))

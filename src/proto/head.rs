@@ -324,8 +324,9 @@ impl body::Fields for RawResponse {
 }
 
 /// Header lines as a head carries them (`name: value\r\n` each), for
-/// headers passed on as they came and never looked up: an upstream 101's
-/// end-to-end headers, on their way into the client's 101.
+/// headers passed on as they came and never looked up: an upstream
+/// answer's end-to-end headers (a 101's or a plain response's), on their
+/// way into the client's head.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lines(Vec<u8>);
 

@@ -8,6 +8,7 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use sha1::{Digest, Sha1};
 
 use super::{
+    body::Fields,
     head::{self, Lines},
     reject::{Reason, Reject},
 };
@@ -21,14 +22,18 @@ pub struct Upgrade {
     pub protocols: Vec<String>,
 }
 
-/// Whether a comma-separated header contains `token` (case-insensitive).
-pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+/// Whether a comma-separated header contains `token` (case-insensitive),
+/// in a head read as a map or in place.
+pub fn has_token(headers: &impl Fields, name: header::HeaderName, token: &str) -> bool {
+    tokens(headers, &name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// The items of every `name` header (a comma-separated list): [`list_items`].
-pub fn tokens(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &[u8]> {
-    list_items(headers.get_all(name).into_iter().map(HeaderValue::as_bytes))
+pub fn tokens<'a>(
+    headers: &'a impl Fields,
+    name: &'a header::HeaderName,
+) -> impl Iterator<Item = &'a [u8]> {
+    list_items(headers.values(name))
 }
 
 /// The items of a list header's values, trimmed, as bytes: a value that is
@@ -346,7 +351,7 @@ mod tests {
             header::CONNECTION,
             HeaderValue::from_bytes(b"caf\xe9, close").unwrap(),
         );
-        let got: Vec<&[u8]> = tokens(&h, header::CONNECTION).collect();
+        let got: Vec<&[u8]> = tokens(&h, &header::CONNECTION).collect();
         assert_eq!(got, [&b"keep-alive"[..], b"Upgrade", b"", b"X-Hop"]);
         assert!(has_token(&h, header::CONNECTION, "upgrade"));
         assert!(!has_token(&h, header::CONNECTION, "close"));

@@ -216,10 +216,9 @@ fn check_answer(
     if rh.status != StatusCode::SWITCHING_PROTOCOLS {
         return Err(Bad::Status(rh.status));
     }
-    let has = |name, token: &str| {
-        upgrade::list_items(rh.get_all(&name)).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
-    };
-    if !has(header::UPGRADE, "websocket") || !has(header::CONNECTION, "upgrade") {
+    if !upgrade::has_token(rh, header::UPGRADE, "websocket")
+        || !upgrade::has_token(rh, header::CONNECTION, "upgrade")
+    {
         return Err(Bad::Invalid(
             "101 without Upgrade: websocket and Connection: upgrade",
         ));
